@@ -1,0 +1,27 @@
+# The two commands of the README: `make serve` runs herd on the embedded demo model, `make test`
+# runs lint and the tests. Both do all set-up themselves on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HERD := $(VENV)/bin/herd
+
+.PHONY: setup serve test lint format bench
+
+setup:
+	@bash scripts/setup.sh
+
+serve: setup
+	$(HERD) serve
+
+test: setup
+	@bash scripts/services.sh
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: setup
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks

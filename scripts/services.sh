@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Installs the outside programs the tests use (a real Redis server), if missing.
+# The tests start and stop their own Redis on a free loopback port.
+set -euo pipefail
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "installing redis-server (Debian package) for the gateway tests"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq redis-server >/dev/null
+fi
