@@ -1,0 +1,16 @@
+"""Shared fixtures: tiny random-weight Llama models written with transformers."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model (GQA, 2 layers, hidden 64, vocab 512), float32 weights."""
+    from herd.model.demo import write_demo_model
+
+    return write_demo_model(tmp_path_factory.mktemp("tiny-llama"))
