@@ -1,0 +1,244 @@
+"""The aiohttp application of one replica: OpenAI routes over an engine client, plus /health,
+/ready and /metrics. `create_app(engine, config)` builds it without starting anything."""
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from herd.engine.errors import InvalidRequestError
+from herd.server.config import ServerConfig
+from herd.server.errors import APIError, bad_request, error_response, sse_error
+from herd.server.lifecycle import Admission, ServerState
+from herd.server.metrics import ServerMetrics
+from herd.server.protocol import GenerateRequest, parse_chat, parse_completion
+from herd.server.responses import Renderer
+from herd.server.tracking import Tracker
+
+log = logging.getLogger("herd.server")
+
+ENGINE = web.AppKey("engine", Any)
+CONFIG = web.AppKey("config", ServerConfig)
+STATE = web.AppKey("state", ServerState)
+ADMISSION = web.AppKey("admission", Admission)
+METRICS = web.AppKey("metrics", ServerMetrics)
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def served_name(config: ServerConfig) -> str:
+    return config.served_model_name or os.path.basename(os.path.normpath(config.model))
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler):
+    """Every failure leaves as an OpenAI error body; framework details never leak."""
+    try:
+        return await handler(request)
+    except APIError as err:
+        request.app[METRICS].rejected.labels(str(err.status)).inc()
+        return error_response(err)
+    except InvalidRequestError as err:
+        request.app[METRICS].rejected.labels("400").inc()
+        return error_response(bad_request(err.message, err.param))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {
+            404: f"no route {request.method} {request.path}",
+            405: f"method {request.method} not allowed on {request.path}",
+            413: f"request body exceeds the limit of {request.app[CONFIG].max_request_bytes} bytes",
+        }.get(exc.status, exc.reason)
+        return error_response(APIError(exc.status, message))
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(APIError(500, "internal server error"))
+
+
+async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    rid = request.headers.get(REQUEST_ID_HEADER)
+    if rid is not None:
+        response.headers[REQUEST_ID_HEADER] = rid
+
+
+async def _read_json(request: web.Request) -> Any:
+    raw = await request.read()  # raises 413 past client_max_size
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad_request(f"request body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise bad_request(
+            f"request body is not valid JSON: {exc.msg} at position {exc.pos}"
+        ) from None
+
+
+def _prompt_ids(engine, req: GenerateRequest) -> list[int]:
+    tok = engine.tokenizer
+    if req.chat:
+        try:
+            return list(tok.apply_chat_template(req.messages))
+        except Exception as exc:  # a template that rejects these messages is the caller's 400
+            raise bad_request(f"chat template failed: {exc}", "messages") from None
+    if isinstance(req.prompt, str):
+        return list(tok.encode(req.prompt))
+    return list(req.prompt)
+
+
+def _fit_context(req: GenerateRequest, num_prompt: int, max_len: int) -> None:
+    """Refuse what cannot fit the context, with the numbers; clamp a defaulted max_tokens."""
+    what = "messages" if req.chat else "prompt"
+    if num_prompt >= max_len:
+        raise bad_request(
+            f"This model's maximum context length is {max_len} tokens, and your {what} has "
+            f"{num_prompt} tokens (at least one token must be left for the completion).",
+            what,
+        )
+    room = max_len - num_prompt
+    max_tokens = req.params.max_tokens
+    if max_tokens is None or max_tokens <= room:
+        return
+    if not req.max_tokens_default:
+        raise bad_request(
+            f"This model's maximum context length is {max_len} tokens. However, you requested "
+            f"{num_prompt + max_tokens} tokens ({num_prompt} in the {what}, {max_tokens} for the "
+            "completion). Please reduce the length of the prompt or the completion.",
+            "max_tokens",
+        )
+    min_tokens = min(req.params.min_tokens, room)
+    req.params = dataclasses.replace(req.params, max_tokens=room, min_tokens=min_tokens)
+
+
+async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
+    app, t_arrival = request.app, time.monotonic()
+    config, engine = app[CONFIG], app[ENGINE]
+    app[STATE].check_accepting()
+    body = await _read_json(request)
+    parse = parse_chat if chat else parse_completion
+    req = parse(body, config.max_n, config.max_logprobs)
+    model = served_name(config)
+    if req.model is not None and req.model != model:
+        raise APIError(
+            404, f"The model `{req.model}` does not exist.", param="model", code="model_not_found"
+        )
+    prompt_ids = _prompt_ids(engine, req)
+    _fit_context(req, len(prompt_ids), engine.max_model_len)
+    request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    renderer = Renderer(req, request_id, model, engine.tokenizer)
+    if req.echo:
+        renderer.prompt_text = (
+            req.prompt if isinstance(req.prompt, str) else engine.tokenizer.decode(prompt_ids)
+        )
+    admission = app[ADMISSION]
+    ticket = admission.admit(len(prompt_ids))
+    tracker = Tracker(app[METRICS], t_arrival)
+    if req.user:
+        log.debug("request %s for user %r", request_id, req.user)
+    try:
+        outputs = engine.generate(request_id, prompt_ids, req.params, req.priority)
+        async with contextlib.aclosing(outputs):
+            if not req.stream:
+                async for out in outputs:
+                    admission.started(ticket)
+                    tracker.observe(out)
+                    renderer.add(out)
+                return web.json_response(renderer.response())
+            return await _stream(
+                request, outputs, renderer, tracker, lambda: admission.started(ticket)
+            )
+    finally:
+        tracker.close()
+        admission.release(ticket)
+
+
+async def _stream(
+    request, outputs, renderer: Renderer, tracker: "Tracker", started
+) -> web.StreamResponse:
+    first = await anext(outputs)  # engine refusals (400) surface here, before the 200 goes out
+    started()
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await resp.prepare(request)
+    try:
+        tracker.observe(first)
+        await resp.write(renderer.stream_chunk(first))
+        async for out in outputs:
+            tracker.observe(out)
+            await resp.write(renderer.stream_chunk(out))
+        await resp.write(renderer.stream_end())
+    except APIError as err:
+        await resp.write(sse_error(err))
+    except RuntimeError as exc:  # engine died mid-stream: tell the client, keep the 200's framing
+        log.exception("stream failed")
+        await resp.write(sse_error(APIError(500, f"generation failed: {exc}")))
+    await resp.write_eof()
+    return resp
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, chat=False)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, chat=True)
+
+
+async def models(request: web.Request) -> web.Response:
+    config, engine = request.app[CONFIG], request.app[ENGINE]
+    card = {
+        "id": served_name(config),
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": "herd",
+        "root": config.model,
+        "max_model_len": engine.max_model_len or None,
+    }
+    return web.json_response({"object": "list", "data": [card]})
+
+
+async def health(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    if engine.dead is not None:
+        return error_response(APIError(500, f"engine step loop failed: {engine.dead!r}"))
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    state, engine = request.app[STATE], request.app[ENGINE]
+    if state.phase == "ready" and engine.dead is None:
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": state.phase}, status=503, headers={"Retry-After": "1"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(
+        body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )
+
+
+def create_app(engine, config: ServerConfig) -> web.Application:
+    """The replica's application over `engine` (an `AsyncEngine` or anything with its interface:
+    generate, abort_all, tokenizer, max_model_len, stats, baseline, dead, phases)."""
+    app = web.Application(middlewares=[openai_errors], client_max_size=config.max_request_bytes)
+    app[ENGINE] = engine
+    app[CONFIG] = config
+    app[STATE] = ServerState()
+    app[ADMISSION] = Admission(config.max_queued_requests, config.max_queued_tokens)
+    app[METRICS] = ServerMetrics(lambda: (engine.stats, engine.baseline))
+    app.on_response_prepare.append(_echo_request_id)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,102 @@
+"""Prometheus metrics of one replica (names prefixed `herd_`, documented in README.md).
+
+Engine-side numbers (running/waiting, KV usage, token and prefix-cache counters, preemptions) come
+from the engine's latest `stats()` snapshot at scrape time, minus the warm-up; request latencies
+are observed by the server as it streams."""
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+
+# stats() key -> (metric name, help); gauges are read as they are.
+ENGINE_GAUGES = {
+    "num_running": ("herd_num_requests_running", "Requests in the engine's running batch"),
+    "num_waiting": ("herd_num_requests_waiting", "Requests waiting (or preempted) in the engine"),
+    "kv_usage": ("herd_kv_cache_usage_ratio", "Share of KV cache blocks in use, 0..1"),
+    "num_free_blocks": ("herd_kv_cache_free_blocks", "KV blocks free or evictable"),
+    "num_total_blocks": ("herd_kv_cache_total_blocks", "KV blocks in the pool"),
+}
+# stats() key -> (metric name without _total, help); counters count from the end of warm-up.
+ENGINE_COUNTERS = {
+    "prefix_cache_queries": (
+        "herd_prefix_cache_queries",
+        "Prompt tokens looked up in the prefix cache",
+    ),
+    "prefix_cache_hits": ("herd_prefix_cache_hits", "Prompt tokens served from the prefix cache"),
+    "preemptions": ("herd_preemptions", "Requests preempted because KV blocks ran out"),
+    "prompt_tokens": ("herd_prompt_tokens", "Prompt tokens processed (prefill)"),
+    "generation_tokens": ("herd_generation_tokens", "Tokens generated"),
+}
+
+
+class _EngineCollector:
+    """Reads the engine's latest stats snapshot on every scrape."""
+
+    def __init__(self, stats: Callable[[], tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        self._stats = stats
+
+    def collect(self):
+        now, base = self._stats()
+        for key, (name, doc) in ENGINE_GAUGES.items():
+            gauge = GaugeMetricFamily(name, doc)
+            gauge.add_metric([], float(now.get(key, 0)))
+            yield gauge
+        for key, (name, doc) in ENGINE_COUNTERS.items():
+            counter = CounterMetricFamily(name, doc)
+            counter.add_metric([], float(now.get(key, 0) - base.get(key, 0)))
+            yield counter
+
+
+class ServerMetrics:
+    """One registry per app, so several apps (tests) never share counters."""
+
+    def __init__(self, engine_stats: Callable[[], tuple[dict, dict]]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.registry.register(_EngineCollector(engine_stats))
+        self.ttft = Histogram(
+            "herd_time_to_first_token_seconds",
+            "Request arrival to its first token leaving the server",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "herd_inter_token_latency_seconds",
+            "Time between consecutive tokens of one completion",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "herd_e2e_request_latency_seconds",
+            "Request arrival to its last token",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "herd_request_queue_time_seconds",
+            "Engine arrival to first scheduled",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.success = Counter(
+            "herd_request_success",
+            "Finished completions (choices) by finish reason",
+            ["finish_reason"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "herd_request_rejected",
+            "Requests refused before reaching the engine, by HTTP status",
+            ["status"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,231 @@
+"""Renders engine deltas as OpenAI JSON: whole responses and SSE stream chunks for
+/v1/completions and /v1/chat/completions, logprobs and usage included."""
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from herd.engine.outputs import CompletionOutput, RequestOutput
+from herd.server.protocol import GenerateRequest
+
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+@dataclass
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[Any] = field(default_factory=list)  # rendered entries, endpoint-specific
+    text_offset: int = 0  # completions logprobs: characters before the next token
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+class Renderer:
+    """Accumulates one request's deltas; renders chunks as they come or the whole reply at the
+    end. `chat` switches object names, message vs text and the logprobs format."""
+
+    def __init__(self, req: GenerateRequest, request_id: str, model: str, tokenizer: Any) -> None:
+        self.req = req
+        self.id = request_id
+        self.model = model
+        self.created = int(time.time())
+        self.tokenizer = tokenizer
+        self.choices = [_Choice() for _ in range(req.params.n)]
+        self.prompt_token_ids: list[int] = []
+        self.num_cached_tokens = 0
+        self.prompt_text = ""  # echo (completions)
+        self._token_str: dict[int, str] = {}
+        self._started = False
+
+    # ---- pieces ----------------------------------------------------------------------------
+
+    def _tok(self, token_id: int) -> str:
+        text = self._token_str.get(token_id)
+        if text is None:
+            text = self._token_str[token_id] = self.tokenizer.decode([token_id])
+        return text
+
+    def _logprobs(self, choice: _Choice, out: CompletionOutput) -> list[Any] | None:
+        if self.req.params.logprobs is None or out.logprobs is None:
+            return None
+        k = self.req.params.logprobs
+        entries = []
+        for token_id, lps in zip(out.token_ids, out.logprobs, strict=False):
+            top = sorted(lps.items(), key=lambda kv: -kv[1])[:k]
+            token = self._tok(token_id)
+            if self.req.chat:
+                entries.append(
+                    {
+                        "token": token,
+                        "logprob": lps.get(token_id, float("-inf")),
+                        "bytes": list(token.encode()),
+                        "top_logprobs": [
+                            {
+                                "token": self._tok(t),
+                                "logprob": lp,
+                                "bytes": list(self._tok(t).encode()),
+                            }
+                            for t, lp in top
+                        ],
+                    }
+                )
+            else:
+                entries.append(
+                    (token, lps.get(token_id, float("-inf")), {self._tok(t): lp for t, lp in top})
+                )
+        choice.logprobs.extend(entries)
+        return entries
+
+    def _completion_logprobs(self, entries: list[Any], offset: int) -> dict:
+        offsets = []
+        for token, _, _ in entries:
+            offsets.append(offset)
+            offset += len(token)
+        return {
+            "tokens": [e[0] for e in entries],
+            "token_logprobs": [e[1] for e in entries],
+            "top_logprobs": [e[2] for e in entries],
+            "text_offset": offsets,
+        }
+
+    def usage(self) -> dict:
+        completion = sum(len(c.token_ids) for c in self.choices)
+        prompt = len(self.prompt_token_ids)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": self.num_cached_tokens},
+        }
+
+    def _envelope(self, choices: list[dict], chunk: bool) -> dict:
+        if self.req.chat:
+            obj = "chat.completion.chunk" if chunk else "chat.completion"
+        else:
+            obj = "text_completion"
+        body = {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if self.req.return_token_ids and not chunk:
+            body["prompt_token_ids"] = self.prompt_token_ids
+        return body
+
+    # ---- consuming deltas ------------------------------------------------------------------
+
+    def add(self, out: RequestOutput) -> list[dict]:
+        """Fold one delta in; return the stream chunks' choices for it (possibly empty)."""
+        if not self.prompt_token_ids:
+            self.prompt_token_ids = list(out.prompt_token_ids)
+            self.num_cached_tokens = out.num_cached_tokens
+        rendered = []
+        for delta in out.outputs:
+            choice = self.choices[delta.index]
+            entries = self._logprobs(choice, delta)
+            choice.text.append(delta.text)
+            choice.token_ids.extend(delta.token_ids)
+            if delta.finish_reason is not None:
+                choice.finish_reason = delta.finish_reason
+                choice.stop_reason = delta.stop_reason
+            if not (delta.text or delta.token_ids or delta.finish_reason):
+                continue
+            item: dict[str, Any] = {"index": delta.index}
+            if self.req.chat:
+                item["delta"] = {"content": delta.text} if delta.text else {}
+                item["logprobs"] = {"content": entries} if entries is not None else None
+            else:
+                item["text"] = delta.text
+                item["logprobs"] = None
+                if entries is not None:
+                    item["logprobs"] = self._completion_logprobs(entries, choice.text_offset)
+                choice.text_offset += sum(len(e[0]) for e in entries or [])
+            item["finish_reason"] = delta.finish_reason
+            if self.req.return_token_ids:
+                item["token_ids"] = list(delta.token_ids)
+            rendered.append(item)
+        return rendered
+
+    # ---- streaming -------------------------------------------------------------------------
+
+    def first_chunks(self) -> bytes:
+        """What a stream starts with: the assistant role (chat) or the echoed prompt."""
+        if self.req.chat:
+            items = [
+                {
+                    "index": i,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+                for i in range(len(self.choices))
+            ]
+        elif self.req.echo:
+            items = [
+                {"index": i, "text": self.prompt_text, "logprobs": None, "finish_reason": None}
+                for i in range(len(self.choices))
+            ]
+        else:
+            return b""
+        return self._chunk(items)
+
+    def _chunk(self, items: list[dict]) -> bytes:
+        body = self._envelope(items, chunk=True)
+        if self.req.include_usage:
+            body["usage"] = None
+        if self.req.return_token_ids and not self._started:
+            body["prompt_token_ids"] = self.prompt_token_ids
+        self._started = True
+        return sse(body)
+
+    def stream_chunk(self, out: RequestOutput) -> bytes:
+        first = not self._started
+        items = self.add(out)
+        data = self.first_chunks() if first else b""
+        if items:
+            data += self._chunk(items)
+        return data
+
+    def stream_end(self) -> bytes:
+        data = b""
+        if self.req.include_usage:
+            body = self._envelope([], chunk=True)
+            body["usage"] = self.usage()
+            data += sse(body)
+        return data + DONE
+
+    # ---- whole response --------------------------------------------------------------------
+
+    def response(self) -> dict:
+        choices = []
+        for i, c in enumerate(self.choices):
+            text = "".join(c.text)
+            item: dict[str, Any] = {"index": i}
+            if self.req.chat:
+                item["message"] = {"role": "assistant", "content": text}
+                item["logprobs"] = (
+                    {"content": c.logprobs} if self.req.params.logprobs is not None else None
+                )
+            else:
+                item["text"] = (self.prompt_text if self.req.echo else "") + text
+                item["logprobs"] = (
+                    self._completion_logprobs(c.logprobs, 0)
+                    if self.req.params.logprobs is not None
+                    else None
+                )
+            item["finish_reason"] = c.finish_reason
+            item["stop_reason"] = c.stop_reason
+            if self.req.return_token_ids:
+                item["token_ids"] = c.token_ids
+            choices.append(item)
+        body = self._envelope(choices, chunk=False)
+        body["usage"] = self.usage()
+        return body
