@@ -132,7 +132,7 @@ def _refuse_unless(cond: bool, name: str, why: str) -> None:
 
 
 def _sampling(f: dict[str, Any], max_tokens: int | None, logprobs: int | None, max_n: int):
-    n = f.get("n") or 1
+    n = 1 if f.get("n") is None else f["n"]
     _refuse_unless(1 <= n <= max_n, "n", f"must be in [1, {max_n}], got {n}")
     stop = f.get("stop")
     _refuse_unless(
