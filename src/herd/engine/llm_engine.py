@@ -1,0 +1,214 @@
+"""`LLMEngine`: the synchronous core. `add_request` validates and queues; `step()` is
+schedule -> execute -> update, and returns the step's `RequestOutput` deltas."""
+
+import logging
+import time
+from pathlib import Path
+
+from herd.engine.config import EngineConfig
+from herd.engine.errors import InvalidRequestError
+from herd.engine.kv_cache_manager import KVCacheManager
+from herd.engine.output_processor import OutputProcessor, ParentState
+from herd.engine.outputs import RequestOutput
+from herd.engine.request import Request, RequestStatus
+from herd.engine.runner import ModelRunner
+from herd.engine.sampling_params import SamplingParams
+from herd.engine.scheduler import Scheduler
+from herd.engine.tokenizer import Tokenizer
+from herd.model.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.model_config = ModelConfig.from_dir(config.model)
+        limit = self.model_config.max_position_embeddings
+        if config.max_model_len is not None and config.max_model_len > limit:
+            raise InvalidRequestError(
+                f"max_model_len {config.max_model_len} exceeds the model's context ({limit})"
+            )
+        self.max_model_len = config.max_model_len or limit
+        self.model_config.max_position_embeddings = limit
+        self.tokenizer = Tokenizer(config.model)
+        self.runner = ModelRunner(config, self.model_config, self.max_model_len)
+        identity = f"{Path(config.model).resolve()}|{self.runner.dtype}"
+        self.kv = KVCacheManager(
+            self.runner.num_blocks, config.block_size, config.enable_prefix_caching, identity
+        )
+        self.scheduler = Scheduler(config.scheduler, self.kv)
+        self.outputs = OutputProcessor(
+            self.tokenizer, self.model_config.eos_token_ids, self.max_model_len
+        )
+        self.parents: dict[str, ParentState] = {}
+        self.pending_forks: dict[str, list[Request]] = {}  # siblings waiting for the prompt
+        self.finished_parents: list[str] = []  # finished outside a step (abort, unschedulable)
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+
+    # ---- requests in -------------------------------------------------------------------------
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        priority: int = 0,
+        arrival_time: float | None = None,
+    ) -> None:
+        if request_id in self.parents:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        params.validate()
+        text = prompt if isinstance(prompt, str) else None
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        self._check_prompt(ids, params)
+        arrival = arrival_time if arrival_time is not None else time.monotonic()
+        max_tokens = self.max_model_len - len(ids)
+        if params.max_tokens is not None:
+            max_tokens = min(max_tokens, params.max_tokens)
+        children = [
+            Request(
+                request_id=request_id if params.n == 1 else f"{request_id}#{i}",
+                parent_id=request_id,
+                index=i,
+                prompt_token_ids=ids,
+                params=params,
+                seed=_sibling_seed(params.seed, i),
+                max_tokens=max_tokens,
+                priority=priority,
+                arrival_time=arrival,
+            )
+            for i in range(params.n)
+        ]
+        self.parents[request_id] = ParentState(
+            request_id,
+            text,
+            ids,
+            params,
+            children,
+            [self.outputs.new_text(params) for _ in children],
+            arrival,
+        )
+        self.scheduler.add(children[0])
+        if len(children) > 1:
+            self.pending_forks[request_id] = children[1:]
+
+    def _check_prompt(self, ids: list[int], params: SamplingParams) -> None:
+        if not ids:
+            raise InvalidRequestError("the prompt is empty", param="prompt")
+        if len(ids) >= self.max_model_len:
+            raise InvalidRequestError(
+                f"the prompt has {len(ids)} tokens; this model's context length is "
+                f"{self.max_model_len}, which must leave room for at least 1 output token",
+                param="prompt",
+            )
+        vocab = self.model_config.vocab_size
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequestError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})")
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(params, name)
+            if k is not None and k > vocab:
+                raise InvalidRequestError(f"{name} must be <= {vocab}", param=name)
+
+    def abort_request(self, request_id: str) -> None:
+        parent = self.parents.get(request_id)
+        if parent is None or parent.finished:
+            return
+        for child in parent.children:
+            if not child.status.finished:
+                self.scheduler.remove(child)
+                self.outputs.finish(parent, child, RequestStatus.FINISHED_ABORTED)
+        self.pending_forks.pop(request_id, None)
+        self.finished_parents.append(request_id)
+
+    # ---- the step ----------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        touched: dict[str, ParentState] = {p: self.parents[p] for p in self.finished_parents}
+        self.finished_parents.clear()
+        sched = self.scheduler.schedule()
+        for req in sched.unschedulable:
+            parent = self.parents[req.parent_id]
+            self.scheduler.remove(req)
+            self.outputs.finish(parent, req, RequestStatus.FINISHED_LENGTH)
+            touched[parent.request_id] = parent
+        if sched.scheduled:
+            result = self.runner.execute(sched)
+            self.scheduler.update_from_output(sched)
+            for s in sched.scheduled:
+                req, parent = s.req, self.parents[s.req.parent_id]
+                self._take_prompt_logprobs(parent, req, result.prompt_logprobs.get(req.request_id))
+                token = result.sampled.get(req.request_id)
+                if token is None:
+                    continue
+                self.outputs.append_token(
+                    parent,
+                    req,
+                    token,
+                    result.logprobs[req.request_id],
+                    result.sampled_logprobs[req.request_id],
+                )
+                self.generation_tokens += 1
+                if req.num_output_tokens == 1 and req.index == 0:
+                    self.prompt_tokens += req.num_prompt_tokens
+                if req.status.finished:
+                    self.scheduler.remove(req)
+                touched[parent.request_id] = parent
+            self._fork_siblings()
+        return [self._collect(p) for p in touched.values()]
+
+    def _take_prompt_logprobs(self, parent: ParentState, req: Request, lps: list | None) -> None:
+        if lps is None or req.index != 0:
+            return
+        if parent.prompt_logprobs is None:
+            parent.prompt_logprobs = [None]
+        if len(parent.prompt_logprobs) < req.num_prompt_tokens:
+            parent.prompt_logprobs.extend(lps)
+            parent.new_prompt_logprobs = len(parent.prompt_logprobs) >= req.num_prompt_tokens
+
+    def _fork_siblings(self) -> None:
+        """Once sibling 0 has computed the prompt, the others share its full prompt blocks."""
+        for parent_id in list(self.pending_forks):
+            first = self.parents[parent_id].children[0]
+            if first.num_computed_tokens < first.num_prompt_tokens:
+                continue
+            for sib in self.pending_forks.pop(parent_id):
+                shared = self.kv.share_prefix(first, sib, sib.num_prompt_tokens)
+                sib.num_computed_tokens = shared
+                sib.num_cached_tokens = first.num_cached_tokens
+                self.scheduler.add(sib)
+
+    def _collect(self, parent: ParentState) -> RequestOutput:
+        out = self.outputs.collect(parent)
+        if out.finished:
+            del self.parents[parent.request_id]
+        return out
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.parents)
+
+    def stats(self) -> dict:
+        s = self.scheduler
+        return {
+            "num_running": len(s.running),
+            "num_waiting": len(s.waiting) + sum(len(v) for v in self.pending_forks.values()),
+            "kv_usage": self.kv.pool.usage(),
+            "num_free_blocks": self.kv.pool.num_free_blocks,
+            "num_total_blocks": self.kv.pool.num_blocks,
+            "prefix_cache_queries": self.kv.queries,
+            "prefix_cache_hits": self.kv.hits,
+            "preemptions": s.num_preemptions,
+            "prompt_tokens": self.prompt_tokens,
+            "generation_tokens": self.generation_tokens,
+        }
+
+
+def _sibling_seed(seed: int | None, index: int) -> int | None:
+    # Sibling 0 keeps the seed (n=1 and n>1 agree on the first completion); others differ.
+    if seed is None or index == 0:
+        return seed
+    return hash((seed, -1, index)) & 0x7FFF_FFFF_FFFF_FFFF  # ints only: str hashes vary per process

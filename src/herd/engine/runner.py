@@ -1,0 +1,169 @@
+"""`ModelRunner`: owns the model and the paged KV cache; turns a `SchedulerOutput` into one
+packed forward pass and samples the next tokens."""
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from herd.engine.attention import AttentionMetadata, get_backend
+from herd.engine.config import EngineConfig
+from herd.engine.request import Request
+from herd.engine.sampler import Sampler
+from herd.engine.scheduler import ScheduledRequest, SchedulerOutput
+from herd.model.config import ModelConfig
+from herd.model.loader import load_model
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CPU_KV_DEFAULT_BYTES = 1 << 30
+
+
+@dataclass
+class RunnerOutput:
+    sampled: dict[str, int] = field(default_factory=dict)  # request id -> new token
+    logprobs: dict[str, dict[int, float] | None] = field(default_factory=dict)
+    sampled_logprobs: dict[str, float] = field(default_factory=dict)
+    # request id -> logprobs of the prompt positions computed this step (prompt_logprobs)
+    prompt_logprobs: dict[str, list[dict[int, float]]] = field(default_factory=dict)
+
+
+def resolve_dtype(name: str, model_config: ModelConfig, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        name = model_config.torch_dtype if model_config.torch_dtype in DTYPES else "float32"
+        if name == "float16" and device.type == "cpu":
+            name = "bfloat16"  # fp16 matmuls are slow or missing on CPUs
+    return DTYPES[name]
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, model_config: ModelConfig, max_model_len: int) -> None:
+        self.config = config
+        self.model_config = model_config
+        self.device = torch.device(config.device)
+        self.dtype = resolve_dtype(config.dtype, model_config, self.device)
+        self.block_size = config.block_size
+        t0 = time.perf_counter()
+        self.model = load_model(config.model, model_config, self.dtype, self.device)
+        log.info(
+            "loaded weights in %.2fs (%s, %s)", time.perf_counter() - t0, self.dtype, self.device
+        )
+        self.num_blocks = self._num_kv_blocks(max_model_len)
+        shape = (
+            model_config.num_hidden_layers,
+            2,
+            self.num_blocks,
+            self.block_size,
+            model_config.num_key_value_heads,
+            model_config.head_dim,
+        )
+        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        log.info("allocated %d KV blocks of %d tokens", self.num_blocks, self.block_size)
+        self.backend = get_backend(config.attention_backend, self.block_size)
+        self.sampler = Sampler(model_config.eos_token_ids, config.seed)
+
+    def kv_bytes_per_block(self) -> int:
+        m = self.model_config
+        elem = torch.tensor([], dtype=self.dtype).element_size()
+        return 2 * m.num_hidden_layers * self.block_size * m.num_key_value_heads * m.head_dim * elem
+
+    def _num_kv_blocks(self, max_model_len: int) -> int:
+        if self.config.num_kv_blocks is not None:
+            return self.config.num_kv_blocks
+        budget = self.config.kv_cache_memory
+        if budget is None:
+            if self.device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(self.device)
+                budget = 0.9 * free
+            else:
+                budget = CPU_KV_DEFAULT_BYTES
+        # Never more than every sequence at full length needs.
+        most = self.config.scheduler.max_num_seqs * -(-max_model_len // self.block_size)
+        return max(1, min(int(budget // self.kv_bytes_per_block()), most))
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        # Decodes first: the attention backend batches them.
+        items = sorted(sched.scheduled, key=lambda s: s.num_new_tokens != 1)
+        input_ids, positions, slots = [], [], []
+        for s in items:
+            toks = s.req.all_token_ids[s.start : s.start + s.num_new_tokens]
+            input_ids.extend(toks)
+            pos = range(s.start, s.start + s.num_new_tokens)
+            positions.extend(pos)
+            bs = self.block_size
+            slots.extend(s.block_ids[p // bs] * bs + p % bs for p in pos)
+        meta = self._metadata(items, slots)
+        to = dict(device=self.device, dtype=torch.long)
+        hidden = self.model(
+            torch.tensor(input_ids, **to),
+            torch.tensor(positions, **to),
+            lambda layer, q, k, v: self.backend.forward(
+                q, k, v, self.kv_cache[layer, 0], self.kv_cache[layer, 1], meta
+            ),
+        )
+        return self._sample(items, hidden)
+
+    def _metadata(self, items: list[ScheduledRequest], slots: list[int]) -> AttentionMetadata:
+        nd = sum(1 for s in items if s.num_new_tokens == 1)
+        seq_lens = [s.start + s.num_new_tokens for s in items]
+        tables = [s.block_ids for s in items]
+        table = lens = None
+        if nd:
+            width = max(len(t) for t in tables[:nd])
+            padded = [t + [0] * (width - len(t)) for t in tables[:nd]]
+            table = torch.tensor(padded, dtype=torch.long, device=self.device)
+            lens = torch.tensor(seq_lens[:nd], device=self.device)
+        return AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
+            num_decodes=nd,
+            query_lens=[s.num_new_tokens for s in items],
+            seq_lens=seq_lens,
+            block_tables=tables,
+            decode_block_table=table,
+            decode_seq_lens=lens,
+        )
+
+    def _sample(self, items: list[ScheduledRequest], hidden: torch.Tensor) -> RunnerOutput:
+        out = RunnerOutput()
+        rows, samplers, prompt_rows = [], [], []
+        start = 0
+        for s in items:
+            end = start + s.num_new_tokens
+            if s.req.params.prompt_logprobs is not None and s.start < s.req.num_prompt_tokens:
+                prompt_rows.append((s, start, end))
+            if s.samples:
+                rows.append(end - 1)
+                samplers.append(s.req)
+            start = end
+        if rows:
+            logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+            result = self.sampler(logits, samplers)
+            for i, req in enumerate(samplers):
+                out.sampled[req.request_id] = result.token_ids[i]
+                out.logprobs[req.request_id] = result.logprobs[i]
+                out.sampled_logprobs[req.request_id] = result.sampled_logprobs[i]
+        for s, a, b in prompt_rows:
+            out.prompt_logprobs[s.req.request_id] = self._prompt_logprobs(s, hidden[a:b])
+        return out
+
+    def _prompt_logprobs(self, s: ScheduledRequest, hidden: torch.Tensor) -> list[dict[int, float]]:
+        """Logprobs of prompt tokens start+1 .. (the first prompt token has none)."""
+        req: Request = s.req
+        last = min(s.start + s.num_new_tokens, req.num_prompt_tokens - 1)
+        n = last - s.start
+        if n <= 0:
+            return []
+        logprobs = torch.log_softmax(self.model.compute_logits(hidden[:n]), dim=-1)
+        targets = req.all_token_ids[s.start + 1 : last + 1]
+        k = req.params.prompt_logprobs or 0
+        result = []
+        for i, tok in enumerate(targets):
+            entry = {tok: float(logprobs[i, tok])}
+            if k:
+                vals, ids = logprobs[i].topk(k)
+                entry.update(zip(ids.tolist(), vals.tolist(), strict=True))
+            result.append(entry)
+        return result

@@ -1,0 +1,151 @@
+"""`Sampler`: next tokens from logits, one row per sampling request.
+
+Order of logit transforms: repetition penalty (prompt + output), frequency and presence
+penalties (output), min_tokens (stop tokens masked), then temperature, top-k, top-p, min-p.
+Greedy rows take the argmax. Sampled rows draw by the exponential race
+(argmax p / E, E ~ Exp(1)), exact for the categorical distribution; a seeded row's noise comes
+from a generator keyed by (seed, absolute position) alone, so its tokens do not depend on the
+batch, on preemption, or on where a stream is resumed. Logprobs are those of the raw model
+distribution (before any transform), as in vLLM.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from herd.engine.request import Request
+
+MASK_MIN = float("-inf")
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]
+    logprobs: list[dict[int, float] | None]  # per row: sampled token + top-k, when asked
+    sampled_logprobs: list[float]  # logprob of each sampled token (raw distribution)
+
+
+def noise_key(seed: int, position: int) -> int:
+    return hash((seed, position)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class Sampler:
+    def __init__(self, eos_token_ids: list[int], seed: int = 0) -> None:
+        self.eos_token_ids = eos_token_ids
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(seed)
+
+    @torch.inference_mode()
+    def __call__(self, logits: torch.Tensor, reqs: list[Request]) -> SamplerOutput:
+        raw_logprobs = torch.log_softmax(logits, dim=-1)
+        logits = self._apply_penalties(logits, reqs)
+        logits = self._apply_min_tokens(logits, reqs)
+        tokens = logits.argmax(dim=-1)
+        sampled_rows = [i for i, r in enumerate(reqs) if not r.params.greedy]
+        if sampled_rows:
+            idx = torch.tensor(sampled_rows, device=logits.device)
+            drawn = self._draw(logits[idx], [reqs[i] for i in sampled_rows])
+            tokens[idx] = drawn
+        token_list = tokens.tolist()
+        chosen = raw_logprobs.gather(1, tokens[:, None]).squeeze(1).tolist()
+        return SamplerOutput(token_list, _top_logprobs(raw_logprobs, token_list, reqs), chosen)
+
+    def _apply_penalties(self, logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+        rows = [i for i, r in enumerate(reqs) if _has_penalty(r)]
+        if not rows:
+            return logits
+        logits = logits.clone()
+        vocab = logits.shape[1]
+        for i in rows:
+            p = reqs[i].params
+            out_ids = torch.tensor(reqs[i].output_token_ids, dtype=torch.long)
+            if p.repetition_penalty != 1.0:
+                seen = torch.tensor(sorted(set(reqs[i].all_token_ids)), dtype=torch.long)
+                seen = seen[seen < vocab].to(logits.device)
+                vals = logits[i, seen]
+                pen = p.repetition_penalty
+                logits[i, seen] = torch.where(vals > 0, vals / pen, vals * pen)
+            if out_ids.numel() and (p.frequency_penalty or p.presence_penalty):
+                counts = torch.bincount(out_ids, minlength=vocab)[:vocab].to(logits.device)
+                logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+        return logits
+
+    def _apply_min_tokens(self, logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+        rows = [i for i, r in enumerate(reqs) if r.num_output_tokens < r.params.min_tokens]
+        if not rows:
+            return logits
+        logits = logits.clone()
+        for i in rows:
+            stops = list(reqs[i].params.stop_token_ids or [])
+            if not reqs[i].params.ignore_eos:
+                stops += self.eos_token_ids
+            if stops:
+                logits[i, torch.tensor(stops, device=logits.device)] = MASK_MIN
+        return logits
+
+    def _draw(self, logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+        temps = torch.tensor([r.params.temperature for r in reqs], device=logits.device)
+        logits = logits / temps[:, None]
+        logits = _top_k(logits, [r.params.top_k for r in reqs])
+        logits = _top_p(logits, [r.params.top_p for r in reqs])
+        probs = torch.softmax(logits, dim=-1)
+        probs = _min_p(probs, [r.params.min_p for r in reqs])
+        noise = torch.stack([self._noise(r, logits.shape[1]) for r in reqs]).to(logits.device)
+        return (probs / noise).argmax(dim=-1)
+
+    def _noise(self, req: Request, vocab: int) -> torch.Tensor:
+        gen = self.generator
+        if req.seed is not None:
+            gen = torch.Generator(device="cpu")
+            gen.manual_seed(noise_key(req.seed, req.num_tokens))
+        return torch.empty(vocab).exponential_(generator=gen)
+
+
+def _has_penalty(r: Request) -> bool:
+    p = r.params
+    return p.repetition_penalty != 1.0 or p.frequency_penalty != 0 or p.presence_penalty != 0
+
+
+def _top_k(logits: torch.Tensor, ks: list[int]) -> torch.Tensor:
+    vocab = logits.shape[1]
+    if all(k <= 0 or k >= vocab for k in ks):
+        return logits
+    k = torch.tensor([k if 0 < k < vocab else vocab for k in ks], device=logits.device)
+    kth = logits.sort(dim=-1, descending=True).values.gather(1, (k - 1)[:, None])
+    return logits.masked_fill(logits < kth, MASK_MIN)
+
+
+def _top_p(logits: torch.Tensor, ps: list[float]) -> torch.Tensor:
+    if all(p >= 1.0 for p in ps):
+        return logits
+    p = torch.tensor(ps, device=logits.device)[:, None]
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    # Drop a token when the mass before it already reaches p (the top token always stays).
+    drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= p
+    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+    return logits.masked_fill(drop, MASK_MIN)
+
+
+def _min_p(probs: torch.Tensor, min_ps: list[float]) -> torch.Tensor:
+    if all(m <= 0 for m in min_ps):
+        return probs
+    m = torch.tensor(min_ps, device=probs.device)[:, None]
+    return probs.masked_fill(probs < m * probs.max(dim=-1, keepdim=True).values, 0.0)
+
+
+def _top_logprobs(
+    raw: torch.Tensor, tokens: list[int], reqs: list[Request]
+) -> list[dict[int, float] | None]:
+    out: list[dict[int, float] | None] = []
+    for i, r in enumerate(reqs):
+        k = r.params.logprobs
+        if k is None:
+            out.append(None)
+            continue
+        entry = {tokens[i]: float(raw[i, tokens[i]])}
+        if k > 0:
+            vals, ids = raw[i].topk(min(k, raw.shape[1]))
+            entry.update(zip(ids.tolist(), vals.tolist(), strict=True))
+        out.append(entry)
+    return out

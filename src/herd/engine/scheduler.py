@@ -1,0 +1,136 @@
+"""`Scheduler`: decides each step which requests run and how many tokens each computes, under a
+token budget (`max_num_batched_tokens`) and `max_num_seqs`.
+
+Running requests are served first (decodes and unfinished prefill chunks alike), in priority
+order; when blocks run out the lowest-priority, latest running request is preempted (its blocks
+freed, recomputed later — it keeps its place, since waiting requests are ordered by priority
+then arrival). Prefill of waiting requests is chunked to whatever budget is left.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+from herd.engine.config import SchedulerConfig
+from herd.engine.kv_cache_manager import KVCacheManager
+from herd.engine.request import Request, RequestStatus
+
+
+@dataclass
+class ScheduledRequest:
+    req: Request
+    start: int  # num_computed_tokens before this step: the first position computed
+    num_new_tokens: int  # tokens computed this step (a prefill chunk, or 1 for a decode)
+    block_ids: list[int]  # the request's block table after allocation
+
+    @property
+    def samples(self) -> bool:
+        """True when this step reaches the end of the known tokens, so a new token is sampled."""
+        return self.start + self.num_new_tokens == self.req.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    """The runner's only input."""
+
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    # Requests that can never fit the KV pool; the engine finishes them with "length".
+    unschedulable: list[Request] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
+        self.config = config
+        self.kv = kv
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+
+    def add(self, req: Request) -> None:
+        req.status = RequestStatus.WAITING if req.status != RequestStatus.PREEMPTED else req.status
+        self.waiting.append(req)
+
+    def remove(self, req: Request) -> None:
+        """Take a request out of the queues and free its blocks (finish or abort)."""
+        if req in self.running:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+        self.kv.free(req)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        preempted = False
+        self.running.sort(key=lambda r: r.sort_key)
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            fits, did_preempt = self._allocate_or_preempt(req, num_new)
+            preempted = preempted or did_preempt
+            if fits:
+                out.scheduled.append(self._scheduled(req, num_new))
+                budget -= num_new
+                i += 1
+        if not preempted:
+            self._admit_waiting(out, budget)
+        return out
+
+    def _allocate_or_preempt(self, req: Request, num_new: int) -> tuple[bool, bool]:
+        """Allocate for `req`, preempting from the back of the running list until it fits.
+        Returns (fits, preempted anyone); `fits` is False when `req` itself was preempted."""
+        preempted = False
+        while self.kv.allocate_slots(req, num_new) is None:
+            victim = self.running[-1]
+            self._preempt(victim)
+            preempted = True
+            if victim is req:
+                return False, True
+        return True, preempted
+
+    def _preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self.kv.free(req)
+        req.num_computed_tokens = 0
+        req.status = RequestStatus.PREEMPTED
+        self.waiting.append(req)
+        self.num_preemptions += 1
+
+    def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        self.waiting.sort(key=lambda r: r.sort_key)
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            req = self.waiting[0]
+            computed, hit = [], 0
+            if req.num_computed_tokens == 0:
+                computed, hit = self.kv.get_computed_blocks(req)
+            num_new = min(req.num_tokens - req.num_computed_tokens - hit, budget)
+            if self.kv.allocate_slots(req, num_new, computed) is None:
+                if not self.running and not out.scheduled:
+                    out.unschedulable.append(self.waiting.pop(0))
+                    continue
+                break
+            if req.num_computed_tokens == 0:
+                self.kv.record_lookup(req.num_tokens, hit)
+            if req.num_cached_tokens < 0:
+                req.num_cached_tokens = hit + req.num_computed_tokens
+            req.num_computed_tokens += hit
+            self.waiting.pop(0)
+            self.running.append(req)
+            req.status = RequestStatus.RUNNING
+            if req.first_scheduled_time is None:
+                req.first_scheduled_time = time.monotonic()
+            out.scheduled.append(self._scheduled(req, num_new))
+            budget -= num_new
+
+    def _scheduled(self, req: Request, num_new: int) -> ScheduledRequest:
+        return ScheduledRequest(
+            req, req.num_computed_tokens, num_new, self.kv.block_ids(req.request_id)
+        )
+
+    def update_from_output(self, out: SchedulerOutput) -> None:
+        for s in out.scheduled:
+            s.req.num_computed_tokens += s.num_new_tokens

@@ -1,0 +1,134 @@
+"""`ModelConfig`: the Llama architecture settings herd needs, read from a Hugging Face
+`config.json` as Meta ships it (rope_scaling of type llama3, head_dim optional) or as newer
+transformers writes it (`rope_parameters`, `dtype`)."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from herd.engine.errors import ModelLoadError
+
+SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
+
+
+@dataclass
+class RopeConfig:
+    theta: float = 10000.0
+    rope_type: str = "default"
+    factor: float = 1.0  # llama3 / linear
+    low_freq_factor: float = 1.0  # llama3
+    high_freq_factor: float = 4.0  # llama3
+    original_max_position_embeddings: int = 8192  # llama3
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope: RopeConfig
+    tie_word_embeddings: bool
+    attention_bias: bool
+    mlp_bias: bool
+    torch_dtype: str
+    eos_token_ids: list[int]
+    bos_token_id: int | None
+    is_demo: bool = False
+
+    @property
+    def max_model_len(self) -> int:
+        return self.max_position_embeddings
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ModelConfig":
+        try:
+            return _parse(raw)
+        except KeyError as exc:
+            raise ModelLoadError(f"config.json is missing required field {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise ModelLoadError(f"config.json is malformed: {exc}") from None
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path) -> "ModelConfig":
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise ModelLoadError(f"model directory {str(model_dir)!r} does not exist")
+        path = model_dir / "config.json"
+        if not path.is_file():
+            raise ModelLoadError(f"{model_dir} has no config.json (is it a Hugging Face model?)")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelLoadError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ModelLoadError(f"{path} must hold a JSON object")
+        gen = model_dir / "generation_config.json"
+        if gen.is_file():
+            try:
+                gen_eos = json.loads(gen.read_text()).get("eos_token_id")
+            except (json.JSONDecodeError, AttributeError):
+                gen_eos = None
+            if gen_eos is not None:  # generation_config's eos ids win, as in transformers
+                raw = {**raw, "eos_token_id": gen_eos}
+        return cls.from_dict(raw)
+
+
+def _parse(raw: dict) -> ModelConfig:
+    model_type = raw.get("model_type", "llama")
+    if model_type != "llama":
+        raise ValueError(f"model_type {model_type!r} is not supported (herd runs 'llama')")
+    heads = int(raw["num_attention_heads"])
+    kv_heads = int(raw.get("num_key_value_heads") or heads)
+    hidden = int(raw["hidden_size"])
+    head_dim = int(raw.get("head_dim") or hidden // heads)
+    if heads % kv_heads:
+        raise ValueError(f"num_attention_heads {heads} is not a multiple of kv heads {kv_heads}")
+    eos = raw.get("eos_token_id")
+    eos_ids = [] if eos is None else [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+    dtype = raw.get("torch_dtype") or raw.get("dtype") or "float32"
+    return ModelConfig(
+        vocab_size=int(raw["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(raw["intermediate_size"]),
+        num_hidden_layers=int(raw["num_hidden_layers"]),
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        rope=_parse_rope(raw),
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        attention_bias=bool(raw.get("attention_bias", False)),
+        mlp_bias=bool(raw.get("mlp_bias", False)),
+        torch_dtype=str(dtype),
+        eos_token_ids=eos_ids,
+        bos_token_id=raw.get("bos_token_id"),
+        is_demo=bool(raw.get("herd_demo", False)),
+    )
+
+
+def _parse_rope(raw: dict) -> RopeConfig:
+    # Meta / transformers<5: rope_theta + rope_scaling; transformers>=5: rope_parameters.
+    params = dict(raw.get("rope_parameters") or {})
+    scaling = dict(raw.get("rope_scaling") or {})
+    params.update(scaling)
+    theta = float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    rope_type = params.get("rope_type") or params.get("type") or "default"
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise ValueError(f"rope type {rope_type!r} is not supported ({SUPPORTED_ROPE_TYPES})")
+    rope = RopeConfig(theta=theta, rope_type=rope_type)
+    if rope_type in ("llama3", "linear"):
+        rope.factor = float(params["factor"])
+    if rope_type == "llama3":
+        rope.low_freq_factor = float(params.get("low_freq_factor", 1.0))
+        rope.high_freq_factor = float(params.get("high_freq_factor", 4.0))
+        rope.original_max_position_embeddings = int(
+            params.get("original_max_position_embeddings", 8192)
+        )
+    return rope

@@ -1,0 +1,130 @@
+"""Builds the model on a device and loads Hugging Face safetensors into it (single file or
+sharded with `model.safetensors.index.json`), fusing q/k/v and gate/up on the way. Missing or
+unexpected weights fail with a message that names them."""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from herd.engine.errors import ModelLoadError
+from herd.model.config import ModelConfig
+from herd.model.llama import LlamaForCausalLM
+from herd.model.rope import RotaryEmbedding
+
+# checkpoint name fragment -> (our fused parameter fragment, shard index)
+STACKED = {
+    ".self_attn.q_proj.": (".self_attn.qkv_proj.", 0),
+    ".self_attn.k_proj.": (".self_attn.qkv_proj.", 1),
+    ".self_attn.v_proj.": (".self_attn.qkv_proj.", 2),
+    ".mlp.gate_proj.": (".mlp.gate_up_proj.", 0),
+    ".mlp.up_proj.": (".mlp.gate_up_proj.", 1),
+}
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def safetensors_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise ModelLoadError(f"{index} is malformed: {exc}") from None
+        files = sorted({model_dir / name for name in weight_map.values()})
+        missing = [str(f.name) for f in files if not f.is_file()]
+        if missing:
+            raise ModelLoadError(f"shards listed in {index.name} are missing: {missing}")
+        return files
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{model_dir} has no *.safetensors weights")
+    return files
+
+
+def load_model(
+    model_dir: str | Path, cfg: ModelConfig, dtype: torch.dtype, device: torch.device
+) -> LlamaForCausalLM:
+    model_dir = Path(model_dir)
+    files = safetensors_files(model_dir)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    model = model.to_empty(device=device).to(dtype)
+    # RoPE tables stay float32 (as in transformers); they were lost on the meta device.
+    model.model.rotary_emb = RotaryEmbedding(cfg.rope, cfg.head_dim, cfg.max_position_embeddings)
+    model.model.rotary_emb.to(device)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    _load_weights(model, files, cfg)
+    return model.eval()
+
+
+def _load_weights(model: LlamaForCausalLM, files: list[Path], cfg: ModelConfig) -> None:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    shard_sizes = {
+        "qkv_proj": [cfg.num_attention_heads * cfg.head_dim]
+        + [cfg.num_key_value_heads * cfg.head_dim] * 2,
+        "gate_up_proj": [cfg.intermediate_size] * 2,
+    }
+    expected = _expected_checkpoint_keys(params, cfg)
+    seen: set[str] = set()
+    unexpected: list[str] = []
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                if name.endswith(IGNORED_SUFFIXES):
+                    continue
+                if name not in expected:
+                    if not (cfg.tie_word_embeddings and name == "lm_head.weight"):
+                        unexpected.append(name)
+                    continue
+                _copy_into(params, name, f.get_tensor(name), shard_sizes)
+                seen.add(name)
+    missing = sorted(expected - seen)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing weights: {_summary(missing)}")
+        if unexpected:
+            parts.append(f"unexpected weights: {_summary(sorted(unexpected))}")
+        raise ModelLoadError("checkpoint does not match the Llama config; " + "; ".join(parts))
+
+
+def _expected_checkpoint_keys(params: dict, cfg: ModelConfig) -> set[str]:
+    keys = set()
+    for name in params:
+        fused = next(((frag, src) for src, (frag, _) in STACKED.items() if frag in name), None)
+        if fused is None:
+            keys.add(name)
+            continue
+        frag = fused[0]
+        for src, (dst, _) in STACKED.items():
+            if dst == frag:
+                keys.add(name.replace(frag, src))
+    if cfg.tie_word_embeddings:
+        keys.discard("lm_head.weight")
+    return keys
+
+
+def _copy_into(params: dict, name: str, tensor: torch.Tensor, shard_sizes: dict) -> None:
+    for src, (dst, shard) in STACKED.items():
+        if src in name:
+            target = params[name.replace(src, dst)]
+            sizes = shard_sizes[dst.strip(".").split(".")[-1]]
+            start = sum(sizes[:shard])
+            _checked_copy(target.data[start : start + sizes[shard]], tensor, name)
+            return
+    _checked_copy(params[name].data, tensor, name)
+
+
+def _checked_copy(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
+    if dst.shape != src.shape:
+        raise ModelLoadError(
+            f"weight {name} has shape {tuple(src.shape)}, the config implies {tuple(dst.shape)}"
+        )
+    dst.copy_(src)
+
+
+def _summary(names: list[str], limit: int = 8) -> str:
+    more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
