@@ -23,9 +23,10 @@ def _csv(kind):
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "plan", help="size a deployment: memory, KV capacity, GPUs for a load"
-    )
+    from herd.cli.bench_cmds import one_line_errors
+
+    help_ = "size a deployment: memory, KV capacity, GPUs for a load"
+    p = one_line_errors(subparsers.add_parser("plan", help=help_))
     p.add_argument("--model", required=True, help="config.json, model directory or built-in name")
     p.add_argument(
         "--gpu", default="H100-80GB", help="H100-80GB, H200, A100-80GB, L40S or custom:<N>GiB"
