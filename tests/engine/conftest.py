@@ -1,0 +1,77 @@
+"""Engine fixtures: three tiny Llama configs and their Hugging Face greedy references."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+
+CONFIGS = {
+    "mha": dict(num_attention_heads=4, num_key_value_heads=4, head_dim=16),
+    "gqa": dict(),  # the demo model: 4 query heads over 2 KV heads
+    "tied_llama3": dict(
+        tie_word_embeddings=True,
+        rope_scaling=LLAMA3_ROPE,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_hidden_layers=3,
+    ),
+}
+
+PROMPTS = [
+    "Hello",
+    "The quick brown fox jumps over the lazy dog. herd serves Llama models with high",
+    "café 東京 😀",
+    "A request arrives at the gateway, which chooses a replica; the replica schedules it with "
+    "continuous batching over a paged key-value cache.",
+    "Numbers: 0 1 2 3",
+]
+MAX_TOKENS = 12
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from herd.model.demo import write_demo_model
+
+    return {
+        name: write_demo_model(tmp_path_factory.mktemp(name), seed=i, **cfg)
+        for i, (name, cfg) in enumerate(CONFIGS.items())
+    }
+
+
+def hf_greedy(model_dir: Path, prompt_ids: list[list[int]], max_tokens: int) -> list[list[int]]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    outs = []
+    for ids in prompt_ids:
+        gen = model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        outs.append(gen[0, len(ids) :].tolist())
+    return outs
+
+
+@pytest.fixture(scope="session")
+def hf_reference(model_dirs) -> dict[str, tuple[list[list[int]], list[list[int]]]]:
+    """Per config: (prompt token ids, transformers' greedy continuation of each)."""
+    from herd.engine.tokenizer import Tokenizer
+
+    refs = {}
+    for name, d in model_dirs.items():
+        tok = Tokenizer(d)
+        ids = [tok.encode(p) for p in PROMPTS]
+        refs[name] = (ids, hf_greedy(d, ids, MAX_TOKENS))
+    return refs
