@@ -3,7 +3,6 @@ request, deterministic letters as output. Lets server tests run in-process in mi
 
 import time
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 from herd.engine.errors import InvalidRequestError
 from herd.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
@@ -16,7 +15,7 @@ class FakeTokenizer:
     def encode(self, text: str) -> list[int]:
         return [BOS] + [b + 2 for b in text.encode()]
 
-    def decode(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return bytes(i - 2 for i in ids if i >= 2).decode(errors="replace")
 
     def apply_chat_template(self, messages: list[dict]) -> list[int]:
@@ -38,7 +37,7 @@ class _Req:
 class FakeEngine:
     def __init__(self, max_model_len: int = 128, total_blocks: int = 64, step_s: float = 0.001):
         self.tokenizer = FakeTokenizer()
-        self.model_config = SimpleNamespace(max_model_len=max_model_len)
+        self.max_model_len = max_model_len
         self.total_blocks = total_blocks
         self.step_s = step_s
         self.requests: dict[str, _Req] = {}
@@ -50,7 +49,7 @@ class FakeEngine:
 
     def add_request(self, request_id, prompt, params, priority=0):
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        if len(ids) >= self.model_config.max_model_len:
+        if len(ids) >= self.max_model_len:
             raise InvalidRequestError(f"prompt of {len(ids)} tokens is too long", param="prompt")
         if any(t >= 258 for t in ids):
             raise InvalidRequestError("token id out of vocabulary", param="prompt")

@@ -138,7 +138,7 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         )
     admission = app[ADMISSION]
     ticket = admission.admit(len(prompt_ids))
-    tracker = Tracker(app[METRICS], t_arrival)
+    tracker = Tracker(app[METRICS], t_arrival, req.params.n)
     if req.user:
         log.debug("request %s for user %r", request_id, req.user)
     try:

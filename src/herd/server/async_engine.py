@@ -92,7 +92,7 @@ class AsyncEngine:
         self._engine = self._factory()
         self.phases["load_engine"] = time.perf_counter() - t0
         self.tokenizer = self._engine.tokenizer
-        self.max_model_len = self._engine.model_config.max_model_len
+        self.max_model_len = self._engine.max_model_len
         if self._warmup:
             t0 = time.perf_counter()
             warm = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)

@@ -16,9 +16,10 @@ class ServerConfig:
     device: str = "auto"  # torch device: auto, cpu, cuda, cuda:N
     block_size: int = 16  # KV cache block size in tokens
     num_kv_blocks: int | None = None  # KV cache blocks (default: sized from free memory)
-    max_num_seqs: int = 256  # most sequences running in one engine step
+    max_num_seqs: int = 128  # most sequences running in one engine step
     max_num_batched_tokens: int = 2048  # token budget of one engine step (chunked prefill)
     max_model_len: int | None = None  # context length (default: the model's)
+    enable_prefix_caching: bool = True  # reuse KV blocks of shared prompt prefixes
     seed: int = 0  # engine seed for requests that give none
     drain_timeout: float = 30.0  # seconds SIGTERM waits for in-flight requests before aborting them
     max_queued_requests: int = 1024  # requests admitted but not yet started; more get 429

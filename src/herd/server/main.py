@@ -8,24 +8,35 @@ import os
 from herd.server.config import ServerConfig
 
 
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def engine_factory(config: ServerConfig):
     """A callable that builds the `LLMEngine` (run in the engine thread, not the event loop)."""
 
     def build():
-        from herd.engine.config import EngineConfig
+        from herd.engine.config import EngineConfig, SchedulerConfig
         from herd.engine.llm_engine import LLMEngine
 
         return LLMEngine(
             EngineConfig(
                 model=config.model,
                 dtype=config.dtype,
-                device=config.device,
+                device=resolve_device(config.device),
                 block_size=config.block_size,
                 num_kv_blocks=config.num_kv_blocks,
-                max_num_seqs=config.max_num_seqs,
-                max_num_batched_tokens=config.max_num_batched_tokens,
                 max_model_len=config.max_model_len,
+                enable_prefix_caching=config.enable_prefix_caching,
                 seed=config.seed,
+                scheduler=SchedulerConfig(
+                    max_num_batched_tokens=config.max_num_batched_tokens,
+                    max_num_seqs=config.max_num_seqs,
+                ),
             )
         )
 

@@ -48,7 +48,9 @@ class Renderer:
     def _tok(self, token_id: int) -> str:
         text = self._token_str.get(token_id)
         if text is None:
-            text = self._token_str[token_id] = self.tokenizer.decode([token_id])
+            text = self._token_str[token_id] = self.tokenizer.decode(
+                [token_id], skip_special_tokens=False
+            )
         return text
 
     def _logprobs(self, choice: _Choice, out: CompletionOutput) -> list[Any] | None:

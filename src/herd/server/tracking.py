@@ -8,9 +8,11 @@ from herd.server.metrics import ServerMetrics
 
 class Tracker:
     """Observes one request's deltas as they leave the engine: TTFT once, inter-token latency per
-    completion (a delta of k tokens counts k gaps of equal share), queue time, E2E on close."""
+    completion (a delta of k tokens counts k gaps of equal share), queue time, E2E on close.
+    Completions still open at close (client gone, drain timeout) count as finish_reason abort."""
 
-    def __init__(self, metrics: ServerMetrics, arrival: float) -> None:
+    def __init__(self, metrics: ServerMetrics, arrival: float, n: int = 1) -> None:
+        self.open = set(range(n))  # completion indices not finished yet
         self.metrics = metrics
         self.arrival = arrival
         self.first_token: float | None = None
@@ -34,9 +36,12 @@ class Tracker:
                     for _ in range(k):
                         m.itl.observe((now - prev) / k)
                 self.last[delta.index] = now
-            if delta.finish_reason is not None:
+            if delta.finish_reason is not None and delta.index in self.open:
+                self.open.discard(delta.index)
                 m.success.labels(delta.finish_reason).inc()
 
     def close(self) -> None:
+        if self.open:
+            self.metrics.success.labels("abort").inc(len(self.open))
         if self.first_token is not None:
             self.metrics.e2e.observe(time.monotonic() - self.arrival)
