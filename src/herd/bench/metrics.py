@@ -111,7 +111,7 @@ def cost_per_million(tokens_per_s: float, cost: Cost) -> float | None:
 def summarize(
     outputs: list[RequestOutput], duration_s: float, slo: Slo, cost: Cost, tok=None
 ) -> dict:
-    """The per-level summary stored in results.json (see schema.md for each field)."""
+    """The per-level summary stored in results.json (SCHEMA.md describes each field)."""
     ok = [o for o in outputs if o.ok]
     failed: dict[str, int] = {}
     for o in outputs:

@@ -1,6 +1,6 @@
 """The results document of a run (schema herd.bench.run/1): build, save, load.
 
-The schema is described field by field in docs/bench-schema.md; bump SCHEMA_VERSION when a
+The schema is described field by field in SCHEMA.md next to this module; bump SCHEMA_VERSION when a
 field changes meaning, and keep load() accepting older versions it can read."""
 
 import datetime as dt

@@ -9,8 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 PREFIX_PAIRS = (
     ("vllm:prefix_cache_hits", "vllm:prefix_cache_queries"),
     ("vllm:gpu_prefix_cache_hits", "vllm:gpu_prefix_cache_queries"),
+    ("herd_prefix_cache_hits", "herd_prefix_cache_queries"),
     ("herd_prefix_cache_hit_tokens", "herd_prefix_cache_query_tokens"),
-    ("herd_engine_prefix_cache_hits", "herd_engine_prefix_cache_queries"),
 )
 HIT_RATE_GAUGES = ("vllm:gpu_prefix_cache_hit_rate", "sglang:cache_hit_rate")
 
