@@ -1,0 +1,353 @@
+"""The gateway's HTTP application: the OpenAI routes, health, metrics and the admin API.
+
+A completion request goes: authenticate → read and check the body → model allowed → limits →
+response cache → proxy to a replica → settle usage, metrics, audit. Every path ends in exactly
+one answer, and `_finish` runs for every request however it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from herd.gateway.audit import AuditLog
+from herd.gateway.auth import ANONYMOUS, ApiKey, Authenticator, load_keys
+from herd.gateway.cache import BYPASS_HEADER, ResponseCache
+from herd.gateway.config import GatewayConfig
+from herd.gateway.dispatch import Dispatcher
+from herd.gateway.errors import GatewayError
+from herd.gateway.health import HealthChecker
+from herd.gateway.metrics import GatewayMetrics
+from herd.gateway.proxy import Outcome, Proxy
+from herd.gateway.ratelimit import Limiter, MemoryLimiter, RedisLimiter, Reservation
+from herd.gateway.replicas import ReplicaSet, ReplicaState
+from herd.gateway.request_info import RequestInfo, parse_request
+from herd.gateway.routing import make_policy
+from herd.gateway.stream import replay
+
+
+class Gateway:
+    """Owns every gateway part; `app()` builds the aiohttp application around it."""
+
+    def __init__(self, config: GatewayConfig):
+        self.config = config
+        h = config.health
+        self.replicas = ReplicaSet(h.eject_after, h.backoff_base_s, h.backoff_max_s)
+        for url in config.upstreams:
+            self.replicas.add(url)
+        a = config.affinity
+        self.policy = make_policy(
+            config.policy, load_factor=a.load_factor, virtual_nodes=a.virtual_nodes
+        )
+        self.metrics = GatewayMetrics()
+        self.replicas.on_eject = lambda url: self.metrics.ejections.labels(url).inc()
+        keys = load_keys(config.api_keys) if config.api_keys else None
+        self.auth = Authenticator(keys, config.admin_key)
+        self.dispatcher = Dispatcher(self.replicas, self.policy, config.proxy)
+        # Set by the fleet supervisor; None when the gateway runs alone.
+        self.rollout: Callable[[], Awaitable[dict]] | None = None
+        self.draining = False
+        self.in_flight = 0
+        self._rollout_task: asyncio.Task | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.redis = None
+        self.limiter: Limiter = MemoryLimiter()
+        self.cache: ResponseCache | None = None
+        self.audit: AuditLog | None = None
+        self.health: HealthChecker | None = None
+        self.proxy: Proxy | None = None
+
+    # --- lifecycle ---
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.proxy.max_body_bytes)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/ready", self._ready)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/admin/replicas", self._admin_list)
+        app.router.add_post("/admin/replicas", self._admin_add)
+        app.router.add_delete("/admin/replicas", self._admin_remove)
+        app.router.add_post("/admin/rollout", self._admin_rollout)
+        return app
+
+    async def _start(self, _app: web.Application) -> None:
+        p = self.config.proxy
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=p.connect_timeout_s)
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False
+        )
+        if self.config.redis:
+            import redis.asyncio as aioredis
+
+            self.redis = aioredis.Redis.from_url(self.config.redis)
+            self.limiter = RedisLimiter(self.redis)
+        self.cache = ResponseCache(self.config.cache, self.config.model_revision, self.redis)
+        if self.config.audit.path:
+            self.audit = AuditLog(self.config.audit.path, self.config.audit.include_text)
+            self.audit.start()
+        self.proxy = Proxy(self.session, self.dispatcher, p)
+        self.proxy.on_retry = self.metrics.retries.inc
+        self.health = HealthChecker(self.replicas, self.session, self.config.health)
+        self.health.start()
+
+    async def _stop(self, _app: web.Application) -> None:
+        await self.health.stop()
+        if self._rollout_task:
+            self._rollout_task.cancel()
+        if self.audit:
+            await self.audit.stop()
+        await self.session.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new requests and wait for those in flight (SIGTERM)."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+    # --- completions ---
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._completion(request, "chat/completions")
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._completion(request, "completions")
+
+    async def _completion(self, request: web.Request, endpoint: str) -> web.StreamResponse:
+        outcome = Outcome()
+        headers = {"x-request-id": request.headers.get("x-request-id") or uuid.uuid4().hex}
+        key, info, reservation = ANONYMOUS, None, None
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            if self.draining:
+                raise GatewayError(
+                    503, "the gateway is shutting down", headers={"Retry-After": "1"}
+                )
+            key = self.auth.authenticate(request.headers)
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                limit = self.config.proxy.max_body_bytes
+                raise GatewayError(413, f"request body larger than {limit} bytes") from None
+            info = parse_request(endpoint, body, request.headers, self.config.affinity.prefix_chars)
+            self.auth.authorize_model(key, info.model)
+            reservation = await self._admit(key, info, headers)
+            response = await self._from_cache(request, key, info, headers, outcome)
+            if response is None:
+                response = await self.proxy.forward(request, info, outcome, headers)
+                await self._store(outcome, headers)
+            return response
+        except GatewayError as exc:
+            outcome.status, outcome.error = exc.status, exc.message
+            exc.headers = {**headers, **exc.headers}
+            return exc.response()
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+            await self._finish(key, info, reservation, outcome, headers)
+
+    async def _admit(self, key: ApiKey, info: RequestInfo, headers: dict) -> Reservation | None:
+        if not key.limited:
+            return None
+        p = self.config.proxy
+        decision = await self.limiter.admit(
+            key, info.reserve_tokens(p.chars_per_token, p.default_max_tokens)
+        )
+        headers.update(decision.headers)
+        if decision.reservation is None:
+            self.metrics.rate_limited.labels(key.id, decision.limit).inc()
+            retry = {"Retry-After": str(max(1, math.ceil(decision.retry_after_s)))}
+            raise GatewayError(
+                429,
+                f"rate limit reached for {decision.limit} on key {key.id!r}",
+                code="rate_limit_exceeded",
+                headers=retry,
+            )
+        return decision.reservation
+
+    async def _from_cache(self, request, key: ApiKey, info: RequestInfo, headers: dict, outcome):
+        if request.headers.get(BYPASS_HEADER, "").lower() == "bypass":
+            headers[BYPASS_HEADER] = "bypass"
+            return None
+        cache_key = self.cache.key_for(key.tenant, info)
+        if cache_key is None:
+            return None
+        answer = await self.cache.get(cache_key)
+        self.metrics.cache.labels("hit" if answer else "miss").inc()
+        if answer is None:
+            headers[BYPASS_HEADER] = "miss"
+            outcome.cache_key = cache_key
+            return None
+        headers[BYPASS_HEADER] = "hit"
+        usage = answer.get("usage") or {}
+        outcome.status, outcome.response = 200, answer
+        outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        outcome.completion_tokens = int(usage.get("completion_tokens") or 0)
+        if not info.stream:
+            return web.json_response(answer, headers=headers)
+        opts = info.payload.get("stream_options") or {}
+        body = replay(
+            answer, info.endpoint, bool(isinstance(opts, dict) and opts.get("include_usage"))
+        )
+        return web.Response(body=body, content_type="text/event-stream", headers=headers)
+
+    async def _store(self, outcome: Outcome, headers: dict) -> None:
+        answer = outcome.response
+        if not outcome.cache_key or answer is None or outcome.status != 200:
+            return
+        # Only whole answers: a choice without a finish reason was cut short.
+        if all(c.get("finish_reason") for c in answer.get("choices", [])):
+            await self.cache.put(outcome.cache_key, answer)
+
+    async def _finish(self, key, info, reservation, outcome: Outcome, headers: dict) -> None:
+        if outcome.prompt_tokens == 0 and info is not None and outcome.status == 200:
+            outcome.prompt_tokens = info.reserve_tokens(self.config.proxy.chars_per_token, 0)
+        if reservation is not None:
+            used = outcome.prompt_tokens + outcome.completion_tokens if outcome.status == 200 else 0
+            await self.limiter.settle(key, reservation, used)
+        replica = outcome.replica or ("cache" if headers.get(BYPASS_HEADER) == "hit" else "none")
+        self.metrics.requests.labels(replica, str(outcome.status), key.id).inc()
+        if outcome.status == 200 and outcome.replica:
+            self.metrics.added_latency.observe(outcome.added_s)
+        if self.audit is not None:
+            await self.audit.record(**self._audit_fields(key, info, outcome, headers, replica))
+
+    def _audit_fields(self, key, info, outcome: Outcome, headers: dict, replica: str) -> dict:
+        fields = {
+            "request_id": headers["x-request-id"],
+            "key_id": key.id,
+            "tenant": key.tenant,
+            "model": info.model if info else None,
+            "replica": replica,
+            "status": outcome.status,
+            "prompt_tokens": outcome.prompt_tokens,
+            "completion_tokens": outcome.completion_tokens,
+            "ttft_s": None if outcome.ttft_s is None else round(outcome.ttft_s, 6),
+            "latency_s": round(time.perf_counter() - outcome.received_at, 6),
+            "attempts": outcome.attempts,
+            "error": outcome.error,
+        }
+        if info is not None:
+            fields["prompt"] = info.prompt_text
+            fields["completion"] = _answer_text(outcome.response)
+        return fields
+
+    # --- other routes ---
+
+    async def _models(self, request: web.Request) -> web.Response:
+        try:
+            key = self.auth.authenticate(request.headers)
+            for replica in self.replicas.ready():
+                try:
+                    async with self.session.get(replica.url + "/v1/models") as resp:
+                        if resp.status == 200:
+                            data = await resp.json()
+                            data["data"] = [
+                                m for m in data.get("data", []) if key.allows(m.get("id"))
+                            ]
+                            return web.json_response(data)
+                except (aiohttp.ClientError, ValueError, OSError):
+                    continue
+            raise GatewayError(503, "no replica is ready", headers={"Retry-After": "2"})
+        except GatewayError as exc:
+            return exc.response()
+
+    async def _health(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _ready(self, _request: web.Request) -> web.Response:
+        ready = bool(self.replicas.ready()) and not self.draining
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        body = self.metrics.render(self.replicas, self.dispatcher.waiting)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def _admin_list(self, request: web.Request) -> web.Response:
+        return await _admin(request, self.auth, self._list)
+
+    async def _list(self, _request: web.Request) -> web.Response:
+        return web.json_response({"replicas": [r.to_json() for r in self.replicas.all()]})
+
+    async def _admin_add(self, request: web.Request) -> web.Response:
+        async def add(req: web.Request) -> web.Response:
+            url = await _json_url(req)
+            self.replicas.add(url, ReplicaState.LOADING)
+            await self.health.check(self.replicas.get(url))
+            return web.json_response(self.replicas.get(url).to_json(), status=201)
+
+        return await _admin(request, self.auth, add)
+
+    async def _admin_remove(self, request: web.Request) -> web.Response:
+        async def remove(req: web.Request) -> web.Response:
+            url = req.query.get("url") or await _json_url(req)
+            if self.replicas.get(url) is None:
+                raise GatewayError(404, f"no replica {url!r}", param="url")
+            self.replicas.remove(url)
+            return web.json_response({"removed": url})
+
+        return await _admin(request, self.auth, remove)
+
+    async def _admin_rollout(self, request: web.Request) -> web.Response:
+        async def rollout(req: web.Request) -> web.Response:
+            if self.rollout is None:
+                raise GatewayError(404, "no fleet: this gateway does not manage its replicas")
+            if self._rollout_task and not self._rollout_task.done():
+                raise GatewayError(429, "a rollout is already running", code="rollout_running")
+            self._rollout_task = asyncio.create_task(self.rollout())
+            if req.query.get("wait") in ("1", "true"):
+                return web.json_response(await asyncio.shield(self._rollout_task))
+            return web.json_response({"status": "started"}, status=202)
+
+        return await _admin(request, self.auth, rollout)
+
+
+async def _admin(request: web.Request, auth: Authenticator, handler) -> web.Response:
+    try:
+        auth.check_admin(request.headers)
+        return await handler(request)
+    except GatewayError as exc:
+        return exc.response()
+
+
+async def _json_url(request: web.Request) -> str:
+    try:
+        data = await request.json()
+    except ValueError:
+        raise GatewayError(400, 'body must be JSON: {"url": ...}') from None
+    url = data.get("url") if isinstance(data, dict) else None
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise GatewayError(400, "'url' must be an http(s) URL", param="url")
+    return url.rstrip("/")
+
+
+def _answer_text(answer: dict | None) -> str | None:
+    if not answer:
+        return None
+    parts = []
+    for c in answer.get("choices", []):
+        parts.append(c.get("text") or (c.get("message") or {}).get("content") or "")
+    return "".join(parts)
+
+
+async def serve(gateway: Gateway, host: str, port: int) -> web.AppRunner:
+    """Start the gateway on host:port; the caller cleans up with `await runner.cleanup()`."""
+    runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

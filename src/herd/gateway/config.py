@@ -1,0 +1,158 @@
+"""Gateway settings: one dataclass per concern, loaded from a TOML or YAML file.
+
+Every field has a one-line description; CLI flags override the common ones. Unknown keys in a
+file are an error so a typo never silently falls back to a default."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names the key."""
+
+
+@dataclass
+class HealthConfig:
+    interval_s: float = 1.0  # seconds between active /ready checks of each replica
+    timeout_s: float = 2.0  # one health check or metrics scrape may take this long
+    eject_after: int = 3  # consecutive failures (passive or active) that eject a replica
+    backoff_base_s: float = 1.0  # first ejection lasts this long; doubles per repeat
+    backoff_max_s: float = 30.0  # longest ejection before the next probe
+    scrape_metrics: bool = True  # read replicas' /metrics for reported load and prefix hits
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0 or self.timeout_s <= 0 or self.eject_after < 1:
+            raise ConfigError("health: interval_s, timeout_s > 0 and eject_after >= 1")
+
+
+@dataclass
+class ProxyConfig:
+    max_attempts: int = 3  # tries per request (first + retries) before the first byte is sent
+    retry_budget_ratio: float = 0.2  # retries may add at most this share of the request rate
+    retry_budget_min: int = 10  # retries always allowed in a burst, whatever the ratio
+    connect_timeout_s: float = 2.0  # opening a connection to a replica
+    first_byte_timeout_s: float = 120.0  # upstream silence before the first byte: retry elsewhere
+    idle_timeout_s: float = 120.0  # upstream silence mid-stream: end the stream with an error
+    max_body_bytes: int = 4 * 1024 * 1024  # larger request bodies get 413
+    max_in_flight_per_replica: int = 256  # a replica at this many in-flight gets no more
+    queue_size: int = 1024  # requests that may wait for a free replica; past it 429
+    queue_timeout_s: float = 10.0  # longest wait for a replica; then 429 (503 if none ready)
+    chars_per_token: float = 3.0  # prompt-size estimate used to reserve tokens at admission
+    default_max_tokens: int = 256  # reserved when a request gives no max_tokens
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.max_in_flight_per_replica < 1 or self.queue_size < 0:
+            raise ConfigError("proxy: max_attempts, max_in_flight_per_replica >= 1")
+
+
+@dataclass
+class CacheConfig:
+    enabled: bool = True  # exact-match response cache for deterministic requests
+    max_entries: int = 4096  # in-memory LRU bound
+    max_entry_bytes: int = 256 * 1024  # larger responses are not cached
+    ttl_s: float = 600.0  # entries expire after this long (also the Redis TTL)
+    use_redis: bool = True  # with a Redis URL, share the cache between gateway instances
+    shared_across_tenants: bool = False  # only on purpose: tenants would see each other's answers
+
+
+@dataclass
+class AuditConfig:
+    path: str | None = None  # JSON-lines file; none: no audit log
+    include_text: bool = False  # also log prompt and completion text
+
+
+@dataclass
+class AffinityConfig:
+    prefix_chars: int = 256  # leading prompt characters that key prefix_affinity
+    load_factor: float = 1.25  # a replica may carry this multiple of the mean load before spilling
+    virtual_nodes: int = 64  # points per replica on the hash ring
+
+
+@dataclass
+class GatewayConfig:
+    host: str = "127.0.0.1"  # address the gateway listens on
+    port: int = 8000  # port the gateway listens on
+    policy: str = "least_outstanding"  # round_robin, least_outstanding, prefix_affinity
+    upstreams: list[str] = field(default_factory=list)  # replica base URLs (gateway alone)
+    api_keys: str | None = None  # keys file; none: no authentication
+    admin_key: str | None = None  # guards /admin/*; none: admin routes are off
+    redis: str | None = None  # redis://host:port/db shared by gateway instances
+    model_revision: str = ""  # part of the cache key: change it when weights change
+    health: HealthConfig = field(default_factory=HealthConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    affinity: AffinityConfig = field(default_factory=AffinityConfig)
+
+
+@dataclass
+class FleetConfig:
+    model: str | None = None  # model directory; none: the demo model
+    replicas: int = 2  # replicas to run on this machine
+    command: list[str] = field(
+        default_factory=list
+    )  # replica command template; {model} {host} {port}
+    host: str = "127.0.0.1"  # replicas listen here
+    startup_timeout_s: float = 300.0  # a replica not ready by then is killed and retried
+    drain_timeout_s: float = 60.0  # SIGTERM'd replica gets this long before SIGKILL
+    restart_backoff_base_s: float = 0.5  # first restart delay after a crash; doubles per crash
+    restart_backoff_max_s: float = 30.0  # longest restart delay
+    stable_after_s: float = 30.0  # up this long resets the crash backoff
+    extra_args: list[str] = field(default_factory=list)  # appended to every replica command
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ConfigError("fleet: replicas must be >= 1")
+
+
+@dataclass
+class ServeConfig:
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build a (nested) dataclass from a dict, refusing unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = fields[name].default_factory  # type: ignore[misc]
+        if dataclasses.is_dataclass(sub):
+            kwargs[name] = _build(sub, value, f"{where}.{name}" if where else name)
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML (.toml) or YAML (anything else) file into a dict."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {p}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    return data or {}
+
+
+def load_serve_config(path: str | Path | None) -> ServeConfig:
+    """A file with optional [gateway] and [fleet] tables; no file gives the defaults."""
+    return _build(ServeConfig, read_file(path) if path else {}, "")

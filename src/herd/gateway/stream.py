@@ -1,0 +1,140 @@
+"""Server-sent events between replica and client: check, account and replay them.
+
+`StreamAssembler` cuts the upstream byte stream into whole events, refuses garbage, counts
+usage and rebuilds the whole answer (for the response cache); `replay` turns a cached answer
+back into a stream."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_EVENT_BYTES = 1 << 20  # an unterminated event larger than this is garbage, not a slow event
+
+
+class StreamAssembler:
+    def __init__(self, endpoint: str):
+        self.chat = endpoint == "chat/completions"
+        self.done = False  # saw [DONE] (or an upstream error event, which also ends it)
+        self.upstream_error: dict | None = None
+        self._buf = b""
+        self._texts: dict[int, list[str]] = {}
+        self._finish: dict[int, str | None] = {}
+        self._head: dict[str, Any] = {}
+        self._usage: dict[str, Any] | None = None
+        self._content_events = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Add bytes; return the complete events among them, ready to forward."""
+        buf = self._buf + chunk
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            if len(buf) > MAX_EVENT_BYTES:
+                raise ValueError("event too large or not server-sent events")
+            self._buf = buf
+            return b""
+        complete, self._buf = buf[: end + 2], buf[end + 2 :]
+        for event in complete.split(b"\n\n"):
+            if event.strip():
+                self._event(event)
+        return complete
+
+    def _event(self, event: bytes) -> None:
+        for line in event.split(b"\n"):
+            line = line.rstrip(b"\r")
+            if (
+                not line
+                or line.startswith(b":")
+                or line.startswith(b"event:")
+                or line.startswith(b"id:")
+            ):
+                continue
+            if not line.startswith(b"data:"):
+                raise ValueError("not a server-sent event")
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                self.done = True
+                continue
+            obj = json.loads(data)  # ValueError on garbage
+            if not isinstance(obj, dict):
+                raise ValueError("event data is not a JSON object")
+            self._chunk(obj)
+
+    def _chunk(self, obj: dict) -> None:
+        if "error" in obj:
+            self.upstream_error = obj["error"]
+            self.done = True
+            return
+        if not self._head:
+            self._head = {k: obj.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+        if obj.get("usage"):
+            self._usage = obj["usage"]
+        for choice in obj.get("choices") or ():
+            i = choice.get("index", 0)
+            text = (choice.get("delta") or {}).get("content") if self.chat else choice.get("text")
+            if text:
+                self._texts.setdefault(i, []).append(text)
+                self._content_events += 1
+            if choice.get("finish_reason") is not None:
+                self._finish[i] = choice["finish_reason"]
+            self._finish.setdefault(i, None)
+
+    def usage(self) -> tuple[int, int]:
+        """(prompt, completion) tokens: the replica's count if it sent one, else events seen."""
+        if self._usage:
+            return int(self._usage.get("prompt_tokens") or 0), int(
+                self._usage.get("completion_tokens") or 0
+            )
+        return 0, self._content_events
+
+    def response(self) -> dict[str, Any] | None:
+        """The whole answer as a non-streaming response object; None if it did not finish."""
+        if not self.done or self.upstream_error is not None:
+            return None
+        choices = []
+        for i in sorted(self._finish):
+            text = "".join(self._texts.get(i, ()))
+            if self.chat:
+                choices.append(
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": self._finish[i],
+                    }
+                )
+            else:
+                choices.append({"index": i, "text": text, "finish_reason": self._finish[i]})
+        prompt, completion = self.usage()
+        return {
+            **self._head,
+            "object": "chat.completion" if self.chat else "text_completion",
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
+        }
+
+
+def replay(answer: dict[str, Any], endpoint: str, include_usage: bool = False) -> bytes:
+    """A stored non-streaming answer as an SSE stream: one chunk per choice, then [DONE]."""
+    chat = endpoint == "chat/completions"
+    head = {k: answer.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+    head["object"] = "chat.completion.chunk" if chat else "text_completion"
+    events = []
+    for choice in answer.get("choices", []):
+        if chat:
+            message = choice.get("message") or {}
+            delta = {"role": "assistant", "content": message.get("content") or ""}
+            out = {"index": choice.get("index", 0), "delta": delta}
+        else:
+            out = {"index": choice.get("index", 0), "text": choice.get("text") or ""}
+        out["finish_reason"] = choice.get("finish_reason")
+        if chat or "logprobs" in choice:
+            out["logprobs"] = None
+        events.append({**head, "choices": [out]})
+    if include_usage and answer.get("usage"):
+        events.append({**head, "choices": [], "usage": answer["usage"]})
+    body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+    return body + b"data: [DONE]\n\n"
