@@ -1,0 +1,62 @@
+"""`herd demo-model`, `herd generate` and `herd chat`: the offline engine from the shell."""
+
+import argparse
+import sys
+import time
+
+from herd.cli import CliError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo-model", help="write the small random-weight demo Llama to DIR")
+    p.add_argument("dir", nargs="?", help="where to write it (default: the herd cache)")
+    p.set_defaults(func=demo_model)
+
+    for name, helptext in (("generate", "complete prompts offline"), ("chat", "chat offline")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--model", help="local Hugging Face model directory (default: demo model)")
+        p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--max-tokens", type=int, default=64)
+        p.add_argument("--temperature", type=float, default=0.0)
+        p.add_argument("--seed", type=int)
+        p.add_argument("prompt", nargs="+", help="prompt(s) (chat: one user message)")
+        p.set_defaults(func=generate)
+
+
+def demo_model(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from herd.model.demo import default_demo_dir, write_demo_model
+
+    path = write_demo_model(Path(args.dir) if args.dir else default_demo_dir())
+    print(f"wrote a random-weight demo Llama (it outputs gibberish) to {path}")
+    return 0
+
+
+def generate(args: argparse.Namespace) -> int:
+    from herd import LLM, SamplingParams
+    from herd.engine.errors import InvalidRequestError, ModelLoadError
+    from herd.model.demo import ensure_demo_model
+
+    model = args.model or ensure_demo_model()
+    if not args.model:
+        print(f"(no --model: using the random-weight demo model at {model})", file=sys.stderr)
+    try:
+        llm = LLM(model, dtype=args.dtype, device=args.device)
+        params = SamplingParams(
+            temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed
+        )
+        t0 = time.perf_counter()
+        if args.command == "chat":
+            outs = llm.chat([{"role": "user", "content": " ".join(args.prompt)}], params)
+        else:
+            outs = llm.generate(args.prompt, params)
+    except (InvalidRequestError, ModelLoadError) as exc:
+        raise CliError(str(exc)) from None
+    elapsed = time.perf_counter() - t0
+    for out in outs:
+        print(out.outputs[0].text)
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    print(f"({tokens} tokens in {elapsed:.2f}s)", file=sys.stderr)
+    return 0
