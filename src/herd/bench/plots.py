@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 
 def _xs(run: dict) -> tuple[list[float], str]:
@@ -33,6 +34,7 @@ def _load_axes(ax, xlabel: str, runs: list[dict]) -> None:
     ax.set_xlabel(xlabel)
     if all(lv["load"]["value"] > 0 for r in runs for lv in r["levels"]):
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 1, 4, 16 rather than 2^0, 2^2, 2^4
     ax.grid(True, alpha=0.3)
 
 
