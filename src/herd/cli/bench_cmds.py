@@ -11,7 +11,7 @@ import sys
 from herd.cli import CliError
 
 
-def _csv(kind):
+def csv_list(kind):
     def parse(text: str) -> list:
         try:
             return [kind(part) for part in text.split(",") if part.strip()]
@@ -69,11 +69,11 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     t.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
     lo = p.add_argument_group("load")
     lo.add_argument(
-        "--concurrency", type=_csv(int), default=[], help="closed-loop users per level: 1,4,16"
+        "--concurrency", type=csv_list(int), default=[], help="closed-loop users per level: 1,4,16"
     )
     lo.add_argument(
         "--rate",
-        type=_csv(float),
+        type=csv_list(float),
         default=[],
         help="open-loop Poisson rates per level (req/s; inf)",
     )
@@ -130,7 +130,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 
 def _add_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="results.json files (or directories holding one)")
-    p.add_argument("--labels", type=_csv(str), help="rename the runs, in order")
+    p.add_argument("--labels", type=csv_list(str), help="rename the runs, in order")
     p.add_argument("--pool", action="store_true", help="files with the same label are repeats")
     p.add_argument("--output-dir", help="write compare.json, compare.md, PNGs and compare.html")
     p.set_defaults(func=handle_compare)

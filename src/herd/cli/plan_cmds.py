@@ -3,27 +3,14 @@
 Prints a table (or JSON with --json) of weights per GPU, KV bytes per token, KV tokens that
 fit and the most concurrent sequences; with --bench, the replicas and GPUs a target load needs."""
 
-import argparse
 import itertools
 import json
 
 from herd.cli import CliError
-
-
-def _csv(kind):
-    def parse(text: str) -> list:
-        try:
-            return [kind(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a comma-separated list, got {text!r}"
-            ) from None
-
-    return parse
+from herd.cli.bench_cmds import csv_list, one_line_errors
 
 
 def register(subparsers) -> None:
-    from herd.cli.bench_cmds import one_line_errors
 
     help_ = "size a deployment: memory, KV capacity, GPUs for a load"
     p = one_line_errors(subparsers.add_parser("plan", help=help_))
@@ -31,10 +18,14 @@ def register(subparsers) -> None:
     p.add_argument(
         "--gpu", default="H100-80GB", help="H100-80GB, H200, A100-80GB, L40S or custom:<N>GiB"
     )
-    p.add_argument("--tp", type=_csv(int), default=[1], help="tensor-parallel sizes, e.g. 1,2,8")
-    p.add_argument("--precision", type=_csv(str), default=["bf16"], help="bf16,fp16,fp8,int8,int4")
     p.add_argument(
-        "--kv-dtype", type=_csv(str), default=["bf16"], help="KV cache dtype(s): bf16, fp8"
+        "--tp", type=csv_list(int), default=[1], help="tensor-parallel sizes, e.g. 1,2,8"
+    )
+    p.add_argument(
+        "--precision", type=csv_list(str), default=["bf16"], help="bf16,fp16,fp8,int8,int4"
+    )
+    p.add_argument(
+        "--kv-dtype", type=csv_list(str), default=["bf16"], help="KV cache dtype(s): bf16, fp8"
     )
     p.add_argument(
         "--gpu-memory-utilization", type=float, default=0.9, help="fraction of GPU memory used"

@@ -56,18 +56,6 @@ BUILTIN_CONFIGS: dict[str, dict] = {
         "tie_word_embeddings": False,
         "transformers_version": "4.43.0.dev0",
     },
-    "Llama-3.3-70B": {
-        **_LLAMA3_COMMON,
-        "eos_token_id": [128001, 128008, 128009],
-        "hidden_size": 8192,
-        "intermediate_size": 28672,
-        "num_attention_heads": 64,
-        "num_hidden_layers": 80,
-        "num_key_value_heads": 8,
-        "rope_scaling": _rope(8.0),
-        "tie_word_embeddings": False,
-        "transformers_version": "4.47.0.dev0",
-    },
     "Llama-3.2-1B": {
         **_LLAMA3_COMMON,
         "eos_token_id": 128001,
@@ -94,4 +82,11 @@ BUILTIN_CONFIGS: dict[str, dict] = {
         "tie_word_embeddings": True,
         "transformers_version": "4.45.0.dev0",
     },
+}
+
+# Llama-3.3-70B has 3.1-70B's architecture; its config differs in the EOS list and version stamp.
+BUILTIN_CONFIGS["Llama-3.3-70B"] = {
+    **BUILTIN_CONFIGS["Llama-3.1-70B"],
+    "eos_token_id": [128001, 128008, 128009],
+    "transformers_version": "4.47.0.dev0",
 }
