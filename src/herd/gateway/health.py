@@ -90,7 +90,7 @@ class HealthChecker:
     async def check(self, replica: Replica) -> None:
         """One probe; DOWN replicas belong to the supervisor and are left alone."""
         state = replica.state
-        if state is ReplicaState.DOWN:
+        if state is ReplicaState.DOWN or replica.locked:
             return
         if state is ReplicaState.EJECTED and time.monotonic() < replica.observed.ejected_until:
             return

@@ -48,6 +48,7 @@ class Replica:
     url: str  # base URL, no trailing slash
     state: ReplicaState = ReplicaState.LOADING
     pid: int | None = None  # local replicas only
+    locked: bool = False  # state set by the fleet (draining, down): health checks leave it
     observed: Observed = field(default_factory=Observed)
     reported: Reported = field(default_factory=Reported)
 

@@ -1,0 +1,167 @@
+"""`herd serve` (N local replicas + the gateway) and `herd gateway` (the gateway alone).
+
+Settings come from `--config FILE` (TOML or YAML with [gateway] and [fleet] tables); the common
+ones are also flags, and a flag given wins over the file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from herd.cli import CliError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML or YAML file with [gateway] (and [fleet]) settings")
+    p.add_argument("--host", help="address the gateway listens on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port the gateway listens on (default 8000)")
+    p.add_argument("--policy", help="round_robin, least_outstanding (default), prefix_affinity")
+    p.add_argument("--api-keys", help="keys file (hashed keys, tenants, models, limits)")
+    p.add_argument("--admin-key", help="key that guards /admin/* (off without one)")
+    p.add_argument("--redis", help="redis://host:port/db shared by gateway instances")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="run N replicas and the gateway in front of them")
+    p.add_argument("--model", help="model directory (default: the demo model)")
+    p.add_argument("--replicas", type=int, help="replicas to run (default 2)")
+    p.add_argument("--replica-args", default="", help="extra `herd replica` flags, one string")
+    p.add_argument("--log-dir", help="replica logs go here (default: a new temp directory)")
+    _common(p)
+    p.set_defaults(func=handle_serve)
+
+    g = subparsers.add_parser("gateway", help="run the gateway alone in front of given replicas")
+    g.add_argument("--upstream", action="append", default=[], help="replica base URL (repeatable)")
+    g.add_argument(
+        "--hash-key", metavar="KEY", help="print the SHA-256 of KEY for a keys file; exit"
+    )
+    _common(g)
+    g.set_defaults(func=handle_gateway)
+
+
+def _load(args: argparse.Namespace):
+    from herd.gateway.config import ConfigError, load_serve_config
+    from herd.gateway.routing import POLICIES
+
+    try:
+        config = load_serve_config(args.config)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    gw = config.gateway
+    for name in ("host", "port", "policy", "api_keys", "admin_key", "redis"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(gw, name, value)
+    if gw.policy not in POLICIES:
+        raise CliError(f"unknown policy {gw.policy!r}; choose one of {sorted(POLICIES)}")
+    if gw.api_keys and not Path(gw.api_keys).is_file():
+        raise CliError(f"keys file not found: {gw.api_keys}")
+    return config
+
+
+def _gateway_or_error(config):
+    from herd.gateway.app import Gateway
+    from herd.gateway.config import ConfigError
+
+    try:
+        return Gateway(config)
+    except (ConfigError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def handle_serve(args: argparse.Namespace) -> int:
+    from herd.fleet.serve import run_fleet
+
+    config = _load(args)
+    fleet = config.fleet
+    if args.replicas is not None:
+        if args.replicas < 1:
+            raise CliError("--replicas must be at least 1")
+        fleet.replicas = args.replicas
+    if args.model is not None:
+        fleet.model = args.model
+    if not fleet.model and not fleet.command:
+        from herd.model.demo import ensure_demo_model
+
+        fleet.model = str(ensure_demo_model())
+    if fleet.model and not Path(fleet.model).is_dir():
+        raise CliError(f"model directory not found: {fleet.model}")
+    fleet.extra_args = [*fleet.extra_args, *shlex.split(args.replica_args)]
+    _gateway_or_error(config.gateway)  # config errors before any replica starts
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    print(f"herd serve: starting {fleet.replicas} replica(s) of {fleet.model}...", file=sys.stderr)
+    model_name = Path(fleet.model).name if fleet.model else "MODEL"
+    try:
+        return asyncio.run(run_fleet(config, lambda gw: banner(gw, model_name), args.log_dir))
+    except OSError as exc:
+        raise CliError(
+            f"cannot listen on {config.gateway.host}:{config.gateway.port}: {exc}"
+        ) from None
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from None
+
+
+def banner(gateway, model: str) -> None:
+    """Where it listens, and requests ready to paste."""
+    c = gateway.config
+    host = "127.0.0.1" if c.host in ("0.0.0.0", "::") else c.host
+    url = f"http://{host}:{c.port}"
+    key = "YOUR_KEY" if c.api_keys else "none"
+    auth = f" -H 'Authorization: Bearer {key}'" if c.api_keys else ""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
+    n = len(gateway.replicas.ready())
+    print(f"herd serve: gateway on {url} with {n} ready replica(s), policy {c.policy}", flush=True)
+    print(
+        f"\n  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'"
+    )
+    print(
+        f'\n  python -c "from openai import OpenAI; '
+        f"c = OpenAI(base_url='{url}/v1', api_key='{key}'); "
+        f"print(c.chat.completions.create(model='{model}', "
+        f"messages=[{{'role': 'user', 'content': 'Hello!'}}]).choices[0].message.content)\"\n",
+        flush=True,
+    )
+
+
+def handle_gateway(args: argparse.Namespace) -> int:
+    if args.hash_key is not None:
+        from herd.gateway.auth import hash_key
+
+        print(hash_key(args.hash_key))
+        return 0
+    config = _load(args).gateway
+    config.upstreams = [*config.upstreams, *args.upstream]
+    if not config.upstreams:
+        print("herd gateway: no upstreams yet; add some with POST /admin/replicas", file=sys.stderr)
+    gateway = _gateway_or_error(config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(_run_gateway(gateway))
+    except OSError as exc:
+        raise CliError(f"cannot listen on {config.host}:{config.port}: {exc}") from None
+
+
+async def _run_gateway(gateway) -> int:
+    import signal
+
+    from herd.gateway.app import serve
+
+    c = gateway.config
+    runner = await serve(gateway, c.host, c.port)
+    print(f"herd gateway: listening on http://{c.host}:{c.port} in front of "
+          f"{len(c.upstreams)} upstream(s), policy {c.policy}", flush=True)  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        await gateway.drain(30.0)
+    finally:
+        await runner.cleanup()
+    return 0
