@@ -39,8 +39,8 @@ async def test_counts_tokens_and_latencies_match_the_server(fake_server):
     server_e2e = sorted(s.end - s.arrival for s in served)
     # The client sees the server's time plus loopback and scheduling: never less, a little more.
     assert level["ttft_ms"]["p50"] >= server_ttft[6] * 1000 - 1
-    assert level["ttft_ms"]["p50"] == pytest.approx(server_ttft[6] * 1000, abs=40)
-    assert level["e2e_ms"]["p50"] == pytest.approx(server_e2e[6] * 1000, abs=40)
+    assert level["ttft_ms"]["p50"] == pytest.approx(server_ttft[6] * 1000, abs=60)
+    assert level["e2e_ms"]["p50"] == pytest.approx(server_e2e[6] * 1000, abs=60)
     assert level["itl_ms"]["p50"] == pytest.approx(10, abs=8)
     assert level["tpot_ms"]["mean"] == pytest.approx(10, abs=8)
     assert level["goodput"]["fraction"] == 1.0
@@ -107,7 +107,8 @@ async def test_shared_prefix_groups_share_their_prefix_and_runs_are_salted(fake_
     workload = Workload(
         kind="shared-prefix", num_groups=2, prefix_len=20, input_len=4, output_len=2
     )
-    cfg = config(server, [Load("concurrency", 2)], workload=workload, limits=Limits(num_requests=4))
+    # One user: the server sees the prompts in dataset order.
+    cfg = config(server, [Load("concurrency", 1)], workload=workload, limits=Limits(num_requests=4))
     first, _ = await run_benchmark(cfg)
     second, _ = await run_benchmark(cfg)
     prompts = [s.body["messages"][-1]["content"] for s in server.served]
