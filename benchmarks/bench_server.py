@@ -92,8 +92,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument(
-        "--reps", type=int, default=50, help="sequential requests for the overhead runs"
+        "--reps", type=int, default=30, help="sequential requests for the overhead runs"
     )
+    ap.add_argument("--rounds", type=int, default=3, help="alternating offline/server rounds")
     args = ap.parse_args()
     model = args.model
     if model is None:
@@ -106,39 +107,43 @@ def main() -> None:
     llm = LLM(model, **engine)
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)
     llm.generate(ps[:4], params)
-    t0 = time.perf_counter()
-    outs = llm.generate(ps, params)
-    offline_s = time.perf_counter() - t0
-    offline_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-    off_1 = statistics.median(offline_latencies(llm, 1, args.reps))
-    off_n = statistics.median(offline_latencies(llm, args.max_tokens + 1, args.reps // 2))
-    del llm
-
     flags = ["--dtype", "float32", "--device", "cpu", "--max-num-seqs", str(args.concurrency)]
+    ratios, off_rates, srv_rates, per_req, per_tok = [], [], [], [], []
+    # Offline and server runs alternate, `--rounds` times, so load from other processes on a
+    # shared machine hits both sides alike; medians are reported.
     with ReplicaProcess(model, *flags, "--log-level", "warning") as replica:
-        tokens, server_s = asyncio.run(
-            server_throughput(replica.url, ps, args.max_tokens, args.concurrency)
-        )
-        srv_1 = statistics.median(asyncio.run(server_latencies(replica.url, 1, args.reps)))
-        srv_n = statistics.median(
-            asyncio.run(server_latencies(replica.url, args.max_tokens + 1, args.reps // 2))
-        )
-    assert tokens == offline_tokens, (tokens, offline_tokens)
-    off_tps, srv_tps = offline_tokens / offline_s, tokens / server_s
-    per_req = (srv_1 - off_1) * 1e3
-    per_tok = ((srv_n - srv_1) - (off_n - off_1)) / args.max_tokens * 1e3
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            outs = llm.generate(ps, params)
+            offline_s = time.perf_counter() - t0
+            offline_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+            tokens, server_s = asyncio.run(
+                server_throughput(replica.url, ps, args.max_tokens, args.concurrency)
+            )
+            assert tokens == offline_tokens, (tokens, offline_tokens)
+            off_rates.append(offline_tokens / offline_s)
+            srv_rates.append(tokens / server_s)
+            ratios.append(srv_rates[-1] / off_rates[-1])
+            off_1 = statistics.median(offline_latencies(llm, 1, args.reps))
+            off_n = statistics.median(offline_latencies(llm, args.max_tokens + 1, args.reps // 2))
+            srv_1 = statistics.median(asyncio.run(server_latencies(replica.url, 1, args.reps)))
+            srv_n = statistics.median(
+                asyncio.run(server_latencies(replica.url, args.max_tokens + 1, args.reps // 2))
+            )
+            per_req.append((srv_1 - off_1) * 1e3)
+            per_tok.append(((srv_n - srv_1) - (off_n - off_1)) / args.max_tokens * 1e3)
+    med = statistics.median
     print(
         f"workload: {args.requests} requests x {args.max_tokens} tokens, concurrency {args.concurrency}"
     )
-    print(f"offline LLM: {off_tps:8.1f} output tok/s ({offline_s:.2f} s)")
+    print(f"rounds: {args.rounds}; per round offline/server tok/s, ratio:")
+    for o, s_, r in zip(off_rates, srv_rates, ratios, strict=True):
+        print(f"  {o:8.1f} {s_:8.1f} {r:6.1%}")
     print(
-        f"server     : {srv_tps:8.1f} output tok/s ({server_s:.2f} s) = {srv_tps / off_tps:.1%} of offline"
+        f"median: offline {med(off_rates):.1f} tok/s, server {med(srv_rates):.1f} tok/s, ratio {med(ratios):.1%}"
     )
     print(
-        f"concurrency 1, max_tokens=1: server p50 {srv_1 * 1e3:.2f} ms, offline p50 {off_1 * 1e3:.2f} ms"
-    )
-    print(
-        f"server overhead: {per_req:.2f} ms per request (p50), {per_tok:.3f} ms per streamed token"
+        f"server overhead at concurrency 1 (median of rounds' p50): {med(per_req):.2f} ms per request, {med(per_tok):.3f} ms per streamed token"
     )
 
 
