@@ -19,17 +19,11 @@ from pathlib import Path
 
 import aiohttp
 
+from herd.fleet.supervisor import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "gateway" / "fake_upstream.py"
 HERD = [sys.executable, "-c", "import sys; from herd.cli import main; sys.exit(main())"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_up(url: str, timeout: float = 30) -> None:
@@ -152,11 +146,11 @@ def main() -> None:
     try:
         upstream = args.upstream
         if upstream is None:
-            port = free_port()
+            port = free_port("127.0.0.1")
             procs.append(subprocess.Popen([sys.executable, str(FAKE), "--port", str(port)]))
             upstream = f"http://127.0.0.1:{port}"
         wait_up(upstream + "/health")
-        gport = free_port()
+        gport = free_port("127.0.0.1")
         procs.append(
             subprocess.Popen(
                 [*HERD, "gateway", "--upstream", upstream, "--port", str(gport)],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,16 +13,16 @@ from pathlib import Path
 
 import aiohttp
 
+from herd.fleet.supervisor import free_port as _free_port
 from herd.gateway.app import Gateway
 from herd.gateway.config import GatewayConfig
 
-FAKE = Path(__file__).with_name("fake_upstream.py")
-
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free_port("127.0.0.1")
+
+
+FAKE = Path(__file__).with_name("fake_upstream.py")
 
 
 def _http(method: str, url: str, data: dict | None = None, timeout: float = 2.0):

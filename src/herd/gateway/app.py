@@ -254,7 +254,10 @@ class Gateway:
             key = self.auth.authenticate(request.headers)
             for replica in self.replicas.ready():
                 try:
-                    async with self.session.get(replica.url + "/v1/models") as resp:
+                    timeout = aiohttp.ClientTimeout(total=self.config.health.timeout_s)
+                    async with self.session.get(
+                        replica.url + "/v1/models", timeout=timeout
+                    ) as resp:
                         if resp.status == 200:
                             data = await resp.json()
                             data["data"] = [
