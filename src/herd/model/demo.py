@@ -87,19 +87,22 @@ def write_demo_model(path: str | Path, seed: int = 0, **overrides) -> Path:
     """Write config, random safetensors weights, generation config and tokenizer to `path`.
 
     `overrides` replace fields of the demo config (e.g. num_key_value_heads=4 for MHA, or
-    rope_scaling={...} with tie_word_embeddings=True). The vocabulary is the tokenizer's.
+    rope_scaling={...} with tie_word_embeddings=True). vocab_size beyond the tokenizer's
+    pads the embedding (token ids past the tokenizer are valid model inputs).
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(overrides.pop("vocab_size", 512))
+    vocab_size = overrides.pop("vocab_size", 512)
+    tokenizer = build_tokenizer(min(vocab_size, 512))
     tokenizer.save_pretrained(path)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     cfg = dict(DEMO_CONFIG, **overrides)
     cfg.update(
-        vocab_size=len(tokenizer),
+        # A larger vocab_size pads the embedding past the tokenizer, as real checkpoints may.
+        vocab_size=max(len(tokenizer), vocab_size),
         bos_token_id=ids["<|begin_of_text|>"],
         eos_token_id=[ids["<|end_of_text|>"], ids["<|eot_id|>"]],
     )
