@@ -82,7 +82,10 @@ def main() -> None:
     if not (model_dir / "config.json").exists():
         write_demo_model(model_dir, **SMALL)
     prompts = make_prompts(args.num_prompts, args.input_len, SMALL["vocab_size"])
-    results = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    results = {
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
     for dtype in args.dtype:
         r = {"herd": bench_herd(model_dir, prompts, args.output_len, dtype)}
         if not args.skip_hf:

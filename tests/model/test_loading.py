@@ -110,7 +110,9 @@ def test_wrong_shape_is_named(tiny_model_dir, tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     cfg["intermediate_size"] = 96
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelLoadError, match=r"mlp\.\w+_proj\.weight has shape \(\d+, \d+\), the config implies"):
+    with pytest.raises(
+        ModelLoadError, match=r"mlp\.\w+_proj\.weight has shape \(\d+, \d+\), the config implies"
+    ):
         LLM(d)
 
 

@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, helptext in (("generate", "complete prompts offline"), ("chat", "chat offline")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--model", help="local Hugging Face model directory (default: demo model)")
-        p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+        p.add_argument(
+            "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
+        )
         p.add_argument("--device", default="cpu")
         p.add_argument("--max-tokens", type=int, default=64)
         p.add_argument("--temperature", type=float, default=0.0)
