@@ -57,3 +57,16 @@ def test_prefix_cache_hits_with_same_output(model_dirs, hf_reference):
     assert [o.num_cached_tokens for o in second] == [(len(p) - 1) // 4 * 4 for p in prompt_ids]
     stats = llm.stats()
     assert stats["prefix_cache_hits"] == sum(o.num_cached_tokens for o in second)
+
+
+def test_prefix_cache_eviction_under_pressure_stays_correct(model_dirs, hf_reference):
+    prompt_ids, expected = hf_reference["gqa"]
+    # 24 blocks of 4 tokens: the cache holds only part of the prompts, so later rounds mix
+    # hits, evicted blocks and preemptions.
+    llm = LLM(model_dirs["gqa"], dtype="float32", block_size=4, num_kv_blocks=24)
+    batch = [{"prompt_token_ids": ids} for ids in prompt_ids]
+    for order in (batch, batch[::-1], batch):
+        outs = llm.generate(order, GREEDY)
+        got = [o.outputs[0].token_ids for o in outs]
+        assert got == [expected[prompt_ids.index(p["prompt_token_ids"])] for p in order]
+    assert llm.stats()["prefix_cache_hits"] > 0

@@ -31,11 +31,23 @@ class RunnerOutput:
 
 
 def resolve_dtype(name: str, model_config: ModelConfig, device: torch.device) -> torch.dtype:
+    """`auto` is the checkpoint's dtype, except on a CPU without bf16 instructions, where
+    half-precision matmuls are emulated and measured 5-8x slower than float32 (see
+    benchmarks/RESULTS.md); an explicit dtype is always honoured."""
     if name == "auto":
         name = model_config.torch_dtype if model_config.torch_dtype in DTYPES else "float32"
-        if name == "float16" and device.type == "cpu":
-            name = "bfloat16"  # fp16 matmuls are slow or missing on CPUs
+        if device.type == "cpu" and name != "float32":
+            name = "bfloat16" if cpu_has_bf16() else "float32"
     return DTYPES[name]
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class ModelRunner:
