@@ -14,7 +14,7 @@ from aiohttp import web
 
 from herd.engine.errors import InvalidRequestError
 from herd.server.config import ServerConfig
-from herd.server.errors import APIError, bad_request, error_response, sse_error
+from herd.server.errors import APIError, bad_request
 from herd.server.lifecycle import Admission, ServerState
 from herd.server.metrics import ServerMetrics
 from herd.server.protocol import GenerateRequest, parse_chat, parse_completion
@@ -42,10 +42,10 @@ async def openai_errors(request: web.Request, handler):
         return await handler(request)
     except APIError as err:
         request.app[METRICS].rejected.labels(str(err.status)).inc()
-        return error_response(err)
+        return err.response()
     except InvalidRequestError as err:
         request.app[METRICS].rejected.labels("400").inc()
-        return error_response(bad_request(err.message, err.param))
+        return bad_request(err.message, err.param).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -54,10 +54,10 @@ async def openai_errors(request: web.Request, handler):
             405: f"method {request.method} not allowed on {request.path}",
             413: f"request body exceeds the limit of {request.app[CONFIG].max_request_bytes} bytes",
         }.get(exc.status, exc.reason)
-        return error_response(APIError(exc.status, message))
+        return APIError(exc.status, message).response()
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(APIError(500, "internal server error"))
+        return APIError(500, "internal server error").response()
 
 
 async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -175,10 +175,10 @@ async def _stream(
             await resp.write(renderer.stream_chunk(out))
         await resp.write(renderer.stream_end())
     except APIError as err:
-        await resp.write(sse_error(err))
+        await resp.write(err.sse_event())
     except RuntimeError as exc:  # engine died mid-stream: tell the client, keep the 200's framing
         log.exception("stream failed")
-        await resp.write(sse_error(APIError(500, f"generation failed: {exc}")))
+        await resp.write(APIError(500, f"generation failed: {exc}").sse_event())
     await resp.write_eof()
     return resp
 
@@ -207,7 +207,7 @@ async def models(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     if engine.dead is not None:
-        return error_response(APIError(500, f"engine step loop failed: {engine.dead!r}"))
+        return APIError(500, f"engine step loop failed: {engine.dead!r}").response()
     return web.json_response({"status": "ok"})
 
 
