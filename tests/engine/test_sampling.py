@@ -136,3 +136,15 @@ def test_siblings_share_the_prompt_blocks(tiny_model_dir):
     while engine.has_unfinished_requests():
         engine.step()
     assert engine.kv.pool.num_free_blocks == engine.kv.pool.num_blocks
+
+
+def test_siblings_are_right_when_the_first_finishes_before_they_start(tiny_model_dir):
+    # max_num_seqs=1: sibling 0 finishes (max_tokens=1) before the others are admitted, so the
+    # blocks they share must outlive it.
+    llm = LLM(tiny_model_dir, dtype="float32", block_size=2, max_num_seqs=1)
+    params = SamplingParams(n=3, temperature=0, max_tokens=1, ignore_eos=True)
+    out = llm.generate([{"prompt_token_ids": list(range(10, 19))}], params)[0]
+    single = llm.generate(
+        [{"prompt_token_ids": list(range(10, 19))}], SamplingParams(temperature=0, max_tokens=1)
+    )[0]
+    assert [c.token_ids for c in out.outputs] == [single.outputs[0].token_ids] * 3

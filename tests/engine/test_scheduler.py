@@ -1,5 +1,8 @@
 """Scheduling order: priority then arrival; preempted requests keep their place."""
 
+import pytest
+
+from herd import LLM
 from herd.engine.config import EngineConfig, SchedulerConfig
 from herd.engine.llm_engine import LLMEngine
 from herd.engine.sampling_params import SamplingParams
@@ -59,3 +62,28 @@ def test_chunked_prefill_respects_the_token_budget(tiny_model_dir):
     engine.scheduler.schedule = recording_schedule
     assert sorted(finish_order(engine)) == ["a", "b"]
     assert max(sizes) == 7 and sum(sizes) == 29 + 11 + 2  # prompts + one decode each
+
+
+@pytest.mark.timeout(120)
+def test_forked_siblings_waiting_with_shared_blocks_do_not_starve_the_pool(tiny_model_dir):
+    # Siblings forked onto a shared prompt wait holding its blocks; with a tight pool and no
+    # prefix cache those blocks must be reclaimed, not deadlock the running requests.
+    prompts = [list(range(10, 10 + k)) for k in (44, 6, 43, 37, 26, 23, 47, 15)]
+    params = [
+        SamplingParams(n=n, temperature=0, max_tokens=m, ignore_eos=True)
+        for n, m in ((2, 8), (1, 17), (3, 5), (3, 6), (1, 17), (2, 12), (1, 10), (2, 11))
+    ]
+    batch = [{"prompt_token_ids": p} for p in prompts]
+    roomy = LLM(tiny_model_dir, dtype="float32", block_size=4)
+    tight = LLM(
+        tiny_model_dir,
+        dtype="float32",
+        block_size=4,
+        num_kv_blocks=16,
+        max_num_batched_tokens=16,
+        max_num_seqs=5,
+        enable_prefix_caching=False,
+    )
+    expected = [[c.token_ids for c in o.outputs] for o in roomy.generate(batch, params)]
+    assert [[c.token_ids for c in o.outputs] for o in tight.generate(batch, params)] == expected
+    assert tight.stats()["preemptions"] > 0

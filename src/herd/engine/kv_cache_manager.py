@@ -78,7 +78,7 @@ class KVCacheManager:
         self.pool.touch(shared)
         self.req_blocks[dst.request_id] = list(shared)
         self.req_hashes[dst.request_id] = list(self.req_hashes.get(src.request_id, [])[:n])
-        return n * self.block_size
+        return len(shared) * self.block_size
 
     def free(self, req: Request) -> None:
         blocks = self.req_blocks.pop(req.request_id, [])

@@ -137,6 +137,7 @@ class LLMEngine:
         if sched.scheduled:
             result = self.runner.execute(sched)
             self.scheduler.update_from_output(sched)
+            self._fork_siblings()  # before finished requests free the blocks siblings share
             for s in sched.scheduled:
                 req, parent = s.req, self.parents[s.req.parent_id]
                 self._take_prompt_logprobs(parent, req, result.prompt_logprobs.get(req.request_id))
@@ -156,7 +157,6 @@ class LLMEngine:
                 if req.status.finished:
                     self.scheduler.remove(req)
                 touched[parent.request_id] = parent
-            self._fork_siblings()
         return [self._collect(p) for p in touched.values()]
 
     def _take_prompt_logprobs(self, parent: ParentState, req: Request, lps: list | None) -> None:

@@ -85,12 +85,23 @@ class Scheduler:
         Returns (fits, preempted anyone); `fits` is False when `req` itself was preempted."""
         preempted = False
         while self.kv.allocate_slots(req, num_new) is None:
+            if self._reclaim_waiting():
+                continue
             victim = self.running[-1]
             self._preempt(victim)
             preempted = True
             if victim is req:
                 return False, True
         return True, preempted
+
+    def _reclaim_waiting(self) -> bool:
+        """Free the blocks waiting requests hold (siblings forked onto a shared prompt), so they
+        never starve the running ones; they recompute instead. True if any were freed."""
+        holders = [r for r in self.waiting if self.kv.blocks_of(r.request_id)]
+        for req in holders:
+            self.kv.free(req)
+            req.num_computed_tokens = 0
+        return bool(holders)
 
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
@@ -109,6 +120,8 @@ class Scheduler:
                 computed, hit = self.kv.get_computed_blocks(req)
             num_new = min(req.num_tokens - req.num_computed_tokens - hit, budget)
             if self.kv.allocate_slots(req, num_new, computed) is None:
+                if self._reclaim_waiting():
+                    continue
                 if not self.running and not out.scheduled:
                     out.unschedulable.append(self.waiting.pop(0))
                     continue
