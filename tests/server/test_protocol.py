@@ -110,7 +110,9 @@ def test_chat_fields():
         ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
         ({"prompt": "x", "logprobs": 99}, "logprobs"),
         ({"prompt": "x", "min_tokens": 20, "max_tokens": 3}, "min_tokens"),
-        ({"prompt": ["a", "b"]}, "prompt"),
+        ({"prompt": ["a", 7]}, "prompt"),
+        ({"prompt": ["a", []]}, "prompt"),
+        ({"prompt": ["a"] * 65}, "prompt"),
         ({"prompt": [-1]}, "prompt"),
         ({"prompt": []}, "prompt"),
         ({}, "prompt"),
@@ -118,6 +120,13 @@ def test_chat_fields():
 )
 def test_completion_refusals(body, param):
     assert _err(parse_completion, body).param == param
+
+
+def test_completion_prompt_forms():
+    assert parse_completion({"prompt": "x"}).prompts == ["x"]
+    assert parse_completion({"prompt": [1, 2]}).prompts == [[1, 2]]
+    assert parse_completion({"prompt": ["a", "b"]}).prompts == ["a", "b"]
+    assert parse_completion({"prompt": [[1], [2, 3]]}).prompts == [[1], [2, 3]]
 
 
 @pytest.mark.parametrize(

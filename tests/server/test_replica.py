@@ -68,6 +68,31 @@ def test_sync_client_completions_equal_offline(replica, offline):
     assert chunks[-1].choices[0].finish_reason == ref.finish_reason
 
 
+def test_batch_of_prompts_equals_offline(replica, offline):
+    prompts = [PROMPT, "Hello world", [5, 6, 7]]
+    refs = offline.generate(
+        [p if isinstance(p, str) else {"prompt_token_ids": p} for p in prompts],
+        greedy(6, n=1),
+    )
+    client = openai.OpenAI(base_url=replica.url + "/v1", api_key="none", max_retries=0)
+    resp = client.completions.create(
+        model="tiny", prompt=[PROMPT, "Hello world"], max_tokens=6, temperature=0, n=2
+    )
+    assert [c.index for c in resp.choices] == [0, 1, 2, 3]
+    assert [c.text for c in resp.choices] == [refs[0].outputs[0].text] * 2 + [
+        refs[1].outputs[0].text
+    ] * 2
+    prompt_tokens = len(refs[0].prompt_token_ids) + len(refs[1].prompt_token_ids)
+    assert resp.usage.prompt_tokens == prompt_tokens and resp.usage.completion_tokens == 24
+    ids = client.completions.create(
+        model="tiny", prompt=[[5, 6, 7], [5, 6]], max_tokens=6, temperature=0
+    )
+    assert ids.choices[0].text == refs[2].outputs[0].text
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny", prompt=["a", "b"], max_tokens=2, stream=True)
+    assert err.value.body["param"] == "stream"
+
+
 async def test_async_client_chat_equals_offline(replica, offline):
     messages = [{"role": "user", "content": "Tell me a story about a cat."}]
     ref = offline.chat(messages, greedy(10))[0]

@@ -1,6 +1,7 @@
 """The aiohttp application of one replica: OpenAI routes over an engine client, plus /health,
 /ready and /metrics. `create_app(engine, config)` builds it without starting anything."""
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -128,14 +129,12 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         raise APIError(
             404, f"The model `{req.model}` does not exist.", param="model", code="model_not_found"
         )
+    if req.prompts is not None and len(req.prompts) > 1:
+        return await _generate_batch(request, req, model, t_arrival)
     prompt_ids = _prompt_ids(engine, req)
     _fit_context(req, len(prompt_ids), engine.max_model_len)
     request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-    renderer = Renderer(req, request_id, model, engine.tokenizer)
-    if req.echo:
-        renderer.prompt_text = (
-            req.prompt if isinstance(req.prompt, str) else engine.tokenizer.decode(prompt_ids)
-        )
+    renderer = _renderer(engine, req, request_id, model, prompt_ids)
     admission = app[ADMISSION]
     ticket = admission.admit(len(prompt_ids))
     tracker = Tracker(app[METRICS], t_arrival, req.params.n)
@@ -143,19 +142,92 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         log.debug("request %s for user %r", request_id, req.user)
     try:
         outputs = engine.generate(request_id, prompt_ids, req.params, req.priority)
+        if not req.stream:
+            await _collect(outputs, renderer, tracker, lambda: admission.started(ticket))
+            return web.json_response(renderer.response())
         async with contextlib.aclosing(outputs):
-            if not req.stream:
-                async for out in outputs:
-                    admission.started(ticket)
-                    tracker.observe(out)
-                    renderer.add(out)
-                return web.json_response(renderer.response())
             return await _stream(
                 request, outputs, renderer, tracker, lambda: admission.started(ticket)
             )
     finally:
         tracker.close()
         admission.release(ticket)
+
+
+def _renderer(engine, req: GenerateRequest, request_id: str, model: str, prompt_ids) -> Renderer:
+    renderer = Renderer(req, request_id, model, engine.tokenizer)
+    if req.echo:
+        renderer.prompt_text = (
+            req.prompt if isinstance(req.prompt, str) else engine.tokenizer.decode(prompt_ids)
+        )
+    return renderer
+
+
+async def _collect(outputs, renderer: Renderer, tracker: Tracker, started) -> None:
+    """Run one engine request to the end, folding its deltas into `renderer`."""
+    async with contextlib.aclosing(outputs):
+        async for out in outputs:
+            started()
+            tracker.observe(out)
+            renderer.add(out)
+
+
+async def _generate_batch(
+    request: web.Request, req: GenerateRequest, model: str, t_arrival: float
+) -> web.Response:
+    """OpenAI's batch form of /v1/completions: one engine request per prompt, run together;
+    choice i*n + j is completion j of prompt i, and usage adds up over the prompts."""
+    app, engine = request.app, request.app[ENGINE]
+    if req.stream:
+        raise bad_request("streaming a batch of prompts is not supported", "stream")
+    request_id = f"cmpl-{uuid.uuid4().hex}"
+    parts = []
+    for prompt in req.prompts or []:
+        sub = dataclasses.replace(req, prompt=prompt, prompts=None)
+        ids = _prompt_ids(engine, sub)
+        _fit_context(sub, len(ids), engine.max_model_len)
+        parts.append((sub, ids, _renderer(engine, sub, request_id, model, ids)))
+    admission, tickets = app[ADMISSION], []
+    trackers = [Tracker(app[METRICS], t_arrival, sub.params.n) for sub, _, _ in parts]
+    try:
+        for _, ids, _ in parts:
+            tickets.append(admission.admit(len(ids)))
+        runs = [
+            _collect(
+                engine.generate(f"{request_id}-{i}", ids, sub.params, sub.priority),
+                renderer,
+                trackers[i],
+                lambda t=tickets[i]: admission.started(t),
+            )
+            for i, (sub, ids, renderer) in enumerate(parts)
+        ]
+        for result in await asyncio.gather(*runs, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+    finally:
+        for tracker in trackers:
+            tracker.close()
+        for ticket in tickets:
+            admission.release(ticket)
+    return web.json_response(_merge_batch([renderer.response() for _, _, renderer in parts]))
+
+
+def _merge_batch(bodies: list[dict]) -> dict:
+    merged = dict(bodies[0], choices=[])
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    cached = 0
+    for body in bodies:
+        offset = len(merged["choices"])
+        for choice in body["choices"]:
+            if "prompt_token_ids" in body:  # return_token_ids: per choice, as prompts differ
+                choice["prompt_token_ids"] = body["prompt_token_ids"]
+            merged["choices"].append(dict(choice, index=offset + choice["index"]))
+        for key in usage:
+            usage[key] += body["usage"][key]
+        cached += body["usage"]["prompt_tokens_details"]["cached_tokens"]
+    merged.pop("prompt_token_ids", None)
+    merged["usage"] = dict(usage, prompt_tokens_details={"cached_tokens": cached})
+    return merged
 
 
 async def _stream(

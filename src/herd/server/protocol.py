@@ -73,6 +73,8 @@ class GenerateRequest:
     model: str | None
     params: SamplingParams
     prompt: str | list[int] | None = None  # completions: text or token ids
+    # completions: OpenAI's batch form (several prompts); choices are numbered prompt-major
+    prompts: list[str | list[int]] | None = None
     messages: list[dict] | None = None  # chat: [{"role", "content": str}]
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage
@@ -194,28 +196,37 @@ def _common(f: dict[str, Any], chat: bool, params: SamplingParams, max_tokens_de
     )
 
 
-def _prompt(value: Any) -> str | list[int]:
-    """Text or token ids; a batch of one is unwrapped, larger batches are refused."""
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str | list):
-        value = value[0]
+def _prompts(value: Any, max_batch: int) -> list[str | list[int]]:
+    """One prompt (text or token ids) or a batch of them (a list of texts or of id lists)."""
+    if isinstance(value, str) or (isinstance(value, list) and value and _is_ids(value[0])):
+        return [_one_prompt(value)]
+    if isinstance(value, list) and value and all(isinstance(v, str | list) for v in value):
+        _refuse_unless(len(value) <= max_batch, "prompt", f"may hold at most {max_batch} prompts")
+        return [_one_prompt(v) for v in value]
+    raise bad_request(
+        "'prompt' must be a string, an array of token ids, or an array of either", "prompt"
+    )
+
+
+def _is_ids(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _one_prompt(value: Any) -> str | list[int]:
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and value and all(isinstance(t, int) for t in value):
-        _refuse_unless(
-            all(not isinstance(t, bool) and t >= 0 for t in value),
-            "prompt",
-            "token ids must be non-negative integers",
-        )
-        return value
-    if isinstance(value, list) and len(value) > 1:
-        raise bad_request("'prompt' must be one prompt; herd takes no batches of prompts", "prompt")
-    raise bad_request("'prompt' must be a string or a non-empty array of token ids", "prompt")
+    _refuse_unless(
+        isinstance(value, list) and value and all(_is_ids(t) and t >= 0 for t in value),
+        "prompt",
+        "token ids must be a non-empty array of non-negative integers",
+    )
+    return value
 
 
 def parse_completion(body: Any, max_n: int = 64, max_logprobs: int = 20) -> GenerateRequest:
     f = _read(body, COMPLETION_FIELDS)
     _refuse_unless("prompt" in f and f["prompt"] is not None, "prompt", "is required")
-    prompt = _prompt(f["prompt"])
+    prompts = _prompts(f["prompt"], max_n)
     _refuse_unless(f.get("suffix") in (None, ""), "suffix", "is not supported")
     logprobs = f.get("logprobs")
     _refuse_unless(
@@ -235,7 +246,7 @@ def parse_completion(body: Any, max_n: int = 64, max_logprobs: int = 20) -> Gene
         best_of in (None, params.n), "best_of", "must equal n (herd returns every sample)"
     )
     req = _common(f, False, params, default)
-    req.prompt = prompt
+    req.prompt, req.prompts = prompts[0], prompts
     req.echo = bool(f.get("echo"))
     return req
 
