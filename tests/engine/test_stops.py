@@ -100,3 +100,11 @@ def test_chat_uses_the_template(llm):
         messages, add_generation_prompt=True, tokenize=False
     )
     assert llm.get_tokenizer().decode(out.prompt_token_ids, skip_special_tokens=False) == expected
+
+
+def test_logprobs_read_as_floats_or_like_vllm(llm):
+    out = llm.generate([PROMPT], SamplingParams(temperature=1.0, seed=3, max_tokens=3, logprobs=2))
+    for tok, lp in zip(out[0].outputs[0].token_ids, out[0].outputs[0].logprobs, strict=True):
+        ranked = sorted(lp.values(), reverse=True)
+        assert lp[tok].logprob == float(lp[tok]) and lp[tok].rank >= 1
+        assert [v.rank for v in ranked[:2]] == [1, 2]

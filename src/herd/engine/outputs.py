@@ -3,6 +3,23 @@ that `LLM.generate` assembles from them."""
 
 from dataclasses import dataclass, field
 
+
+class Logprob(float):
+    """A logprob that is a float, and also reads like vLLM's `Logprob` (`.logprob`, `.rank`), so
+    code written against either keeps working."""
+
+    rank: int | None
+
+    def __new__(cls, value: float, rank: int | None = None) -> "Logprob":
+        obj = super().__new__(cls, value)
+        obj.rank = rank  # 1 = the most likely token
+        return obj
+
+    @property
+    def logprob(self) -> float:
+        return float(self)
+
+
 # One position's logprobs: token id -> logprob (the sampled token plus the top-k).
 TokenLogprobs = dict[int, float]
 

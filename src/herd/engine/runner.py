@@ -10,7 +10,7 @@ import torch
 from herd.engine.attention import AttentionMetadata, get_backend
 from herd.engine.config import EngineConfig
 from herd.engine.request import Request
-from herd.engine.sampler import Sampler
+from herd.engine.sampler import Sampler, rank_logprobs
 from herd.engine.scheduler import ScheduledRequest, SchedulerOutput
 from herd.model.config import ModelConfig
 from herd.model.loader import load_model
@@ -171,11 +171,4 @@ class ModelRunner:
         logprobs = torch.log_softmax(self.model.compute_logits(hidden[:n]), dim=-1)
         targets = req.all_token_ids[s.start + 1 : last + 1]
         k = req.params.prompt_logprobs or 0
-        result = []
-        for i, tok in enumerate(targets):
-            entry = {tok: float(logprobs[i, tok])}
-            if k:
-                vals, ids = logprobs[i].topk(k)
-                entry.update(zip(ids.tolist(), vals.tolist(), strict=True))
-            result.append(entry)
-        return result
+        return [rank_logprobs(logprobs[i], tok, k) for i, tok in enumerate(targets)]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from herd.engine.outputs import Logprob
 from herd.engine.request import Request
 
 MASK_MIN = float("-inf")
@@ -143,9 +144,18 @@ def _top_logprobs(
         if k is None:
             out.append(None)
             continue
-        entry = {tokens[i]: float(raw[i, tokens[i]])}
-        if k > 0:
-            vals, ids = raw[i].topk(min(k, raw.shape[1]))
-            entry.update(zip(ids.tolist(), vals.tolist(), strict=True))
-        out.append(entry)
+        out.append(rank_logprobs(raw[i], tokens[i], k))
     return out
+
+
+def rank_logprobs(logprobs: torch.Tensor, token: int, k: int) -> dict[int, float]:
+    """The chosen token's logprob and the top k, most likely first, each with its rank."""
+    entry: dict[int, float] = {}
+    if k > 0:
+        vals, ids = logprobs.topk(min(k, logprobs.shape[0]))
+        for rank, (t, v) in enumerate(zip(ids.tolist(), vals.tolist(), strict=True), start=1):
+            entry[t] = Logprob(v, rank)
+    if token not in entry:
+        rank = int((logprobs > logprobs[token]).sum()) + 1
+        entry[token] = Logprob(float(logprobs[token]), rank)
+    return entry
