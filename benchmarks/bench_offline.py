@@ -74,6 +74,9 @@ def main() -> None:
     ap.add_argument("--hf-single-prompts", type=int, default=4)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--model-dir", help="reuse a model directory (default: write one)")
+    ap.add_argument(
+        "--prompts", help="prompts.json from shared/peers/workload.py (default: random ids)"
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
     from herd.model.demo import write_demo_model
@@ -82,6 +85,8 @@ def main() -> None:
     if not (model_dir / "config.json").exists():
         write_demo_model(model_dir, **SMALL)
     prompts = make_prompts(args.num_prompts, args.input_len, SMALL["vocab_size"])
+    if args.prompts:  # the peers' workload: the same token ids vLLM and llama.cpp were given
+        prompts = [p["ids"] for p in json.loads(Path(args.prompts).read_text())][: args.num_prompts]
     results = {
         "machine": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
