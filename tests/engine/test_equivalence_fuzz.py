@@ -33,7 +33,10 @@ def random_case(rng: random.Random) -> tuple[list[list[int]], list[SamplingParam
         max_num_seqs=rng.choice([1, 2, 5, 64]),
         enable_prefix_caching=rng.random() < 0.7,
     )
-    need = max(-(-(len(p) + sp.max_tokens) // kw["block_size"]) for p, sp in zip(prompts, params))
+    need = max(
+        -(-(len(p) + sp.max_tokens) // kw["block_size"])
+        for p, sp in zip(prompts, params, strict=True)
+    )
     kw["num_kv_blocks"] = rng.choice([need + 1, need * 2, 4096])
     return prompts, params, kw
 
