@@ -93,3 +93,14 @@ def test_malformed_config(tiny_model_dir, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match="hidden_size"):
         LLM(d)
+
+
+def test_request_metrics_and_engine_stats(llm):
+    out = llm.generate(["Hello world"], SamplingParams(max_tokens=3, ignore_eos=True))[0]
+    m = out.metrics
+    assert m.arrival_time <= m.first_scheduled_time <= m.first_token_time <= m.finished_time
+    assert m.queue_time >= 0
+    stats = llm.stats()
+    for key in ("num_running", "num_waiting", "kv_usage", "preemptions", "prefix_cache_queries"):
+        assert key in stats
+    assert stats["num_running"] == stats["num_waiting"] == 0
