@@ -94,8 +94,3 @@ class BlockPool:
         if block.block_hash is not None and self.cached.get(block.block_hash) is block:
             del self.cached[block.block_hash]
         block.block_hash, block.parent_hash, block.token_ids = None, None, ()
-
-    def reset_prefix_cache(self) -> None:
-        for block in self.blocks:
-            if block.ref_cnt == 0:
-                self._evict(block)

@@ -15,6 +15,7 @@ class KVCacheManager:
         self.pool = BlockPool(num_blocks, enable_caching)
         self.req_blocks: dict[str, list[KVBlock]] = {}
         self.req_hashes: dict[str, list[BlockHash]] = {}
+        self.req_cached: dict[str, int] = {}  # leading blocks already offered to the cache
         self.queries = 0  # prompt tokens looked up in the prefix cache
         self.hits = 0  # of those, tokens found
 
@@ -83,6 +84,7 @@ class KVCacheManager:
     def free(self, req: Request) -> None:
         blocks = self.req_blocks.pop(req.request_id, [])
         self.req_hashes.pop(req.request_id, None)
+        self.req_cached.pop(req.request_id, None)
         self.pool.free_blocks(list(reversed(blocks)))
 
     def _block_tokens(self, req: Request, i: int) -> tuple[int, ...]:
@@ -101,6 +103,10 @@ class KVCacheManager:
             return
         hashes = self._hashes(req)
         blocks = self.req_blocks[req.request_id]
-        for i in range(min(num_tokens // self.block_size, len(hashes))):
+        # Resume where the last step stopped: long contexts would otherwise rescan every block.
+        start = self.req_cached.get(req.request_id, 0)
+        end = min(num_tokens // self.block_size, len(hashes))
+        for i in range(start, end):
             parent = hashes[i - 1] if i else None
             self.pool.cache_block(blocks[i], hashes[i], parent, self._block_tokens(req, i))
+        self.req_cached[req.request_id] = max(start, end)

@@ -30,7 +30,6 @@ class LLMEngine:
                 f"max_model_len {config.max_model_len} exceeds the model's context ({limit})"
             )
         self.max_model_len = config.max_model_len or limit
-        self.model_config.max_position_embeddings = limit
         self.tokenizer = Tokenizer(config.model)
         self.runner = ModelRunner(config, self.model_config, self.max_model_len)
         identity = f"{Path(config.model).resolve()}|{self.runner.dtype}"

@@ -50,7 +50,8 @@ class Scheduler:
         self.num_preemptions = 0
 
     def add(self, req: Request) -> None:
-        req.status = RequestStatus.WAITING if req.status != RequestStatus.PREEMPTED else req.status
+        if req.status != RequestStatus.PREEMPTED:
+            req.status = RequestStatus.WAITING
         self.waiting.append(req)
 
     def remove(self, req: Request) -> None:

@@ -49,15 +49,6 @@ class Tokenizer:
             ids = ids["input_ids"]
         return list(ids)
 
-    def render_chat(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
-    ) -> str:
-        if not self.has_chat_template:
-            raise InvalidRequestError("this model has no chat template", param="messages")
-        return self.hf.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
-
 
 class IncrementalDetokenizer:
     """Decodes a window of recent tokens twice (with and without the new ones) and emits the
