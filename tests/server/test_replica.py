@@ -88,9 +88,27 @@ def test_batch_of_prompts_equals_offline(replica, offline):
         model="tiny", prompt=[[5, 6, 7], [5, 6]], max_tokens=6, temperature=0
     )
     assert ids.choices[0].text == refs[2].outputs[0].text
-    with pytest.raises(openai.BadRequestError) as err:
-        client.completions.create(model="tiny", prompt=["a", "b"], max_tokens=2, stream=True)
-    assert err.value.body["param"] == "stream"
+    stream = client.completions.create(
+        model="tiny",
+        prompt=[PROMPT, "Hello world"],
+        max_tokens=6,
+        temperature=0,
+        n=2,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    texts, usage = ["", "", "", ""], None
+    for chunk in stream:
+        for c in chunk.choices:
+            texts[c.index] += c.text
+        usage = chunk.usage or usage
+    assert texts == [c.text for c in resp.choices]
+    assert usage.prompt_tokens == prompt_tokens and usage.completion_tokens == 24
+    for stream_it in (False, True):  # one bad prompt refuses the whole batch, nothing runs
+        with pytest.raises(openai.BadRequestError):
+            client.completions.create(
+                model="tiny", prompt=[[5, 6], [10**7]], max_tokens=2, stream=stream_it
+            )
 
 
 async def test_async_client_chat_equals_offline(replica, offline):

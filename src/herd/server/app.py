@@ -9,6 +9,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -19,7 +20,7 @@ from herd.server.errors import APIError, bad_request
 from herd.server.lifecycle import Admission, ServerState
 from herd.server.metrics import ServerMetrics
 from herd.server.protocol import GenerateRequest, parse_chat, parse_completion
-from herd.server.responses import Renderer
+from herd.server.responses import Renderer, batch_usage
 from herd.server.tracking import Tracker
 
 log = logging.getLogger("herd.server")
@@ -174,60 +175,105 @@ async def _collect(outputs, renderer: Renderer, tracker: Tracker, started) -> No
 
 async def _generate_batch(
     request: web.Request, req: GenerateRequest, model: str, t_arrival: float
-) -> web.Response:
+) -> web.StreamResponse:
     """OpenAI's batch form of /v1/completions: one engine request per prompt, run together;
     choice i*n + j is completion j of prompt i, and usage adds up over the prompts."""
     app, engine = request.app, request.app[ENGINE]
-    if req.stream:
-        raise bad_request("streaming a batch of prompts is not supported", "stream")
     request_id = f"cmpl-{uuid.uuid4().hex}"
     parts = []
-    for prompt in req.prompts or []:
+    for i, prompt in enumerate(req.prompts or []):
         sub = dataclasses.replace(req, prompt=prompt, prompts=None)
         ids = _prompt_ids(engine, sub)
         _fit_context(sub, len(ids), engine.max_model_len)
-        parts.append((sub, ids, _renderer(engine, sub, request_id, model, ids)))
+        renderer = _renderer(engine, sub, request_id, model, ids)
+        renderer.index_offset, renderer.in_batch = i * sub.params.n, True
+        parts.append((sub, ids, renderer))
+    renderers = [r for _, _, r in parts]
     admission, tickets = app[ADMISSION], []
     trackers = [Tracker(app[METRICS], t_arrival, sub.params.n) for sub, _, _ in parts]
     try:
         for _, ids, _ in parts:
             tickets.append(admission.admit(len(ids)))
-        runs = [
-            _collect(
-                engine.generate(f"{request_id}-{i}", ids, sub.params, sub.priority),
-                renderer,
-                trackers[i],
-                lambda t=tickets[i]: admission.started(t),
-            )
-            for i, (sub, ids, renderer) in enumerate(parts)
-        ]
-        for result in await asyncio.gather(*runs, return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result
+        merged = _merge_streams(
+            [
+                engine.generate(f"{request_id}-{i}", ids, sub.params, sub.priority)
+                for i, (sub, ids, _) in enumerate(parts)
+            ]
+        )
+        async with contextlib.aclosing(merged):
+            if req.stream:
+                return await _stream_batch(request, merged, renderers, trackers, admission, tickets)
+            async for i, out in merged:
+                admission.started(tickets[i])
+                trackers[i].observe(out)
+                renderers[i].add(out)
     finally:
         for tracker in trackers:
             tracker.close()
         for ticket in tickets:
             admission.release(ticket)
-    return web.json_response(_merge_batch([renderer.response() for _, _, renderer in parts]))
+    body = renderers[0].response()
+    body["choices"] = [c for r in renderers for c in r.response()["choices"]]
+    body.pop("prompt_token_ids", None)
+    body["usage"] = batch_usage(renderers)
+    return web.json_response(body)
 
 
-def _merge_batch(bodies: list[dict]) -> dict:
-    merged = dict(bodies[0], choices=[])
-    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    cached = 0
-    for body in bodies:
-        offset = len(merged["choices"])
-        for choice in body["choices"]:
-            if "prompt_token_ids" in body:  # return_token_ids: per choice, as prompts differ
-                choice["prompt_token_ids"] = body["prompt_token_ids"]
-            merged["choices"].append(dict(choice, index=offset + choice["index"]))
-        for key in usage:
-            usage[key] += body["usage"][key]
-        cached += body["usage"]["prompt_tokens_details"]["cached_tokens"]
-    merged.pop("prompt_token_ids", None)
-    merged["usage"] = dict(usage, prompt_tokens_details={"cached_tokens": cached})
-    return merged
+async def _merge_streams(streams: list) -> AsyncIterator[tuple[int, Any]]:
+    """(i, delta) from several engine streams as they come; closing it aborts them all."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, stream) -> None:
+        try:
+            async with contextlib.aclosing(stream):
+                async for out in stream:
+                    queue.put_nowait((i, out, None))
+        except Exception as exc:  # noqa: BLE001 - re-raised by the consumer
+            queue.put_nowait((i, None, exc))
+        queue.put_nowait((i, None, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            i, out, exc = await queue.get()
+            if exc is not None:
+                raise exc
+            if out is None:
+                remaining -= 1
+                continue
+            yield i, out
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _stream_batch(
+    request, merged, renderers: list[Renderer], trackers: list[Tracker], admission, tickets
+) -> web.StreamResponse:
+    i, out = await anext(merged)  # refusals (400) surface before the 200 goes out
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await resp.prepare(request)
+    try:
+        while True:
+            admission.started(tickets[i])
+            trackers[i].observe(out)
+            await resp.write(renderers[i].stream_chunk(out))
+            try:
+                i, out = await anext(merged)
+            except StopAsyncIteration:
+                break
+        await resp.write(renderers[0].stream_end(batch_usage(renderers)))
+    except APIError as err:
+        await resp.write(err.sse_event())
+    except RuntimeError as exc:  # engine died mid-stream: tell the client, keep the framing
+        log.exception("stream failed")
+        await resp.write(APIError(500, f"generation failed: {exc}").sse_event())
+    await resp.write_eof()
+    return resp
 
 
 async def _stream(

@@ -42,6 +42,8 @@ class Renderer:
         self.prompt_text = ""  # echo (completions)
         self._token_str: dict[int, str] = {}
         self._started = False
+        self.index_offset = 0  # a batch of prompts: this prompt's first choice index
+        self.in_batch = False  # a batch: each choice carries its own prompt_token_ids
 
     # ---- pieces ----------------------------------------------------------------------------
 
@@ -140,7 +142,7 @@ class Renderer:
                 choice.stop_reason = delta.stop_reason
             if not (delta.text or delta.token_ids or delta.finish_reason):
                 continue
-            item: dict[str, Any] = {"index": delta.index}
+            item: dict[str, Any] = {"index": self.index_offset + delta.index}
             if self.req.chat:
                 item["delta"] = {"content": delta.text} if delta.text else {}
                 item["logprobs"] = {"content": entries} if entries is not None else None
@@ -172,7 +174,12 @@ class Renderer:
             ]
         elif self.req.echo:
             items = [
-                {"index": i, "text": self.prompt_text, "logprobs": None, "finish_reason": None}
+                {
+                    "index": self.index_offset + i,
+                    "text": self.prompt_text,
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
                 for i in range(len(self.choices))
             ]
         else:
@@ -196,11 +203,13 @@ class Renderer:
             data += self._chunk(items)
         return data
 
-    def stream_end(self) -> bytes:
+    def stream_end(self, usage: dict | None = None) -> bytes:
+        """The usage chunk (when asked for; `usage` overrides this request's own, for a batch)
+        and [DONE]."""
         data = b""
         if self.req.include_usage:
             body = self._envelope([], chunk=True)
-            body["usage"] = self.usage()
+            body["usage"] = usage or self.usage()
             data += sse(body)
         return data + DONE
 
@@ -210,7 +219,7 @@ class Renderer:
         choices = []
         for i, c in enumerate(self.choices):
             text = "".join(c.text)
-            item: dict[str, Any] = {"index": i}
+            item: dict[str, Any] = {"index": self.index_offset + i}
             if self.req.chat:
                 item["message"] = {"role": "assistant", "content": text}
                 item["logprobs"] = (
@@ -227,7 +236,19 @@ class Renderer:
             item["stop_reason"] = c.stop_reason
             if self.req.return_token_ids:
                 item["token_ids"] = c.token_ids
+                if self.in_batch:
+                    item["prompt_token_ids"] = self.prompt_token_ids
             choices.append(item)
         body = self._envelope(choices, chunk=False)
         body["usage"] = self.usage()
         return body
+
+
+def batch_usage(renderers: list["Renderer"]) -> dict:
+    """Usage of a batch of prompts: every count added up."""
+    usages = [r.usage() for r in renderers]
+    total = {
+        k: sum(u[k] for u in usages) for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+    }
+    cached = sum(u["prompt_tokens_details"]["cached_tokens"] for u in usages)
+    return dict(total, prompt_tokens_details={"cached_tokens": cached})
