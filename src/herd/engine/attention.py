@@ -18,7 +18,8 @@ class AttentionMetadata:
     num_decodes: int  # the first num_decodes sequences (and tokens) have query length 1
     query_lens: list[int]  # tokens computed this step, per sequence
     seq_lens: list[int]  # context length after this step, per sequence
-    block_tables: list[list[int]]  # per sequence
+    # per prefill sequence: the block ids its context needs (a device tensor, built once a step)
+    prefill_block_ids: list[torch.Tensor]
     decode_block_table: torch.Tensor | None  # [num_decodes, max_blocks], padded with block 0
     decode_seq_lens: torch.Tensor | None  # [num_decodes]
 
@@ -61,7 +62,7 @@ class TorchAttention(AttentionBackend):
             ql, ctx = meta.query_lens[i], meta.seq_lens[i]
             sl = slice(start, start + ql)
             out[sl] = self._prefill(
-                q[sl], k[sl], v[sl], k_cache, v_cache, meta.block_tables[i], ctx
+                q[sl], k[sl], v[sl], k_cache, v_cache, meta.prefill_block_ids[i - nd], ctx
             )
             start += ql
         return out
@@ -78,16 +79,14 @@ class TorchAttention(AttentionBackend):
         out = F.scaled_dot_product_attention(q.view(b, hkv, hq // hkv, d), keys, vals, mask)
         return out.reshape(b, hq, d)
 
-    def _prefill(self, q, k, v, k_cache, v_cache, block_table, ctx):
+    def _prefill(self, q, k, v, k_cache, v_cache, block_ids, ctx):
         ql = q.shape[0]
         if ctx == ql:  # nothing cached before this chunk: attend to the chunk itself
             mask, causal = None, True
         else:
-            nb = -(-ctx // self.block_size)
-            ids = torch.tensor(block_table[:nb], device=q.device)
             hkv, d = k_cache.shape[2], k_cache.shape[3]
-            k = k_cache.index_select(0, ids).view(-1, hkv, d)[:ctx]
-            v = v_cache.index_select(0, ids).view(-1, hkv, d)[:ctx]
+            k = k_cache.index_select(0, block_ids).view(-1, hkv, d)[:ctx]
+            v = v_cache.index_select(0, block_ids).view(-1, hkv, d)[:ctx]
             qpos = torch.arange(ctx - ql, ctx, device=q.device)
             mask = torch.arange(ctx, device=q.device)[None, :] <= qpos[:, None]
             causal = False

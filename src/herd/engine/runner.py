@@ -133,7 +133,10 @@ class ModelRunner:
             num_decodes=nd,
             query_lens=[s.num_new_tokens for s in items],
             seq_lens=seq_lens,
-            block_tables=tables,
+            prefill_block_ids=[
+                torch.tensor(t[: -(-n // self.block_size)], dtype=torch.long, device=self.device)
+                for t, n in zip(tables[nd:], seq_lens[nd:], strict=True)
+            ],
             decode_block_table=table,
             decode_seq_lens=lens,
         )
