@@ -93,7 +93,8 @@ async def model_name(fleet) -> str:
 
 async def test_sigkill_one_replica_under_load(fleet):
     model = await model_name(fleet)
-    long = {"model": model, "prompt": "Tell me a story", "max_tokens": 300, "ignore_eos": True}
+    # Long enough that no stream can end before the kill, even on a loaded machine.
+    long = {"model": model, "prompt": "Tell me a story", "max_tokens": 1000, "ignore_eos": True}
     streams = [
         asyncio.create_task(read_stream(fleet.session, fleet.url + "/v1/completions", long))
         for _ in range(6)
