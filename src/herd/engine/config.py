@@ -26,7 +26,8 @@ class EngineConfig:
     device: str = "cpu"  # cpu, cuda, cuda:N
     block_size: int = 16  # tokens per KV block
     num_kv_blocks: int | None = None  # explicit KV pool size; None: from kv_cache_memory
-    kv_cache_memory: float | None = None  # KV pool bytes; None: 1 GiB on CPU, 90% free on GPU
+    kv_cache_memory: float | None = None  # KV pool bytes; None: 1 GiB on CPU, a share on GPU
+    gpu_memory_utilization: float = 0.9  # share of free GPU memory (after weights) for the KV pool
     max_model_len: int | None = None  # context length; None: the model's
     enable_prefix_caching: bool = True
     attention_backend: str = "torch"  # see herd.engine.attention.BACKENDS
@@ -38,5 +39,9 @@ class EngineConfig:
             raise InvalidRequestError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.block_size < 1:
             raise InvalidRequestError(f"block_size must be >= 1, got {self.block_size}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise InvalidRequestError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise InvalidRequestError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")

@@ -88,7 +88,7 @@ class ModelRunner:
         if budget is None:
             if self.device.type == "cuda":
                 free, _ = torch.cuda.mem_get_info(self.device)
-                budget = 0.9 * free
+                budget = self.config.gpu_memory_utilization * free
             else:
                 budget = CPU_KV_DEFAULT_BYTES
         # Never more than every sequence at full length needs.

@@ -16,6 +16,8 @@ class ServerConfig:
     device: str = "auto"  # torch device: auto, cpu, cuda, cuda:N
     block_size: int = 16  # KV cache block size in tokens
     num_kv_blocks: int | None = None  # KV cache blocks (default: sized from free memory)
+    kv_cache_memory: float | None = None  # KV cache bytes (default: 1 GiB on CPU)
+    gpu_memory_utilization: float = 0.9  # share of free GPU memory the KV cache may take
     max_num_seqs: int = 128  # most sequences running in one engine step
     max_num_batched_tokens: int = 2048  # token budget of one engine step (chunked prefill)
     max_model_len: int | None = None  # context length (default: the model's)

@@ -30,6 +30,8 @@ def engine_factory(config: ServerConfig):
                 device=resolve_device(config.device),
                 block_size=config.block_size,
                 num_kv_blocks=config.num_kv_blocks,
+                kv_cache_memory=config.kv_cache_memory,
+                gpu_memory_utilization=config.gpu_memory_utilization,
                 max_model_len=config.max_model_len,
                 enable_prefix_caching=config.enable_prefix_caching,
                 seed=config.seed,
