@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from herd.model.config import ModelConfig
-from herd.model.rope import RotaryEmbedding
+from herd.model.rope import RotaryEmbedding, apply_rotary
+
+CosSin = tuple[torch.Tensor, torch.Tensor]
 
 # attend(layer_idx, q [T,Hq,D], k [T,Hkv,D], v [T,Hkv,D]) -> [T,Hq,D]
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -46,15 +48,13 @@ class LlamaAttention(nn.Module):
         )
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=cfg.attention_bias)
 
-    def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding, attend: Attend
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos_sin: CosSin, attend: Attend) -> torch.Tensor:
         t = x.shape[0]
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(t, self.num_heads, self.head_dim)
         k = k.view(t, self.num_kv_heads, self.head_dim)
         v = v.view(t, self.num_kv_heads, self.head_dim)
-        q, k = rope(positions, q, k)
+        q, k = apply_rotary(q, k, cos_sin)
         out = attend(self.layer_idx, q, k, v)
         return self.o_proj(out.reshape(t, self.q_size))
 
@@ -79,10 +79,8 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding, attend: Attend
-    ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, rope, attend)
+    def forward(self, x: torch.Tensor, cos_sin: CosSin, attend: Attend) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos_sin, attend)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -98,8 +96,9 @@ class LlamaModel(nn.Module):
         self, input_ids: torch.Tensor, positions: torch.Tensor, attend: Attend
     ) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
+        cos_sin = self.rotary_emb(positions, x.dtype)
         for layer in self.layers:
-            x = layer(x, positions, self.rotary_emb, attend)
+            x = layer(x, cos_sin, attend)
         return self.norm(x)
 
 
