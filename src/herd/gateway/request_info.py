@@ -23,13 +23,15 @@ class RequestInfo:
     stream: bool
     prompt_text: str  # prompt or concatenated message contents
     max_tokens: int | None
+    completions: int  # sequences the request generates: prompts in a batch x n
     deterministic: bool  # temperature 0 or a seed: the same request gives the same answer
     route: RouteRequest
 
     def reserve_tokens(self, chars_per_token: float, default_max_tokens: int) -> int:
         """Upper-ish estimate of prompt + completion tokens, reserved before the request runs."""
         prompt = math.ceil(len(self.prompt_text.encode()) / chars_per_token)
-        return prompt + (self.max_tokens if self.max_tokens is not None else default_max_tokens)
+        per_completion = self.max_tokens if self.max_tokens is not None else default_max_tokens
+        return prompt + self.completions * per_completion
 
 
 def _prompt_text(endpoint: str, payload: dict[str, Any]) -> str:
@@ -49,11 +51,32 @@ def _prompt_text(endpoint: str, payload: dict[str, Any]) -> str:
         return prompt
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         return "\n".join(prompt)
-    if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
-        return " ".join(map(str, prompt))  # token ids: a stable key, ~1 char per token is wrong
+    if isinstance(prompt, list) and prompt and all(_is_ids(p) for p in prompt):
+        return _ids_text(prompt)
+    if isinstance(prompt, list) and prompt and all(isinstance(p, list) and p for p in prompt):
+        if all(_is_ids(t) for p in prompt for t in p):  # a batch of token-id prompts
+            return "\n".join(_ids_text(p) for p in prompt)
     raise GatewayError(
-        400, "'prompt' must be a string, a list of strings or token ids", param="prompt"
+        400,
+        "'prompt' must be a string, token ids, or a list of either",
+        param="prompt",
     )
+
+
+def _is_ids(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _ids_text(ids: list[int]) -> str:
+    return " ".join(map(str, ids))  # token ids: a stable key, ~1 char per token is wrong
+
+
+def _num_prompts(endpoint: str, payload: dict[str, Any]) -> int:
+    prompt = payload.get("prompt")
+    if endpoint == "completions" and isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str | list) for p in prompt):
+            return len(prompt)
+    return 1
 
 
 def parse_request(endpoint: str, body: bytes, headers, prefix_chars: int) -> RequestInfo:
@@ -73,6 +96,8 @@ def parse_request(endpoint: str, body: bytes, headers, prefix_chars: int) -> Req
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 0):
         raise GatewayError(400, "'max_tokens' must be a non-negative integer", param="max_tokens")
     prompt = _prompt_text(endpoint, payload)
+    n = payload.get("n", 1)
+    n = n if _is_ids(n) and n > 0 else 1  # the replica judges a bad n; this is only an estimate
     temperature = payload.get("temperature")
     deterministic = (temperature == 0 or payload.get("seed") is not None) and not (
         payload.get("logprobs") or payload.get("top_logprobs")
@@ -88,6 +113,7 @@ def parse_request(endpoint: str, body: bytes, headers, prefix_chars: int) -> Req
         stream=stream,
         prompt_text=prompt,
         max_tokens=max_tokens,
+        completions=_num_prompts(endpoint, payload) * n,
         deterministic=deterministic,
         route=route,
     )
