@@ -130,29 +130,55 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         raise APIError(
             404, f"The model `{req.model}` does not exist.", param="model", code="model_not_found"
         )
-    if req.prompts is not None and len(req.prompts) > 1:
-        return await _generate_batch(request, req, model, t_arrival)
-    prompt_ids = _prompt_ids(engine, req)
-    _fit_context(req, len(prompt_ids), engine.max_model_len)
+    prompts: list = req.prompts if req.prompts and len(req.prompts) > 1 else [req.prompt]
+    batch = len(prompts) > 1  # OpenAI's batch form of /v1/completions
     request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-    renderer = _renderer(engine, req, request_id, model, prompt_ids)
-    admission = app[ADMISSION]
-    ticket = admission.admit(len(prompt_ids))
-    tracker = Tracker(app[METRICS], t_arrival, req.params.n)
+    parts = []
+    for i, prompt in enumerate(prompts):
+        sub = dataclasses.replace(req, prompt=prompt, prompts=None) if batch else req
+        ids = _prompt_ids(engine, sub)
+        _fit_context(sub, len(ids), engine.max_model_len)
+        renderer = _renderer(engine, sub, request_id, model, ids)
+        if batch:  # choice i*n + j is completion j of prompt i
+            renderer.index_offset, renderer.in_batch = i * sub.params.n, True
+        parts.append((sub, ids, renderer))
     if req.user:
         log.debug("request %s for user %r", request_id, req.user)
+    renderers = [r for _, _, r in parts]
+    admission, tickets = app[ADMISSION], []
+    trackers = [Tracker(app[METRICS], t_arrival, sub.params.n) for sub, _, _ in parts]
     try:
-        outputs = engine.generate(request_id, prompt_ids, req.params, req.priority)
-        if not req.stream:
-            await _collect(outputs, renderer, tracker, lambda: admission.started(ticket))
-            return web.json_response(renderer.response())
+        for _, ids, _ in parts:
+            tickets.append(admission.admit(len(ids)))
+        ids_of = [f"{request_id}-{i}" if batch else request_id for i in range(len(parts))]
+        part_of = {rid: i for i, rid in enumerate(ids_of)}  # output.request_id -> its part
+        streams = [
+            engine.generate(rid, ids, s.params, s.priority)
+            for rid, (s, ids, _) in zip(ids_of, parts, strict=True)
+        ]
+        # One prompt streams straight from the engine: no merging hop on the per-token path.
+        outputs = _merge_streams(streams) if batch else streams[0]
         async with contextlib.aclosing(outputs):
-            return await _stream(
-                request, outputs, renderer, tracker, lambda: admission.started(ticket)
-            )
+            if req.stream:
+                return await _stream(
+                    request, outputs, part_of, renderers, trackers, admission, tickets
+                )
+            async for out in outputs:
+                i = part_of[out.request_id]
+                admission.started(tickets[i])
+                trackers[i].observe(out)
+                renderers[i].add(out)
     finally:
-        tracker.close()
-        admission.release(ticket)
+        for tracker in trackers:
+            tracker.close()
+        for ticket in tickets:
+            admission.release(ticket)
+    body = renderers[0].response()
+    if batch:  # each choice carries its own prompt_token_ids; usage adds up
+        body["choices"] = [c for r in renderers for c in r.response()["choices"]]
+        body.pop("prompt_token_ids", None)
+        body["usage"] = batch_usage(renderers)
+    return web.json_response(body)
 
 
 def _renderer(engine, req: GenerateRequest, request_id: str, model: str, prompt_ids) -> Renderer:
@@ -164,137 +190,64 @@ def _renderer(engine, req: GenerateRequest, request_id: str, model: str, prompt_
     return renderer
 
 
-async def _collect(outputs, renderer: Renderer, tracker: Tracker, started) -> None:
-    """Run one engine request to the end, folding its deltas into `renderer`."""
-    async with contextlib.aclosing(outputs):
-        async for out in outputs:
-            started()
-            tracker.observe(out)
-            renderer.add(out)
-
-
-async def _generate_batch(
-    request: web.Request, req: GenerateRequest, model: str, t_arrival: float
-) -> web.StreamResponse:
-    """OpenAI's batch form of /v1/completions: one engine request per prompt, run together;
-    choice i*n + j is completion j of prompt i, and usage adds up over the prompts."""
-    app, engine = request.app, request.app[ENGINE]
-    request_id = f"cmpl-{uuid.uuid4().hex}"
-    parts = []
-    for i, prompt in enumerate(req.prompts or []):
-        sub = dataclasses.replace(req, prompt=prompt, prompts=None)
-        ids = _prompt_ids(engine, sub)
-        _fit_context(sub, len(ids), engine.max_model_len)
-        renderer = _renderer(engine, sub, request_id, model, ids)
-        renderer.index_offset, renderer.in_batch = i * sub.params.n, True
-        parts.append((sub, ids, renderer))
-    renderers = [r for _, _, r in parts]
-    admission, tickets = app[ADMISSION], []
-    trackers = [Tracker(app[METRICS], t_arrival, sub.params.n) for sub, _, _ in parts]
-    try:
-        for _, ids, _ in parts:
-            tickets.append(admission.admit(len(ids)))
-        merged = _merge_streams(
-            [
-                engine.generate(f"{request_id}-{i}", ids, sub.params, sub.priority)
-                for i, (sub, ids, _) in enumerate(parts)
-            ]
-        )
-        async with contextlib.aclosing(merged):
-            if req.stream:
-                return await _stream_batch(request, merged, renderers, trackers, admission, tickets)
-            async for i, out in merged:
-                admission.started(tickets[i])
-                trackers[i].observe(out)
-                renderers[i].add(out)
-    finally:
-        for tracker in trackers:
-            tracker.close()
-        for ticket in tickets:
-            admission.release(ticket)
-    body = renderers[0].response()
-    body["choices"] = [c for r in renderers for c in r.response()["choices"]]
-    body.pop("prompt_token_ids", None)
-    body["usage"] = batch_usage(renderers)
-    return web.json_response(body)
-
-
-async def _merge_streams(streams: list) -> AsyncIterator[tuple[int, Any]]:
-    """(i, delta) from several engine streams as they come; closing it aborts them all."""
+async def _merge_streams(streams: list) -> AsyncIterator[Any]:
+    """Deltas from several engine streams as they come; closing it aborts them all."""
     queue: asyncio.Queue = asyncio.Queue()
 
-    async def pump(i: int, stream) -> None:
+    async def pump(stream) -> None:
         try:
             async with contextlib.aclosing(stream):
                 async for out in stream:
-                    queue.put_nowait((i, out, None))
+                    queue.put_nowait((out, None))
         except Exception as exc:  # noqa: BLE001 - re-raised by the consumer
-            queue.put_nowait((i, None, exc))
-        queue.put_nowait((i, None, None))
+            queue.put_nowait((None, exc))
+        queue.put_nowait((None, None))
 
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    tasks = [asyncio.create_task(pump(s)) for s in streams]
     try:
         remaining = len(tasks)
         while remaining:
-            i, out, exc = await queue.get()
+            out, exc = await queue.get()
             if exc is not None:
                 raise exc
             if out is None:
                 remaining -= 1
                 continue
-            yield i, out
+            yield out
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _stream_batch(
-    request, merged, renderers: list[Renderer], trackers: list[Tracker], admission, tickets
+async def _stream(
+    request,
+    outputs,
+    part_of: dict[str, int],
+    renderers: list[Renderer],
+    trackers,
+    admission,
+    tickets,
 ) -> web.StreamResponse:
-    i, out = await anext(merged)  # refusals (400) surface before the 200 goes out
+    out = await anext(outputs)  # refusals (400) surface before the 200 goes out
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await resp.prepare(request)
     try:
         while True:
+            i = part_of[out.request_id]
             admission.started(tickets[i])
             trackers[i].observe(out)
             await resp.write(renderers[i].stream_chunk(out))
             try:
-                i, out = await anext(merged)
+                out = await anext(outputs)
             except StopAsyncIteration:
                 break
         await resp.write(renderers[0].stream_end(batch_usage(renderers)))
     except APIError as err:
         await resp.write(err.sse_event())
     except RuntimeError as exc:  # engine died mid-stream: tell the client, keep the framing
-        log.exception("stream failed")
-        await resp.write(APIError(500, f"generation failed: {exc}").sse_event())
-    await resp.write_eof()
-    return resp
-
-
-async def _stream(
-    request, outputs, renderer: Renderer, tracker: "Tracker", started
-) -> web.StreamResponse:
-    first = await anext(outputs)  # engine refusals (400) surface here, before the 200 goes out
-    started()
-    resp = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    await resp.prepare(request)
-    try:
-        tracker.observe(first)
-        await resp.write(renderer.stream_chunk(first))
-        async for out in outputs:
-            tracker.observe(out)
-            await resp.write(renderer.stream_chunk(out))
-        await resp.write(renderer.stream_end())
-    except APIError as err:
-        await resp.write(err.sse_event())
-    except RuntimeError as exc:  # engine died mid-stream: tell the client, keep the 200's framing
         log.exception("stream failed")
         await resp.write(APIError(500, f"generation failed: {exc}").sse_event())
     await resp.write_eof()
