@@ -1,9 +1,9 @@
 """The exception that carries a refusal out of any gateway layer.
 
 Every refusal the gateway makes goes through `GatewayError` so the status, the body shape
-(`herd.openai_errors`) and headers such as Retry-After are set in one place."""
+(`herd.protocol.errors`) and headers such as Retry-After are set in one place."""
 
-from herd.openai_errors import OpenAIError
+from herd.protocol.errors import OpenAIError
 
 
 class GatewayError(OpenAIError):

@@ -1,7 +1,7 @@
 """The server's refusals: handlers raise `APIError`; the app's middleware renders it in
-OpenAI's error format (`herd.openai_errors`)."""
+OpenAI's error format (`herd.protocol.errors`)."""
 
-from herd.openai_errors import OpenAIError
+from herd.protocol.errors import OpenAIError
 
 
 class APIError(OpenAIError):
