@@ -34,6 +34,7 @@ class Fake:
         self.delay_s = 0.0
         self.token_delay_s = 0.0
         self.calls = 0
+        self.ready_probes = 0  # GET /ready answered: lets a test know the gateway has looked
         self.in_flight = 0
         self.prefix_queries = 0
         self.prefix_hits = 0
@@ -183,6 +184,7 @@ async def stats(request: web.Request) -> web.Response:
         {
             "name": fake.name,
             "calls": fake.calls,
+            "ready_probes": fake.ready_probes,
             "in_flight": fake.in_flight,
             "prefix_hits": fake.prefix_hits,
             "prefix_queries": fake.prefix_queries,
@@ -192,6 +194,7 @@ async def stats(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     fake: Fake = request.app["fake"]
+    fake.ready_probes += 1
     ok = fake.ready and not fake.draining
     return web.json_response({"ready": ok}, status=200 if ok else 503)
 

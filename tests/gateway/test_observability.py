@@ -9,6 +9,7 @@ from gwtools import chat, fast_config, start_fakes
 from herd.gateway.config import ConfigError, load_serve_config
 from herd.gateway.health import apply_metrics, parse_metrics
 from herd.gateway.replicas import Replica
+from waiting import until
 
 
 def test_parse_metrics_sums_label_sets_and_maps_vllm_names():
@@ -33,11 +34,14 @@ async def test_scrapes_herd_and_vllm_names_and_tolerates_no_metrics(start_gatewa
         task = asyncio.gather(
             *(gw.post("/v1/completions", {"model": "fake-model", "prompt": "x"}) for _ in range(4))
         )
-        await asyncio.sleep(0.35)
-        vllm = gw.gateway.replicas.get(fakes[0].url).reported
-        none = gw.gateway.replicas.get(fakes[1].url).reported
-        assert vllm.has_metrics and vllm.kv_usage == 0.5 and vllm.num_running >= 1
-        assert none.has_metrics is False
+
+        def reported(fake):
+            return gw.gateway.replicas.get(fake.url).reported
+
+        # A scrape while the delayed requests are in flight sees them running.
+        await until(lambda: reported(fakes[0]).num_running >= 1, 5, "a scrape during the requests")
+        assert reported(fakes[0]).has_metrics and reported(fakes[0]).kv_usage == 0.5
+        await until(lambda: reported(fakes[1]).has_metrics is False, 5, "a scrape without /metrics")
         assert all(r[0] == 200 for r in await task)
     finally:
         for fake in fakes:
