@@ -2,7 +2,7 @@
 
 import pytest
 
-from herd.server.errors import APIError
+from herd.protocol.errors import OpenAIError as APIError
 from herd.server.protocol import parse_chat, parse_completion
 
 
@@ -103,15 +103,18 @@ def test_chat_fields():
         ({"prompt": "x", "n": 0}, "n"),
         ({"prompt": "x", "top_p": 0}, "top_p"),
         ({"prompt": "x", "stop": [1]}, "stop"),
-        ({"prompt": "x", "logit_bias": {"1": 5}}, "logit_bias"),
+        ({"prompt": "x", "logit_bias": {"x": 5}}, "logit_bias"),
+        ({"prompt": "x", "logit_bias": {"1": 101}}, "logit_bias"),
+        ({"prompt": "x", "prompt_logprobs": 21}, "prompt_logprobs"),
+        ({"prompt": ["a", "b", "c"], "n": 2}, None),
         ({"prompt": "x", "suffix": "s"}, "suffix"),
         ({"prompt": "x", "best_of": 3}, "best_of"),
         ({"prompt": "x", "frobnicate": 1}, "frobnicate"),
         ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
         ({"prompt": "x", "logprobs": 99}, "logprobs"),
         ({"prompt": "x", "min_tokens": 20, "max_tokens": 3}, "min_tokens"),
-        ({"prompt": ["a", 7]}, "prompt"),
-        ({"prompt": ["a", []]}, "prompt"),
+        ({"prompt": ["a", 7]}, "prompt[1]"),
+        ({"prompt": ["a", []]}, "prompt[1]"),
         ({"prompt": ["a"] * 65}, "prompt"),
         ({"prompt": [-1]}, "prompt"),
         ({"prompt": []}, "prompt"),
@@ -119,6 +122,10 @@ def test_chat_fields():
     ],
 )
 def test_completion_refusals(body, param):
+    if param is None:  # a limit of this replica, not of the protocol: max_n = 4 here
+        assert parse_completion(body, max_n=4).params.n == 2
+        assert _err(lambda b: parse_completion(b, max_n=2), body).param == "prompt"
+        return
     assert _err(parse_completion, body).param == param
 
 
@@ -137,9 +144,12 @@ def test_completion_prompt_forms():
         ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
-            "messages[0].content",
+            "messages[0].content[0]",
         ),
-        ({"messages": [{"role": "user", "content": "x", "tool_calls": []}]}, "messages[0]"),
+        (
+            {"messages": [{"role": "user", "content": "x", "tool_calls": [{}]}]},
+            "messages[0].tool_calls",
+        ),
         (
             {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]},
             "tools",

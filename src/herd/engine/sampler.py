@@ -1,7 +1,7 @@
 """`Sampler`: next tokens from logits, one row per sampling request.
 
-Order of logit transforms: repetition penalty (prompt + output), frequency and presence
-penalties (output), min_tokens (stop tokens masked), then temperature, top-k, top-p, min-p.
+Order of logit transforms: logit_bias, repetition penalty (prompt + output), frequency and
+presence penalties (output), min_tokens (stop tokens masked), then temperature, top-k, top-p, min-p.
 Greedy rows take the argmax. Sampled rows draw by the exponential race
 (argmax p / E, E ~ Exp(1)), exact for the categorical distribution; a seeded row's noise comes
 from a generator keyed by (seed, absolute position) alone, so its tokens do not depend on the
@@ -39,10 +39,12 @@ class Sampler:
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, reqs: list[Request]) -> SamplerOutput:
         raw_logprobs = torch.log_softmax(logits, dim=-1)
-        logits = self._apply_penalties(logits, reqs)
-        logits = self._apply_min_tokens(logits, reqs)
+        rows = _Rows.of(reqs)
+        logits = _apply_logit_bias(logits, reqs, rows.bias)
+        logits = self._apply_penalties(logits, reqs, rows.penalty)
+        logits = self._apply_min_tokens(logits, reqs, rows.min_tokens)
         tokens = logits.argmax(dim=-1)
-        sampled_rows = [i for i, r in enumerate(reqs) if not r.params.greedy]
+        sampled_rows = rows.sampled
         if sampled_rows:
             idx = torch.tensor(sampled_rows, device=logits.device)
             drawn = self._draw(logits[idx], [reqs[i] for i in sampled_rows])
@@ -51,8 +53,9 @@ class Sampler:
         chosen = raw_logprobs.gather(1, tokens[:, None]).squeeze(1).tolist()
         return SamplerOutput(token_list, _top_logprobs(raw_logprobs, token_list, reqs), chosen)
 
-    def _apply_penalties(self, logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
-        rows = [i for i, r in enumerate(reqs) if _has_penalty(r)]
+    def _apply_penalties(
+        self, logits: torch.Tensor, reqs: list[Request], rows: list[int]
+    ) -> torch.Tensor:
         if not rows:
             return logits
         logits = logits.clone()
@@ -71,8 +74,9 @@ class Sampler:
                 logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
         return logits
 
-    def _apply_min_tokens(self, logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
-        rows = [i for i, r in enumerate(reqs) if r.num_output_tokens < r.params.min_tokens]
+    def _apply_min_tokens(
+        self, logits: torch.Tensor, reqs: list[Request], rows: list[int]
+    ) -> torch.Tensor:
         if not rows:
             return logits
         logits = logits.clone()
@@ -102,9 +106,50 @@ class Sampler:
         return torch.empty(vocab).exponential_(generator=gen)
 
 
-def _has_penalty(r: Request) -> bool:
-    p = r.params
-    return p.repetition_penalty != 1.0 or p.frequency_penalty != 0 or p.presence_penalty != 0
+@dataclass
+class _Rows:
+    """Which rows of a step need which transform, found in one pass over the batch so a
+    transform nobody asked for costs nothing per row."""
+
+    sampled: list[int]  # not greedy
+    penalty: list[int]  # repetition / frequency / presence penalty
+    min_tokens: list[int]  # stop tokens still masked
+    bias: list[int]  # logit_bias
+
+    @classmethod
+    def of(cls, reqs: list[Request]) -> "_Rows":
+        rows = cls([], [], [], [])
+        for i, r in enumerate(reqs):
+            p = r.params
+            if p.temperature != 0:
+                rows.sampled.append(i)
+            if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
+                rows.penalty.append(i)
+            if r.num_output_tokens < p.min_tokens:
+                rows.min_tokens.append(i)
+            if p.logit_bias:
+                rows.bias.append(i)
+        return rows
+
+
+def _apply_logit_bias(logits: torch.Tensor, reqs: list[Request], rows: list[int]) -> torch.Tensor:
+    """Add each row's logit_bias (token id -> bias) to its logits, all rows in one index_put."""
+    if not rows:
+        return logits
+    row_idx, token_idx, bias = [], [], []
+    for i in rows:
+        items = reqs[i].params.logit_bias.items()
+        row_idx += [i] * len(items)
+        token_idx += [t for t, _ in items]
+        bias += [b for _, b in items]
+    dev = logits.device
+    logits = logits.clone()
+    logits.index_put_(
+        (torch.tensor(row_idx, device=dev), torch.tensor(token_idx, device=dev)),
+        torch.tensor(bias, dtype=logits.dtype, device=dev),
+        accumulate=True,
+    )
+    return logits
 
 
 def _top_k(logits: torch.Tensor, ks: list[int]) -> torch.Tensor:

@@ -9,8 +9,8 @@ from herd.engine.errors import InvalidRequestError
 class SamplingParams:
     """Per-request sampling and stopping settings.
 
-    Logit transforms apply in this order: repetition / presence / frequency penalties, min_tokens
-    (suppress stop tokens), temperature, top-k, top-p, min-p; then a draw (or argmax when
+    Logit transforms apply in this order: logit_bias, repetition / presence / frequency
+    penalties, min_tokens (suppress stop tokens), temperature, top-k, top-p, min-p; then a draw (or argmax when
     temperature is 0). `seed` makes the draw depend only on (seed, output position).
     """
 
@@ -32,6 +32,7 @@ class SamplingParams:
     logprobs: int | None = None  # top-k logprobs per generated token (plus the sampled one)
     prompt_logprobs: int | None = None  # top-k logprobs per prompt token
     skip_special_tokens: bool = True
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit, in [-100, 100]
     stop_list: list[str] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -70,6 +71,21 @@ class SamplingParams:
                 raise bad(name, f"must be >= 0, got {value}")
         if any(not isinstance(s, str) or not s for s in self.stop_list):
             raise bad("stop", "must be non-empty strings")
+        for token, bias in (self.logit_bias or {}).items():
+            if not isinstance(token, int) or token < 0:
+                raise bad("logit_bias", f"keys must be token ids >= 0, got {token!r}")
+            if not -100 <= bias <= 100:
+                raise bad("logit_bias", f"values must be in [-100, 100], got {bias} for {token}")
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Refuse token ids the model does not have (they would index past the logits)."""
+        for name in ("logit_bias", "stop_token_ids"):
+            bad = next((t for t in getattr(self, name) or () if not 0 <= t < vocab_size), None)
+            if bad is not None:
+                raise InvalidRequestError(
+                    f"{name} has token id {bad}, outside the vocabulary (0..{vocab_size - 1})",
+                    param=name,
+                )
 
     @property
     def greedy(self) -> bool:

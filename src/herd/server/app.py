@@ -15,9 +15,11 @@ from typing import Any
 from aiohttp import web
 
 from herd.engine.errors import InvalidRequestError
+from herd.protocol.errors import ERROR_TYPES, OpenAIError
+from herd.protocol.openapi import build_openapi
 from herd.server.config import ServerConfig
 from herd.server.errors import APIError, bad_request
-from herd.server.lifecycle import Admission, ServerState
+from herd.server.lifecycle import ADMISSION, STATE, Admission, ServerState
 from herd.server.metrics import ServerMetrics
 from herd.server.protocol import GenerateRequest, parse_chat, parse_completion
 from herd.server.responses import Renderer, batch_usage
@@ -27,10 +29,10 @@ log = logging.getLogger("herd.server")
 
 ENGINE = web.AppKey("engine", Any)
 CONFIG = web.AppKey("config", ServerConfig)
-STATE = web.AppKey("state", ServerState)
-ADMISSION = web.AppKey("admission", Admission)
 METRICS = web.AppKey("metrics", ServerMetrics)
+OPENAPI = web.AppKey("openapi", dict)
 REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID = web.RequestKey("request_id", str)  # the id the server gave a generate request
 
 
 def served_name(config: ServerConfig) -> str:
@@ -39,27 +41,48 @@ def served_name(config: ServerConfig) -> str:
 
 @web.middleware
 async def openai_errors(request: web.Request, handler):
-    """Every failure leaves as an OpenAI error body; framework details never leak."""
+    """Every failure leaves as an OpenAI error body (framework details never leak), logged once
+    and counted by reason."""
     try:
         return await handler(request)
-    except APIError as err:
-        request.app[METRICS].rejected.labels(str(err.status)).inc()
-        return err.response()
+    except OpenAIError as err:
+        return refused(request, err).response()
     except InvalidRequestError as err:
-        request.app[METRICS].rejected.labels("400").inc()
-        return bad_request(err.message, err.param).response()
+        return refused(request, bad_request(err.message, err.param)).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        message = {
-            404: f"no route {request.method} {request.path}",
-            405: f"method {request.method} not allowed on {request.path}",
-            413: f"request body exceeds the limit of {request.app[CONFIG].max_request_bytes} bytes",
-        }.get(exc.status, exc.reason)
-        return APIError(exc.status, message).response()
+        message, code = {
+            404: (f"no route {request.method} {request.path}", "not_found"),
+            405: (f"method {request.method} not allowed on {request.path}", "method_not_allowed"),
+            413: (
+                f"request body exceeds the limit of {request.app[CONFIG].max_request_bytes} bytes",
+                "request_too_large",
+            ),
+        }.get(exc.status, (exc.reason, None))
+        return refused(request, APIError(exc.status, message, code=code)).response()
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return APIError(500, "internal server error").response()
+        err = APIError(500, "internal server error", code="internal_error")
+        return refused(request, err).response()
+
+
+def refused(request: web.Request, err: OpenAIError) -> OpenAIError:
+    """Log a refusal as one line and count it in herd_rejected_requests_total; returns `err`."""
+    reason = err.code or ERROR_TYPES.get(err.status, "error")
+    request.app[METRICS].rejected.labels(str(err.status), reason).inc()
+    rid = request.headers.get(REQUEST_ID_HEADER) or request.get(REQUEST_ID, "-")
+    log.log(
+        logging.WARNING if err.status >= 500 else logging.INFO,
+        "refused %d %s %s param=%s request_id=%s: %s",
+        err.status,
+        request.method,
+        request.path,
+        err.param,
+        rid,
+        err.message,
+    )
+    return err
 
 
 async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -121,6 +144,7 @@ def _fit_context(req: GenerateRequest, num_prompt: int, max_len: int) -> None:
 async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     app, t_arrival = request.app, time.monotonic()
     config, engine = app[CONFIG], app[ENGINE]
+    request_id = request[REQUEST_ID] = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     app[STATE].check_accepting()
     body = await _read_json(request)
     parse = parse_chat if chat else parse_completion
@@ -132,7 +156,6 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         )
     prompts: list = req.prompts if req.prompts and len(req.prompts) > 1 else [req.prompt]
     batch = len(prompts) > 1  # OpenAI's batch form of /v1/completions
-    request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     parts = []
     for i, prompt in enumerate(prompts):
         sub = dataclasses.replace(req, prompt=prompt, prompts=None) if batch else req
@@ -245,11 +268,12 @@ async def _stream(
             except StopAsyncIteration:
                 break
         await resp.write(renderers[0].stream_end(batch_usage(renderers)))
-    except APIError as err:
-        await resp.write(err.sse_event())
+    except OpenAIError as err:
+        await resp.write(refused(request, err).sse_event())
     except RuntimeError as exc:  # engine died mid-stream: tell the client, keep the framing
         log.exception("stream failed")
-        await resp.write(APIError(500, f"generation failed: {exc}").sse_event())
+        err = APIError(500, f"generation failed: {exc}", code="internal_error")
+        await resp.write(refused(request, err).sse_event())
     await resp.write_eof()
     return resp
 
@@ -289,6 +313,10 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"status": state.phase}, status=503, headers={"Retry-After": "1"})
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI])
+
+
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[METRICS].render()
     return web.Response(
@@ -305,6 +333,7 @@ def create_app(engine, config: ServerConfig) -> web.Application:
     app[STATE] = ServerState()
     app[ADMISSION] = Admission(config.max_queued_requests, config.max_queued_tokens)
     app[METRICS] = ServerMetrics(lambda: (engine.stats, engine.baseline))
+    app[OPENAPI] = build_openapi("herd replica")
     app.on_response_prepare.append(_echo_request_id)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/completions", completions)
@@ -312,4 +341,5 @@ def create_app(engine, config: ServerConfig) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
     return app

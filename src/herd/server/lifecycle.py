@@ -7,6 +7,8 @@ import signal
 import time
 from dataclasses import dataclass
 
+from aiohttp import web
+
 from herd.server.errors import APIError
 
 log = logging.getLogger("herd.server")
@@ -94,12 +96,13 @@ class ServerState:
         raise APIError(503, f"replica {why}; retry on another replica", retry_after=1)
 
 
+# The app keys of what this module owns; `herd.server.app` stores them (no import back).
+STATE = web.AppKey("state", ServerState)
+ADMISSION = web.AppKey("admission", Admission)
+
+
 async def serve(app, engine, config) -> int:
     """Bind, load and warm the engine, serve until SIGTERM/SIGINT, drain, return the exit code."""
-    from aiohttp import web
-
-    from herd.server.app import ADMISSION, STATE
-
     state: ServerState = app[STATE]
     admission: Admission = app[ADMISSION]
     t0 = time.perf_counter()

@@ -92,9 +92,10 @@ class ServerMetrics:
             registry=r,
         )
         self.rejected = Counter(
-            "herd_request_rejected",
-            "Requests refused before reaching the engine, by HTTP status",
-            ["status"],
+            "herd_rejected_requests",
+            "Requests the server refused itself, by HTTP status and reason (the error's code or "
+            "type)",
+            ["status", "reason"],
             registry=r,
         )
 

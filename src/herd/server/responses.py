@@ -38,6 +38,7 @@ class Renderer:
         self.tokenizer = tokenizer
         self.choices = [_Choice() for _ in range(req.params.n)]
         self.prompt_token_ids: list[int] = []
+        self.prompt_logprobs: list | None = None  # engine's, when prompt_logprobs was asked
         self.num_cached_tokens = 0
         self.prompt_text = ""  # echo (completions)
         self._token_str: dict[int, str] = {}
@@ -131,6 +132,8 @@ class Renderer:
         if not self.prompt_token_ids:
             self.prompt_token_ids = list(out.prompt_token_ids)
             self.num_cached_tokens = out.num_cached_tokens
+        if out.prompt_logprobs is not None:
+            self.prompt_logprobs = out.prompt_logprobs
         rendered = []
         for delta in out.outputs:
             choice = self.choices[delta.index]
@@ -188,8 +191,8 @@ class Renderer:
 
     def _chunk(self, items: list[dict]) -> bytes:
         body = self._envelope(items, chunk=True)
-        if self.req.include_usage:
-            body["usage"] = None
+        if self.req.include_usage:  # the counts so far, or null until the usage chunk
+            body["usage"] = self.usage() if self.req.continuous_usage else None
         if self.req.return_token_ids and not self._started:
             body["prompt_token_ids"] = self.prompt_token_ids
         self._started = True
@@ -238,10 +241,30 @@ class Renderer:
                 item["token_ids"] = c.token_ids
                 if self.in_batch:
                     item["prompt_token_ids"] = self.prompt_token_ids
+            if self.req.params.prompt_logprobs is not None:
+                item["prompt_logprobs"] = self._prompt_logprobs()
             choices.append(item)
         body = self._envelope(choices, chunk=False)
         body["usage"] = self.usage()
         return body
+
+    def _prompt_logprobs(self) -> list[dict | None] | None:
+        """vLLM's format: per prompt position None (the first) or token id -> logprob entry."""
+        if self.prompt_logprobs is None:
+            return None
+        return [
+            None
+            if lps is None
+            else {
+                str(t): {
+                    "logprob": float(lp),
+                    "rank": getattr(lp, "rank", None),
+                    "decoded_token": self._tok(t),
+                }
+                for t, lp in lps.items()
+            }
+            for lps in self.prompt_logprobs
+        ]
 
 
 def batch_usage(renderers: list["Renderer"]) -> dict:

@@ -1,0 +1,117 @@
+"""`GET /openapi.json`: an OpenAPI 3.1 document generated from the request and response models,
+for the replica and the gateway alike (the gateway passes its own title and status codes).
+Imports nothing else of herd."""
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from herd.protocol import requests, responses
+
+REF = "#/components/schemas/{model}"
+ERROR_STATUSES = {
+    "400": "Invalid request: the error names the parameter",
+    "404": "Unknown model",
+    "413": "Request body too large",
+    "429": "Queue full or rate limited; retry after Retry-After seconds",
+    "500": "Internal error",
+    "503": "Starting or draining; retry elsewhere",
+}
+
+
+def _ref(model: type[BaseModel]) -> dict:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(statuses: dict[str, str]) -> dict:
+    return {code: _json(_ref(responses.ErrorResponse), why) for code, why in statuses.items()}
+
+
+def _generate_op(
+    summary: str, body: type[BaseModel], reply: type[BaseModel], chunk: type[BaseModel], errors
+) -> dict:
+    sse = {
+        "type": "string",
+        "description": f"Server-sent events: `data: <{chunk.__name__} JSON>` then `data: [DONE]`",
+    }
+    ok = _json(_ref(reply), "The completion (`stream` false) or an event stream (`stream` true)")
+    ok["content"]["text/event-stream"] = {"schema": sse}
+    return {
+        "post": {
+            "summary": summary,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(body)}},
+            },
+            "responses": {"200": ok, **errors},
+        }
+    }
+
+
+def _get(summary: str, ok: dict, errors: dict | None = None) -> dict:
+    return {"get": {"summary": summary, "responses": {"200": ok, **(errors or {})}}}
+
+
+def build_openapi(
+    title: str = "herd replica",
+    version: str = "1",
+    error_statuses: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the OpenAI routes plus /health, /ready, /metrics and
+    /openapi.json. `error_statuses` (status -> description) replaces the default error set of
+    the generate routes (a gateway adds 401 and 502, say)."""
+    models = [
+        (requests.CompletionRequest, "validation"),
+        (requests.ChatCompletionRequest, "validation"),
+        (responses.CompletionResponse, "serialization"),
+        (responses.ChatCompletionResponse, "serialization"),
+        (responses.ChatCompletionChunk, "serialization"),
+        (responses.ModelList, "serialization"),
+        (responses.ErrorResponse, "serialization"),
+        (responses.Status, "serialization"),
+    ]
+    _, defs = models_json_schema(models, ref_template=REF)
+    errors = _errors(error_statuses or ERROR_STATUSES)
+    text = {
+        "description": "Prometheus text format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    status = _ref(responses.Status)
+    paths = {
+        "/v1/completions": _generate_op(
+            "Text completion (OpenAI's /v1/completions)",
+            requests.CompletionRequest,
+            responses.CompletionResponse,
+            responses.CompletionResponse,
+            errors,
+        ),
+        "/v1/chat/completions": _generate_op(
+            "Chat completion (OpenAI's /v1/chat/completions)",
+            requests.ChatCompletionRequest,
+            responses.ChatCompletionResponse,
+            responses.ChatCompletionChunk,
+            errors,
+        ),
+        "/v1/models": _get("The served model", _json(_ref(responses.ModelList), "Model list")),
+        "/health": _get(
+            "Liveness", _json(status, "Alive"), _errors({"500": "The engine loop failed"})
+        ),
+        "/ready": _get(
+            "Readiness: 200 only while serving",
+            _json(status, "Ready"),
+            {"503": _json(status, "Starting or draining")},
+        ),
+        "/metrics": _get("Prometheus metrics", text),
+        "/openapi.json": _get("This document", _json({"type": "object"}, "OpenAPI 3.1 document")),
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {"schemas": defs["$defs"]},
+    }

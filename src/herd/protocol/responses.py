@@ -1,0 +1,174 @@
+"""Response bodies as pydantic models: completions and chat completions (whole and streamed
+chunks), usage, logprobs, the model list and the error body. They describe what the server sends
+(the OpenAPI schema is built from them); the per-token path renders plain dicts of the same shape,
+so validating every chunk costs nothing at serving time. Imports nothing else of herd."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Out(BaseModel):
+    """Responses may grow fields (clients ignore what they do not know), so extras are allowed."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class PromptTokensDetails(_Out):
+    cached_tokens: int = Field(ge=0)  # prompt tokens served from the prefix cache
+
+
+class Usage(_Out):
+    """Token counts of a request (all its choices; all prompts of a batch)."""
+
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class TopLogprob(_Out):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(_Out):
+    content: list[TokenLogprob] | None = None
+
+
+class CompletionLogprobs(_Out):
+    """The legacy completions format: parallel lists, one entry per token."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class PromptLogprob(_Out):
+    """vLLM's prompt logprob entry (keyed by token id in `prompt_logprobs`)."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+FinishReason = Literal["stop", "length", "abort", "error"] | None
+PromptLogprobs = list[dict[str, PromptLogprob] | None] | None
+
+
+class CompletionChoice(_Out):
+    index: int = Field(ge=0)
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: FinishReason = None
+    stop_reason: int | str | None = None  # vLLM: the stop token id or string that matched
+    token_ids: list[int] | None = None  # return_token_ids
+    prompt_token_ids: list[int] | None = None  # return_token_ids in a batch
+    prompt_logprobs: PromptLogprobs = None
+
+
+class CompletionResponse(_Out):
+    """A /v1/completions answer; streamed chunks have the same shape (usage null until the end,
+    or in every chunk with continuous_usage_stats)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    prompt_token_ids: list[int] | None = None
+
+
+class ChatMessageOut(_Out):
+    role: Literal["assistant"]
+    content: str | None = None
+
+
+class ChatChoice(_Out):
+    index: int = Field(ge=0)
+    message: ChatMessageOut
+    logprobs: ChatLogprobs | None = None
+    finish_reason: FinishReason = None
+    stop_reason: int | str | None = None
+    token_ids: list[int] | None = None
+    prompt_logprobs: PromptLogprobs = None
+
+
+class ChatCompletionResponse(_Out):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    prompt_token_ids: list[int] | None = None
+
+
+class ChatDelta(_Out):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(_Out):
+    index: int = Field(ge=0)
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: FinishReason = None
+    token_ids: list[int] | None = None
+
+
+class ChatCompletionChunk(_Out):
+    """One SSE event of a streamed chat completion."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    prompt_token_ids: list[int] | None = None
+
+
+class ModelCard(_Out):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    root: str | None = None
+    max_model_len: int | None = None
+
+
+class ModelList(_Out):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class ErrorDetail(_Out):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(_Out):
+    """OpenAI's error body (`herd.protocol.errors` renders it)."""
+
+    error: ErrorDetail
+
+
+class Status(_Out):
+    """/health and /ready: {"status": "ok" | "ready" | "starting" | "draining"}."""
+
+    status: str
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """A model as the JSON-ready dict the server sends."""
+    return model.model_dump(mode="json")
