@@ -1,8 +1,9 @@
 """Builds the model on a device and loads Hugging Face safetensors into it (single file or
-sharded with `model.safetensors.index.json`), fusing q/k/v and gate/up on the way. Missing or
-unexpected weights fail with a message that names them."""
+sharded with `model.safetensors.index.json`) or a GGUF file (`herd.model.gguf_weights`), fusing
+q/k/v and gate/up on the way. Missing or unexpected weights fail with a message that names them."""
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ from safetensors import safe_open
 
 from herd.engine.errors import ModelLoadError
 from herd.model.config import ModelConfig
+from herd.model.gguf_file import find_gguf
 from herd.model.llama import LlamaForCausalLM
 from herd.model.rope import RotaryEmbedding
 
@@ -45,8 +47,7 @@ def safetensors_files(model_dir: Path) -> list[Path]:
 def load_model(
     model_dir: str | Path, cfg: ModelConfig, dtype: torch.dtype, device: torch.device
 ) -> LlamaForCausalLM:
-    model_dir = Path(model_dir)
-    files = safetensors_files(model_dir)
+    tensors = checkpoint_tensors(Path(model_dir), cfg)
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
     model = model.to_empty(device=device).to(dtype)
@@ -55,11 +56,27 @@ def load_model(
     model.model.rotary_emb.to(device)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    _load_weights(model, files, cfg)
+    _load_weights(model, tensors, cfg)
     return model.eval()
 
 
-def _load_weights(model: LlamaForCausalLM, files: list[Path], cfg: ModelConfig) -> None:
+def checkpoint_tensors(model_path: Path, cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    """(Hugging Face name, tensor) of every weight in a model directory or GGUF file, lazily."""
+    gguf = find_gguf(model_path)
+    if gguf is not None:
+        from herd.model.gguf_weights import checkpoint_tensors as gguf_checkpoint_tensors
+
+        yield from gguf_checkpoint_tensors(gguf, cfg)
+        return
+    for file in safetensors_files(model_path):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+def _load_weights(
+    model: LlamaForCausalLM, tensors: Iterator[tuple[str, torch.Tensor]], cfg: ModelConfig
+) -> None:
     params = dict(model.named_parameters(remove_duplicate=False))
     shard_sizes = {
         "qkv_proj": [cfg.num_attention_heads * cfg.head_dim]
@@ -69,17 +86,15 @@ def _load_weights(model: LlamaForCausalLM, files: list[Path], cfg: ModelConfig) 
     expected = _expected_checkpoint_keys(params, cfg)
     seen: set[str] = set()
     unexpected: list[str] = []
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                if name.endswith(IGNORED_SUFFIXES):
-                    continue
-                if name not in expected:
-                    if not (cfg.tie_word_embeddings and name == "lm_head.weight"):
-                        unexpected.append(name)
-                    continue
-                _copy_into(params, name, f.get_tensor(name), shard_sizes)
-                seen.add(name)
+    for name, tensor in tensors:
+        if name.endswith(IGNORED_SUFFIXES):
+            continue
+        if name not in expected:
+            if not (cfg.tie_word_embeddings and name == "lm_head.weight"):
+                unexpected.append(name)
+            continue
+        _copy_into(params, name, tensor, shard_sizes)
+        seen.add(name)
     missing = sorted(expected - seen)
     if missing or unexpected:
         parts = []
