@@ -1,4 +1,5 @@
-"""`Tokenizer`: the model directory's Hugging Face tokenizer, its chat template, and
+"""`Tokenizer`: the model's Hugging Face tokenizer (from its directory, or rebuilt from a GGUF
+file's metadata by `herd.model.gguf_tokenizer`), its chat template, and
 `IncrementalDetokenizer`, which turns a growing token list into text deltas without splitting
 a multi-byte character across deltas."""
 
@@ -12,8 +13,18 @@ class Tokenizer:
     def __init__(self, model_dir: str | Path) -> None:
         from transformers import AutoTokenizer
 
+        from herd.model.gguf_file import find_gguf
+
         try:
-            self.hf = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+            gguf = find_gguf(model_dir)
+            if gguf is not None:
+                from herd.model.gguf_tokenizer import load_gguf_tokenizer
+
+                self.hf = load_gguf_tokenizer(gguf)
+            else:
+                self.hf = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        except ModelLoadError:
+            raise
         except Exception as exc:  # transformers raises many types for a broken directory
             raise ModelLoadError(f"cannot load the tokenizer from {model_dir}: {exc}") from exc
         self.vocab_size = len(self.hf)

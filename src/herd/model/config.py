@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from herd.engine.errors import ModelLoadError
+from herd.model.gguf_file import config_dict as gguf_config_dict
+from herd.model.gguf_file import find_gguf
 
 SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
 
@@ -56,6 +58,9 @@ class ModelConfig:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "ModelConfig":
+        gguf = find_gguf(model_dir)  # a .gguf file, or a directory holding one
+        if gguf is not None:
+            return cls.from_dict(gguf_config_dict(gguf))
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise ModelLoadError(f"model directory {str(model_dir)!r} does not exist")
