@@ -1,7 +1,6 @@
 """The app over a fake engine, in-process: response shapes, streaming, errors, admission, drain,
 metrics and disconnect-abort, fast. Real-engine behaviour is in test_replica.py."""
 
-import asyncio
 import json
 
 import pytest
@@ -12,6 +11,7 @@ from server_fake_engine import FakeEngine
 from herd.server.app import ADMISSION, STATE, create_app
 from herd.server.async_engine import AsyncEngine
 from herd.server.config import ServerConfig
+from waiting import until
 
 MODEL = "fake-model"
 
@@ -196,12 +196,10 @@ async def test_disconnect_aborts_and_frees_blocks():
         await resp.content.readline()
         assert fake.requests
         resp.close()  # drop the connection mid-stream
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            if not fake.requests and client.app[ADMISSION].in_flight == 0:
-                break
-        assert not fake.requests and engine.stats["num_free_blocks"] == fake.total_blocks
-        assert client.app[ADMISSION].in_flight == 0
+        await until(
+            lambda: not fake.requests and client.app[ADMISSION].in_flight == 0, 5, "the abort"
+        )
+        assert engine.stats["num_free_blocks"] == fake.total_blocks
     finally:
         await client.close()
         await engine.stop()
