@@ -1,4 +1,5 @@
-"""`herd demo-model`, `herd generate` and `herd chat`: the offline engine from the shell."""
+"""`herd demo-model`, `herd fetch-model`, `herd generate` and `herd chat`: the offline engine
+from the shell."""
 
 import argparse
 import sys
@@ -11,10 +12,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo-model", help="write the small random-weight demo Llama to DIR")
     p.add_argument("dir", nargs="?", help="where to write it (default: the herd cache)")
     p.set_defaults(func=demo_model)
+    p = sub.add_parser(
+        "fetch-model", help="fetch the default model (SmolLM2-135M-Instruct GGUF) into the cache"
+    )
+    p.set_defaults(func=fetch_model)
 
     for name, helptext in (("generate", "complete prompts offline"), ("chat", "chat offline")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--model", help="local Hugging Face model directory (default: demo model)")
+        p.add_argument(
+            "--model",
+            help="local Hugging Face model directory or .gguf file "
+            "(default: SmolLM2-135M-Instruct, fetched on first use)",
+        )
         p.add_argument(
             "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
         )
@@ -36,14 +45,21 @@ def demo_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def fetch_model(args: argparse.Namespace) -> int:
+    from herd.cli.gateway_cmds import default_model
+
+    print(default_model())
+    return 0
+
+
 def generate(args: argparse.Namespace) -> int:
     from herd import LLM, SamplingParams
+    from herd.cli.gateway_cmds import default_model
     from herd.engine.errors import InvalidRequestError, ModelLoadError
-    from herd.model.demo import ensure_demo_model
 
-    model = args.model or ensure_demo_model()
+    model = args.model or default_model()
     if not args.model:
-        print(f"(no --model: using the random-weight demo model at {model})", file=sys.stderr)
+        print(f"(no --model: using {model})", file=sys.stderr)
     try:
         llm = LLM(model, dtype=args.dtype, device=args.device)
         params = SamplingParams(

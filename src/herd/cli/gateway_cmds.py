@@ -64,6 +64,17 @@ def _load(args: argparse.Namespace):
     return config
 
 
+def default_model() -> Path:
+    """The real default model (SmolLM2-135M-Instruct), fetched on first use."""
+    from herd.engine.errors import ModelLoadError
+    from herd.model.default_model import ensure_default_model
+
+    try:
+        return ensure_default_model(lambda msg: print(msg, file=sys.stderr, flush=True))
+    except ModelLoadError as exc:
+        raise CliError(str(exc)) from None
+
+
 def _gateway_or_error(config):
     from herd.gateway.app import Gateway
     from herd.gateway.config import ConfigError
@@ -86,9 +97,7 @@ def handle_serve(args: argparse.Namespace) -> int:
     if args.model is not None:
         fleet.model = args.model
     if not fleet.model and not fleet.command:
-        from herd.model.demo import ensure_demo_model
-
-        fleet.model = str(ensure_demo_model())
+        fleet.model = str(default_model())
     if fleet.model and not Path(fleet.model).is_dir():
         raise CliError(f"model directory not found: {fleet.model}")
     fleet.extra_args = [*fleet.extra_args, *shlex.split(args.replica_args)]

@@ -3,9 +3,12 @@ llama.cpp's names are mapped, its RoPE row order of `attn_q` / `attn_k` is undon
 dequantized on demand. `GGUFTensor` keeps the raw quantized bytes for loaders that use them as
 they are (int8 / int4 linears)."""
 
+import logging
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +39,8 @@ _LAYER_NAMES = {
 }
 _LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 IGNORED = ("rope_freqs.weight",)  # RoPE factors herd computes from the config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -114,5 +119,14 @@ def gguf_tensors(path, cfg: ModelConfig) -> Iterator[tuple[str, GGUFTensor]]:
 
 def checkpoint_tensors(path, cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
     """`gguf_tensors` decoded to float32, one tensor at a time (the loader's input)."""
+    tensors = open_gguf(path).tensors
+    types = Counter(t.tensor_type.name for t in tensors)
+    log.info(
+        "loading %s: %.1f MB, %d tensors (%s), dequantized as they load",
+        Path(path).name,
+        sum(int(t.n_bytes) for t in tensors) / 1e6,
+        len(tensors),
+        ", ".join(f"{n} {k}" for k, n in types.most_common()),
+    )
     for name, tensor in gguf_tensors(path, cfg):
         yield name, tensor.to_float()
