@@ -35,9 +35,24 @@ def _errors(statuses: dict[str, str]) -> dict:
 def _generate_op(
     summary: str, body: type[BaseModel], reply: type[BaseModel], chunk: type[BaseModel], errors
 ) -> dict:
+    # One server-sent event (OpenAPI 3.1: `schema` describes each event of the stream). Its data
+    # is a chunk, or an error if the stream fails after it began; the last event is `[DONE]`.
     sse = {
-        "type": "string",
-        "description": f"Server-sent events: `data: <{chunk.__name__} JSON>` then `data: [DONE]`",
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "data": {
+                "anyOf": [
+                    {"const": "[DONE]"},
+                    {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {"anyOf": [_ref(chunk), _ref(responses.ErrorResponse)]},
+                    },
+                ]
+            }
+        },
+        "description": f"`data: <{chunk.__name__} JSON>` events, then `data: [DONE]`",
     }
     ok = _json(_ref(reply), "The completion (`stream` false) or an event stream (`stream` true)")
     ok["content"]["text/event-stream"] = {"schema": sse}

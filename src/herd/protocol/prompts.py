@@ -42,7 +42,7 @@ def parse_prompts(value: Any, param: str = "prompt", max_batch: int | None = Non
             f"'{param}' must be a string, an array of token ids, or a non-empty array of either",
             param,
         )
-    if isinstance(value[0], int) and not isinstance(value[0], bool):
+    if not isinstance(value[0], str | list):  # one prompt of token ids
         return [_token_ids(value, param)]
     if max_batch is not None and len(value) > max_batch:
         raise PromptError(f"'{param}' may hold at most {max_batch} prompts", param)

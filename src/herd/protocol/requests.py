@@ -3,6 +3,7 @@ plus the vLLM extensions herd honours. Every field is honoured, accepted and ign
 or refused naming it (the table is in docs/protocol.md); `validate_request` turns a JSON body into a
 model or an `OpenAIError` 400 that names the parameter. Imports nothing else of herd."""
 
+import json
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -46,9 +47,7 @@ TEXT_PART_SCHEMA = {
     "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
     "required": ["type", "text"],
 }
-CONTENT_SCHEMA = {
-    "anyOf": [{"type": "string"}, {"type": "array", "items": TEXT_PART_SCHEMA}, {"type": "null"}]
-}
+CONTENT_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "array", "items": TEXT_PART_SCHEMA}]}
 # Refused unless absent or null (or the listed harmless values): herd has no such feature.
 UNSUPPORTED_SCHEMA = {"type": "null"}
 
@@ -65,7 +64,7 @@ class ParamError(ValueError):
 
 
 def _unsupported(name: str, value: Any, allowed: tuple = (None,)) -> Any:
-    if value not in allowed:
+    if not any(value == a and type(value) is type(a) for a in allowed):  # 0 is not false
         shown = ", ".join("null" if a is None else repr(a) for a in allowed)
         raise ParamError(
             f"'{name}' is not supported by herd (accepted: {shown})", name, "unsupported_parameter"
@@ -74,6 +73,13 @@ def _unsupported(name: str, value: Any, allowed: tuple = (None,)) -> Any:
 
 
 Unsupported = Annotated[Any, WithJsonSchema(UNSUPPORTED_SCHEMA)]
+
+
+def only(*values: Any) -> Any:
+    """A field herd accepts only with these values (documented as an enum in the schema)."""
+    return Annotated[Any, WithJsonSchema({"enum": list(values)})]
+
+
 TokenId = Annotated[int, Field(ge=0)]
 
 
@@ -176,7 +182,7 @@ class CompletionRequest(_GenerateRequest):
     OpenAI's batch form was sent)."""
 
     prompt: Annotated[Any, WithJsonSchema(PROMPT_SCHEMA)]
-    suffix: Unsupported = None
+    suffix: only(None, "") = None
     logprobs: int | None = Field(None, ge=0)
     echo: bool | None = None
     best_of: int | None = Field(None, ge=1)
@@ -207,28 +213,27 @@ class ChatMessage(_Strict):
     refused; `content` is a string or text parts, read through the prompt grammar."""
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[Any, WithJsonSchema(CONTENT_SCHEMA)] = None
+    content: Annotated[Any, WithJsonSchema(CONTENT_SCHEMA)]  # required: herd has no tool calls
     name: str | None = None  # accepted; the chat template does not use it
     refusal: str | None = None  # an earlier assistant refusal: ignored
-    tool_calls: Unsupported = None
+    tool_calls: only(None, []) = None
     function_call: Unsupported = None
     audio: Unsupported = None
 
     @field_validator("content")
     @classmethod
-    def _content(cls, value: Any) -> str | None:
-        return None if value is None else content_text(value, "content")
+    def _content(cls, value: Any) -> str:
+        return content_text(value, "content")
 
-    @field_validator("tool_calls", "function_call", "audio")
+    @field_validator("tool_calls")
     @classmethod
-    def _no_tools(cls, value: Any, info: ValidationInfo) -> Any:
-        return _unsupported(info.field_name, value, (None, []))
+    def _no_tool_calls(cls, value: Any) -> Any:
+        return _unsupported("tool_calls", value, (None, []))
 
-    @model_validator(mode="after")
-    def _needs_content(self):
-        if self.content is None and self.role != "assistant":
-            raise ParamError(f"a {self.role} message needs 'content'", "content")
-        return self
+    @field_validator("function_call", "audio")
+    @classmethod
+    def _no_audio(cls, value: Any, info: ValidationInfo) -> Any:
+        return _unsupported(info.field_name, value)
 
 
 class ChatCompletionRequest(_GenerateRequest):
@@ -238,23 +243,23 @@ class ChatCompletionRequest(_GenerateRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    response_format: dict[str, Any] | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    response_format: only(None, {"type": "text"}) = None
+    tools: only(None, []) = None
+    tool_choice: only(None, "none", "auto") = None
     parallel_tool_calls: bool | None = None  # ignored: there are no tools
-    functions: list[Any] | None = None
-    function_call: Any = None
-    store: bool | None = None
+    functions: only(None, []) = None
+    function_call: only(None, "none", "auto") = None
+    store: only(None, False) = None
     metadata: dict[str, str] | None = None  # ignored: herd stores nothing
     service_tier: str | None = None  # ignored: one tier
     safety_identifier: str | None = None  # like `user`: logged, never interpreted
     prompt_cache_key: str | None = None  # ignored: herd's prefix cache needs no key
     prompt_cache_retention: str | None = None  # ignored
     prompt_cache_options: dict[str, Any] | None = None  # ignored
-    modalities: list[str] | None = None
+    modalities: only(None, ["text"]) = None
     audio: Unsupported = None
     prediction: Unsupported = None
-    reasoning_effort: str | None = None
+    reasoning_effort: only(None, "none") = None
     verbosity: Unsupported = None
     web_search_options: Unsupported = None
     moderation: Unsupported = None
@@ -262,7 +267,7 @@ class ChatCompletionRequest(_GenerateRequest):
     @field_validator("tools", "functions")
     @classmethod
     def _no_tool_list(cls, value: Any, info: ValidationInfo) -> Any:
-        return _unsupported(info.field_name, value or None)
+        return _unsupported(info.field_name, value, (None, []))
 
     @field_validator("tool_choice", "function_call")
     @classmethod
@@ -354,6 +359,32 @@ def _first_error(exc: ValidationError) -> OpenAIError:
         message = f"'{param}': {err['msg']}" if param else err["msg"]
         code = "invalid_type" if err["type"].endswith("_type") else "invalid_value"
     return OpenAIError(400, message, param=param, code=code)
+
+
+def _number(text: str) -> int | float:
+    """A JSON number with a fraction or exponent: an int when it is integral (JSON Schema's
+    `integer` includes 3.0, so a token id or max_tokens may arrive that way)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_body(raw: bytes) -> Any:
+    """A request body as JSON (strict: no NaN or Infinity; integral numbers as ints), or an
+    `OpenAIError` 400 saying where it breaks."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OpenAIError(400, f"request body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text, parse_float=_number, parse_constant=_no_constant)
+    except ValueError as exc:  # JSONDecodeError included
+        raise OpenAIError(
+            400, f"request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
 
 
 def validate_request(cls: type[T], body: Any) -> T:

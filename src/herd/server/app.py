@@ -4,7 +4,6 @@
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -17,6 +16,7 @@ from aiohttp import web
 from herd.engine.errors import InvalidRequestError
 from herd.protocol.errors import ERROR_TYPES, OpenAIError
 from herd.protocol.openapi import build_openapi
+from herd.protocol.requests import parse_body
 from herd.server.config import ServerConfig
 from herd.server.errors import APIError, bad_request
 from herd.server.lifecycle import ADMISSION, STATE, Admission, ServerState
@@ -60,7 +60,9 @@ async def openai_errors(request: web.Request, handler):
                 "request_too_large",
             ),
         }.get(exc.status, (exc.reason, None))
-        return refused(request, APIError(exc.status, message, code=code)).response()
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        err = OpenAIError(exc.status, message, code=code, headers=allow)
+        return refused(request, err).response()
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         err = APIError(500, "internal server error", code="internal_error")
@@ -92,17 +94,7 @@ async def _echo_request_id(request: web.Request, response: web.StreamResponse) -
 
 
 async def _read_json(request: web.Request) -> Any:
-    raw = await request.read()  # raises 413 past client_max_size
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise bad_request(f"request body is not valid UTF-8 (byte {exc.start})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise bad_request(
-            f"request body is not valid JSON: {exc.msg} at position {exc.pos}"
-        ) from None
+    return parse_body(await request.read())  # read() raises 413 past client_max_size
 
 
 def _prompt_ids(engine, req: GenerateRequest) -> list[int]:

@@ -123,5 +123,5 @@ def parse_chat(body: Any, max_n: int = 64, max_logprobs: int = 20) -> GenerateRe
     max_tokens = f.output_limit
     params = to_sampling_params(f, max_tokens, logprobs)
     req = _request(f, True, params, max_tokens is None, max_n)
-    req.messages = [{"role": m.role, "content": m.content or ""} for m in f.messages]
+    req.messages = [{"role": m.role, "content": m.content} for m in f.messages]
     return req
