@@ -1,7 +1,6 @@
 """`herd serve` as a real process over fake replicas (from a command template in the config):
 banner, admin API, rollout by POST and by SIGHUP, crash restart, SIGTERM drain."""
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -13,6 +12,8 @@ import aiohttp
 import pytest
 from fleettools import Load
 from gwtools import FAKE, free_port
+
+from waiting import until
 
 ADMIN = {"Authorization": "Bearer adm"}
 
@@ -58,13 +59,6 @@ async def replicas(session, url):
         return (await resp.json())["replicas"]
 
 
-async def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.1)
-
-
 async def test_serve_rollout_crash_and_drain(herd_serve):
     proc, url, lines = herd_serve
     banner = "".join(lines + [proc.stdout.readline() for _ in range(4)])
@@ -86,15 +80,15 @@ async def test_serve_rollout_crash_and_drain(herd_serve):
         async with session.post(url + "/admin/rollout?wait=1", headers=ADMIN) as resp:
             assert (await resp.json()) == {"status": "done", "replaced": 2}
         old = {r["pid"] for r in before}
-        await wait_for(lambda: all_ready(exclude=old))
+        await until(lambda: all_ready(exclude=old), 20, "every replica replaced")
         # Rollout by SIGHUP.
         old = {r["pid"] for r in await replicas(session, url)}
         proc.send_signal(signal.SIGHUP)
-        await wait_for(lambda: all_ready(exclude=old))
+        await until(lambda: all_ready(exclude=old), 20, "every replica replaced")
         # A crashed replica is marked down and comes back.
         victim = (await replicas(session, url))[0]
         os.kill(victim["pid"], signal.SIGKILL)
-        await wait_for(lambda: all_ready(exclude={victim["pid"]}))
+        await until(lambda: all_ready(exclude={victim["pid"]}), 20, "the victim restarted")
         statuses = await load.stop()
         assert len(statuses) > 20 and load.failures() == [], load.bodies[:3]
         pids = [r["pid"] for r in await replicas(session, url)]
