@@ -41,7 +41,7 @@ def _open(path: str, mtime_ns: int):
 
     try:
         return gguf.GGUFReader(path)
-    except (ValueError, OSError) as exc:  # the reader raises ValueError for a bad magic
+    except Exception as exc:  # the reader raises ValueError, IndexError... on a broken file
         raise ModelLoadError(f"cannot read {path} as GGUF: {exc}") from None
 
 
