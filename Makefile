@@ -1,5 +1,6 @@
-# The two commands of the README: `make serve` runs herd on the embedded demo model, `make test`
-# runs lint and the tests. Both do all set-up themselves on a fresh machine.
+# The two commands of the README: `make serve` runs herd on its default model (SmolLM2-135M-Instruct,
+# which the set-up fetches), `make test` runs lint and the tests. Both do all set-up themselves on a
+# fresh machine.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 HERD := $(VENV)/bin/herd

