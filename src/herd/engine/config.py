@@ -1,47 +1,134 @@
-"""Engine configuration: one plain dataclass per concern, validated on construction."""
+"""Engine settings, declared once. Each field of `EngineConfig` (and its nested `SchedulerConfig`)
+carries its default, help text and choices; `LLM(**kwargs)` and the `herd replica` / `serve` /
+`generate` / `chat` flags are derived from these declarations, so a new setting is written here only.
+A bad value is a `ValueError` naming the setting."""
 
-from dataclasses import dataclass, field
-
-from herd.engine.errors import InvalidRequestError
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
+from typing import Any
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZATIONS = ("none", "int8", "int4", "fp8")
+KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8")
+ATTENTION_BACKENDS = ("torch",)  # herd.engine.attention.BACKENDS; checked by a test
+
+
+def setting(default: Any = MISSING, help: str = "", choices: tuple | None = None) -> Any:
+    """A config field with its help text and allowed values next to its default."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
 class SchedulerConfig:
-    max_num_batched_tokens: int = 2048  # token budget of one step (prefill chunks + decodes)
-    max_num_seqs: int = 64  # most requests running at once
+    """How much work one engine step may take: the token budget and the number of running
+    sequences. Valid on construction."""
+
+    max_num_batched_tokens: int = setting(
+        2048, "token budget of one engine step (prefill chunks plus decodes)"
+    )
+    # 128 as vLLM's serving default on small GPUs: the KV pool, not this cap, bounds a replica's
+    # batch, and 64 left a CPU replica's pool idle under bench load.
+    max_num_seqs: int = setting(128, "most sequences running in one engine step")
 
     def __post_init__(self) -> None:
-        if self.max_num_batched_tokens < 1:
-            raise InvalidRequestError("max_num_batched_tokens must be >= 1")
-        if self.max_num_seqs < 1:
-            raise InvalidRequestError("max_num_seqs must be >= 1")
+        check_settings(self)
+        _at_least(self, "max_num_batched_tokens", 1)
+        _at_least(self, "max_num_seqs", 1)
 
 
 @dataclass
 class EngineConfig:
-    model: str  # local Hugging Face model directory
-    dtype: str = "auto"  # auto (the checkpoint's), float32, bfloat16, float16
-    device: str = "cpu"  # cpu, cuda, cuda:N
-    block_size: int = 16  # tokens per KV block
-    num_kv_blocks: int | None = None  # explicit KV pool size; None: from kv_cache_memory
-    kv_cache_memory: float | None = None  # KV pool bytes; None: 1 GiB on CPU, a share on GPU
-    gpu_memory_utilization: float = 0.9  # share of free GPU memory (after weights) for the KV pool
-    max_model_len: int | None = None  # context length; None: the model's
-    enable_prefix_caching: bool = True
-    attention_backend: str = "torch"  # see herd.engine.attention.BACKENDS
-    seed: int = 0  # seeds unseeded sampling
+    """Every setting of one engine: model loading, KV cache sizing, scheduling. Constructing one
+    validates every field (a `ValueError` naming the setting); the engine trusts it afterwards."""
+
+    model: str = setting(help="model: a Hugging Face model directory or a .gguf file")
+    dtype: str = setting(
+        "auto",
+        "weight and activation dtype (auto: the checkpoint's; float32 on a CPU without bf16)",
+        DTYPES,
+    )
+    quantization: str | None = setting(
+        None, "weight-only quantization of the decoder linears (default: none)", QUANTIZATIONS
+    )
+    device: str = setting("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda:N")
+    block_size: int = setting(16, "tokens per KV cache block")
+    kv_cache_dtype: str = setting(
+        "auto",
+        "KV cache storage dtype (auto: the activation dtype; fp8 halves it)",
+        KV_CACHE_DTYPES,
+    )
+    num_kv_blocks: int | None = setting(
+        None, "KV cache size in blocks (default: from kv_cache_memory or gpu_memory_utilization)"
+    )
+    kv_cache_memory: float | None = setting(
+        None, "KV cache size in bytes (default: 1 GiB on CPU; from gpu_memory_utilization on GPU)"
+    )
+    gpu_memory_utilization: float = setting(
+        0.9,
+        "share of the GPU's total memory herd may use, weights included, as in vLLM: the KV "
+        "cache gets total x utilization - weights - activation reserve",
+    )
+    max_model_len: int | None = setting(None, "context length (default: the model's)")
+    enable_prefix_caching: bool = setting(True, "reuse KV blocks of shared prompt prefixes")
+    attention_backend: str = setting("torch", "attention implementation", ATTENTION_BACKENDS)
+    seed: int = setting(0, "seed of requests that give none")
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise InvalidRequestError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.block_size < 1:
-            raise InvalidRequestError(f"block_size must be >= 1, got {self.block_size}")
+        if self.quantization == "none":
+            self.quantization = None
+        check_settings(self)
+        _at_least(self, "block_size", 1)
+        _at_least(self, "num_kv_blocks", 1)
+        _at_least(self, "kv_cache_memory", 1)
+        _at_least(self, "max_model_len", 1)
         if not 0 < self.gpu_memory_utilization <= 1:
-            raise InvalidRequestError(
+            raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
             )
-        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
-            raise InvalidRequestError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
+
+    @classmethod
+    def from_flat(cls, **kwargs: Any) -> "EngineConfig":
+        """Build from flat setting names (nested configs' fields at top level), as `LLM` and the
+        CLI take them. An unknown name is a `TypeError` naming it."""
+        unknown = set(kwargs) - {f.name for f in flat_fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown engine setting(s): {', '.join(sorted(unknown))}")
+        return _build(cls, kwargs)
+
+
+def flat_fields(cls: type = EngineConfig) -> list[Field]:
+    """Every leaf setting of `cls`, nested config dataclasses flattened, in declaration order."""
+    out: list[Field] = []
+    for f in fields(cls):
+        nested = f.default_factory if f.default_factory is not MISSING else None
+        if nested is not None and is_dataclass(nested):
+            out.extend(flat_fields(nested))
+        else:
+            out.append(f)
+    return out
+
+
+def _build(cls: type, flat: dict[str, Any]) -> Any:
+    args = {}
+    for f in fields(cls):
+        nested = f.default_factory if f.default_factory is not MISSING else None
+        if nested is not None and is_dataclass(nested):
+            args[f.name] = _build(nested, flat)
+        elif f.name in flat:
+            args[f.name] = flat[f.name]
+    return cls(**args)
+
+
+def check_settings(config: Any) -> None:
+    """Each field with declared choices holds one of them (None allowed where it is the default)."""
+    for f in fields(config):
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if choices and value not in choices and not (value is None and f.default is None):
+            raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _at_least(config: Any, name: str, low: float) -> None:
+    value = getattr(config, name)
+    if value is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")

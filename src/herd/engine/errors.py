@@ -1,4 +1,9 @@
-"""Exceptions the engine raises for bad input; the server maps them to OpenAI error bodies."""
+"""Exceptions the engine raises for bad requests; the server maps them to OpenAI error bodies.
+(Bad engine settings are plain `ValueError`s; `ModelLoadError` lives in `herd.model.errors`.)"""
+
+from herd.model.errors import ModelLoadError
+
+__all__ = ["InvalidRequestError", "ModelLoadError"]
 
 
 class InvalidRequestError(ValueError):
@@ -8,7 +13,3 @@ class InvalidRequestError(ValueError):
         super().__init__(message)
         self.message = message
         self.param = param
-
-
-class ModelLoadError(RuntimeError):
-    """A model directory that cannot be loaded: missing files, malformed config, bad weights."""

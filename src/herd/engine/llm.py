@@ -5,7 +5,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from herd.engine.config import EngineConfig, SchedulerConfig
+from herd.engine.config import EngineConfig
 from herd.engine.llm_engine import LLMEngine
 from herd.engine.outputs import CompletionOutput, RequestOutput
 from herd.engine.sampling_params import SamplingParams
@@ -14,37 +14,14 @@ Prompt = str | list[int] | dict[str, Any]
 
 
 class LLM:
-    def __init__(
-        self,
-        model: str,
-        dtype: str = "auto",
-        device: str = "cpu",
-        block_size: int = 16,
-        num_kv_blocks: int | None = None,
-        kv_cache_memory: float | None = None,
-        gpu_memory_utilization: float = 0.9,
-        max_model_len: int | None = None,
-        max_num_batched_tokens: int = 2048,
-        max_num_seqs: int = 64,
-        enable_prefix_caching: bool = True,
-        attention_backend: str = "torch",
-        seed: int = 0,
-    ) -> None:
-        config = EngineConfig(
-            model=str(model),
-            dtype=dtype,
-            device=device,
-            block_size=block_size,
-            num_kv_blocks=num_kv_blocks,
-            kv_cache_memory=kv_cache_memory,
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=max_model_len,
-            enable_prefix_caching=enable_prefix_caching,
-            attention_backend=attention_backend,
-            seed=seed,
-            scheduler=SchedulerConfig(max_num_batched_tokens, max_num_seqs),
-        )
-        self.engine = LLMEngine(config)
+    """Offline generation as vLLM's `LLM` offers it: build an engine from settings, run lists of
+    prompts (or chats) to completion and return one `RequestOutput` per prompt, in order."""
+
+    def __init__(self, model: str, **kwargs: Any) -> None:
+        """`kwargs` are the settings of `EngineConfig` by name, nested configs flattened
+        (`max_num_seqs=...`, `quantization="int8"`, ...); an unknown name is a `TypeError`, a bad
+        value a `ValueError` naming it."""
+        self.engine = LLMEngine(EngineConfig.from_flat(model=str(model), **kwargs))
         self._ids = itertools.count()
 
     def get_tokenizer(self):

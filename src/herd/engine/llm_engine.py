@@ -26,7 +26,7 @@ class LLMEngine:
         self.model_config = ModelConfig.from_dir(config.model)
         limit = self.model_config.max_position_embeddings
         if config.max_model_len is not None and config.max_model_len > limit:
-            raise InvalidRequestError(
+            raise ValueError(  # a configuration error, not a refused request
                 f"max_model_len {config.max_model_len} exceeds the model's context ({limit})"
             )
         self.max_model_len = config.max_model_len or limit

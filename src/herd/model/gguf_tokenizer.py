@@ -7,7 +7,7 @@ template. Built from the metadata alone: transformers' own GGUF conversion is th
 from pathlib import Path
 from typing import Any
 
-from herd.engine.errors import ModelLoadError
+from herd.model.errors import ModelLoadError
 from herd.model.gguf_file import read_metadata
 
 # llama.cpp's token types (llama_token_type)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from herd.engine.errors import ModelLoadError
 from herd.model.config import ModelConfig
+from herd.model.errors import ModelLoadError
 from herd.model.gguf_file import open_gguf
 from herd.model.gguf_quants import BLOCK_SIZES, dequantize
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from herd.engine.errors import ModelLoadError
 from herd.model.config import ModelConfig
+from herd.model.errors import ModelLoadError
 from herd.model.gguf_file import find_gguf
 from herd.model.llama import LlamaForCausalLM
 from herd.model.rope import RotaryEmbedding
