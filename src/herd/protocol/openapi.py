@@ -32,6 +32,25 @@ def _errors(statuses: dict[str, str]) -> dict:
     return {code: _json(_ref(responses.ErrorResponse), why) for code, why in statuses.items()}
 
 
+STREAM = {"stream": True, "stream_options": {"include_usage": True}}
+EXAMPLES = {
+    "CompletionRequest": {
+        "text": {"prompt": "Say this is a test", "max_tokens": 7, "temperature": 0},
+        "stream": {"prompt": [[1, 2, 3], [4, 5]], "max_tokens": 5, **STREAM},
+    },
+    "ChatCompletionRequest": {
+        "text": {"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 7},
+        "stream": {
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+            "max_completion_tokens": 5,
+            "logprobs": True,
+            "top_logprobs": 2,
+            **STREAM,
+        },
+    },
+}
+
+
 def _generate_op(
     summary: str, body: type[BaseModel], reply: type[BaseModel], chunk: type[BaseModel], errors
 ) -> dict:
@@ -61,7 +80,15 @@ def _generate_op(
             "summary": summary,
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": _ref(body)}},
+                "content": {
+                    "application/json": {
+                        "schema": _ref(body),
+                        "examples": {
+                            name: {"value": value}
+                            for name, value in EXAMPLES[body.__name__].items()
+                        },
+                    }
+                },
             },
             "responses": {"200": ok, **errors},
         }
@@ -72,14 +99,30 @@ def _get(summary: str, ok: dict, errors: dict | None = None) -> dict:
     return {"get": {"summary": summary, "responses": {"200": ok, **(errors or {})}}}
 
 
+def _restrict(defs: dict, model_names: list[str] | None, max_model_len: int | None) -> None:
+    """What this server accepts beyond the generic models: its model names, its context."""
+    for name in ("CompletionRequest", "ChatCompletionRequest"):
+        props = defs[name]["properties"]
+        if model_names:
+            props["model"] = {"anyOf": [{"enum": list(model_names)}, {"type": "null"}]}
+        if max_model_len:
+            for field in ("max_tokens", "max_completion_tokens"):
+                if field in props:
+                    limit = {"type": "integer", "minimum": 1, "maximum": max_model_len - 1}
+                    props[field] = {"anyOf": [limit, {"type": "null"}]}
+
+
 def build_openapi(
     title: str = "herd replica",
-    version: str = "1",
+    model_names: list[str] | None = None,
+    max_model_len: int | None = None,
     error_statuses: dict[str, str] | None = None,
+    version: str = "1",
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the OpenAI routes plus /health, /ready, /metrics and
     /openapi.json. `error_statuses` (status -> description) replaces the default error set of
-    the generate routes (a gateway adds 401 and 502, say)."""
+    the generate routes (a gateway adds 401 and 502, say); `model_names` and `max_model_len`,
+    when known, narrow `model` to the served names and `max_tokens` to the context."""
     models = [
         (requests.CompletionRequest, "validation"),
         (requests.ChatCompletionRequest, "validation"),
@@ -91,6 +134,7 @@ def build_openapi(
         (responses.Status, "serialization"),
     ]
     _, defs = models_json_schema(models, ref_template=REF)
+    _restrict(defs["$defs"], model_names, max_model_len)
     errors = _errors(error_statuses or ERROR_STATUSES)
     text = {
         "description": "Prometheus text format",

@@ -306,7 +306,12 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(request.app[OPENAPI])
+    cache, max_len = request.app[OPENAPI], request.app[ENGINE].max_model_len or None
+    doc = cache.get(max_len)
+    if doc is None:  # before the engine loads its context length is unknown: not narrowed
+        name = served_name(request.app[CONFIG])
+        doc = cache[max_len] = build_openapi("herd replica", [name], max_len)
+    return web.json_response(doc)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -325,7 +330,7 @@ def create_app(engine, config: ServerConfig) -> web.Application:
     app[STATE] = ServerState()
     app[ADMISSION] = Admission(config.max_queued_requests, config.max_queued_tokens)
     app[METRICS] = ServerMetrics(lambda: (engine.stats, engine.baseline))
-    app[OPENAPI] = build_openapi("herd replica")
+    app[OPENAPI] = {}  # context length -> document, built on request (known once loaded)
     app.on_response_prepare.append(_echo_request_id)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/completions", completions)
