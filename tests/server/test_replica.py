@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from herd.engine.llm import LLM
 from herd.engine.sampling_params import SamplingParams
 from herd.server.launch import ReplicaProcess
-from waiting import until
+from waiting import until, wait_until
 
 ENGINE_ARGS = ("--dtype", "float32", "--device", "cpu", "--max-num-seqs", "64")
 PROMPT = "The quick brown fox"
@@ -239,6 +239,73 @@ async def test_errors_leave_the_replica_serving(replica):
         ok = await s.post(url, json={"prompt": "x", "max_tokens": 2})
         assert ok.status == 200
         assert (await s.get(replica.url + "/health")).status == 200
+
+
+def test_continuous_usage_stats_through_openai_client(replica):
+    """vLLM's stream_options extension, as load generators send it: usage in every chunk."""
+    client = openai.OpenAI(base_url=replica.url + "/v1", api_key="none", max_retries=0)
+    stream = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=6,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True},
+        extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    assert chunks and all(c.usage is not None for c in chunks)
+    done = [c.usage.completion_tokens for c in chunks]
+    assert done == sorted(done) and done[0] == 0 and done[-1] == 6
+    assert len({c.usage.prompt_tokens for c in chunks}) == 1
+    assert (
+        chunks[-1].choices == []
+        and chunks[-1].usage.total_tokens == 6 + chunks[0].usage.prompt_tokens
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text  # the content still arrives beside the usage
+
+
+def test_logit_bias_forces_a_token_like_offline(replica, offline):
+    forced = 42
+    ref = offline.generate(PROMPT, greedy(5, ignore_eos=True, logit_bias={forced: 100}))
+    assert ref[0].outputs[0].token_ids == [forced] * 5
+    client = openai.OpenAI(base_url=replica.url + "/v1", api_key="none", max_retries=0)
+    resp = client.completions.create(
+        model="tiny",
+        prompt=PROMPT,
+        max_tokens=5,
+        temperature=0.7,  # a bias of 100 wins the draw too
+        seed=1,
+        logit_bias={str(forced): 100},
+        extra_body={"ignore_eos": True, "return_token_ids": True},
+    )
+    assert resp.choices[0].model_extra["token_ids"] == [forced] * 5
+
+
+def test_refusals_are_logged_and_counted_by_reason(replica):
+    before = metrics(replica.url)
+    client = openai.OpenAI(base_url=replica.url + "/v1", api_key="none", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(
+            model="tiny",
+            prompt=PROMPT,
+            logit_bias={"999999": 5},  # outside the 512-token vocabulary
+            extra_headers={"X-Request-Id": "h1-refusal-probe"},
+        )
+    assert info.value.body["param"] == "logit_bias" and "vocabulary" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="tiny", prompt=PROMPT, extra_body={"frobnicate": 1})
+    assert info.value.body["param"] == "frobnicate"
+    after = metrics(replica.url)
+
+    def delta(reason: str) -> float:
+        key = f'herd_rejected_requests_total{{"reason": "{reason}", "status": "400"}}'
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert (delta("invalid_value"), delta("unknown_parameter")) == (1, 1)
+    line = "refused 400 POST /v1/completions param=logit_bias request_id=h1-refusal-probe"
+    wait_until(lambda: line in replica.log(), what="the refusal's log line")
 
 
 async def test_sigterm_under_load_drains_and_exits_zero(tiny_model_dir):

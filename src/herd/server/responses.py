@@ -129,11 +129,7 @@ class Renderer:
 
     def add(self, out: RequestOutput) -> list[dict]:
         """Fold one delta in; return the stream chunks' choices for it (possibly empty)."""
-        if not self.prompt_token_ids:
-            self.prompt_token_ids = list(out.prompt_token_ids)
-            self.num_cached_tokens = out.num_cached_tokens
-        if out.prompt_logprobs is not None:
-            self.prompt_logprobs = out.prompt_logprobs
+        self._take_prompt(out)
         rendered = []
         for delta in out.outputs:
             choice = self.choices[delta.index]
@@ -160,6 +156,13 @@ class Renderer:
                 item["token_ids"] = list(delta.token_ids)
             rendered.append(item)
         return rendered
+
+    def _take_prompt(self, out: RequestOutput) -> None:
+        if not self.prompt_token_ids:
+            self.prompt_token_ids = list(out.prompt_token_ids)
+            self.num_cached_tokens = out.num_cached_tokens
+        if out.prompt_logprobs is not None:
+            self.prompt_logprobs = out.prompt_logprobs
 
     # ---- streaming -------------------------------------------------------------------------
 
@@ -199,9 +202,11 @@ class Renderer:
         return sse(body)
 
     def stream_chunk(self, out: RequestOutput) -> bytes:
-        first = not self._started
+        data = b""
+        if not self._started:  # the opening chunk counts no completion tokens yet
+            self._take_prompt(out)
+            data = self.first_chunks()
         items = self.add(out)
-        data = self.first_chunks() if first else b""
         if items:
             data += self._chunk(items)
         return data
