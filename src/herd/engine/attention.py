@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from herd.model.quant import FP8, fp8_widen, to_fp8
+
 
 @dataclass
 class AttentionMetadata:
@@ -50,9 +52,8 @@ class TorchAttention(AttentionBackend):
     enable_gqa on CPU, see shared/notes/fast-path.md). Prefill chunks run one sequence each."""
 
     def forward(self, q, k, v, k_cache, v_cache, meta):
-        num_kv_heads, head_dim = k.shape[1], k.shape[2]
-        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
-        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
+        store(k_cache, meta.slot_mapping, k)
+        store(v_cache, meta.slot_mapping, v)
         out = torch.empty_like(q)
         nd = meta.num_decodes
         if nd:
@@ -72,8 +73,8 @@ class TorchAttention(AttentionBackend):
         hkv = k_cache.shape[2]
         table = meta.decode_block_table
         length = table.shape[1] * self.block_size
-        keys = k_cache.index_select(0, table.flatten()).view(b, length, hkv, d).transpose(1, 2)
-        vals = v_cache.index_select(0, table.flatten()).view(b, length, hkv, d).transpose(1, 2)
+        keys = gather(k_cache, table.flatten(), q.dtype).view(b, length, hkv, d).transpose(1, 2)
+        vals = gather(v_cache, table.flatten(), q.dtype).view(b, length, hkv, d).transpose(1, 2)
         mask = torch.arange(length, device=q.device)[None, :] < meta.decode_seq_lens[:, None]
         mask = mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q.view(b, hkv, hq // hkv, d), keys, vals, mask)
@@ -85,8 +86,8 @@ class TorchAttention(AttentionBackend):
             mask, causal = None, True
         else:
             hkv, d = k_cache.shape[2], k_cache.shape[3]
-            k = k_cache.index_select(0, block_ids).view(-1, hkv, d)[:ctx]
-            v = v_cache.index_select(0, block_ids).view(-1, hkv, d)[:ctx]
+            k = gather(k_cache, block_ids, q.dtype).view(-1, hkv, d)[:ctx]
+            v = gather(v_cache, block_ids, q.dtype).view(-1, hkv, d)[:ctx]
             qpos = torch.arange(ctx - ql, ctx, device=q.device)
             mask = torch.arange(ctx, device=q.device)[None, :] <= qpos[:, None]
             causal = False
@@ -99,6 +100,25 @@ class TorchAttention(AttentionBackend):
             enable_gqa=True,
         )
         return out.transpose(0, 1)
+
+
+def store(cache: torch.Tensor, slots: torch.Tensor, x: torch.Tensor) -> None:
+    """Writes x [T, Hkv, D] into cache slots. An fp8 cache holds e4m3 with a scale of 1 (as
+    vLLM without calibrated scales): K/V values saturate at +-448, keep ~2 significant digits."""
+    flat = cache.view(-1, *x.shape[1:])
+    if cache.dtype == FP8:  # CPU has no fp8 index_copy_: move the bytes
+        flat.view(torch.uint8).index_copy_(0, slots, to_fp8(x).view(torch.uint8))
+    else:
+        flat.index_copy_(0, slots, x)
+
+
+def gather(cache: torch.Tensor, block_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The blocks `block_ids` of a cache, in the activation dtype."""
+    if cache.dtype != FP8:
+        return cache.index_select(0, block_ids)
+    raw = cache.view(torch.uint8).index_select(0, block_ids).view(FP8)
+    wide, factor = fp8_widen(raw, dtype)
+    return wide.mul_(factor) if factor != 1.0 else wide
 
 
 BACKENDS: dict[str, type[AttentionBackend]] = {"torch": TorchAttention}

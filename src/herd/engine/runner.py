@@ -18,6 +18,8 @@ from herd.model.loader import load_model
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# kv_cache_dtype -> storage; "auto" is the activation dtype. fp8 halves bf16's bytes per block.
+KV_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "fp8": torch.float8_e4m3fn}
 CPU_KV_DEFAULT_BYTES = 1 << 30
 
 
@@ -81,9 +83,17 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, model_config, self.device)
         self.block_size = config.block_size
         t0 = time.perf_counter()
-        self.model = load_model(config.model, model_config, self.dtype, self.device)
+        self.model = load_model(
+            config.model, model_config, self.dtype, self.device, config.quantization
+        )
+        self.kv_dtype = KV_DTYPES.get(config.kv_cache_dtype, self.dtype)
         log.info(
-            "loaded weights in %.2fs (%s, %s)", time.perf_counter() - t0, self.dtype, self.device
+            "loaded weights in %.2fs (%s, %s, quantization %s, KV cache %s)",
+            time.perf_counter() - t0,
+            self.dtype,
+            self.device,
+            config.quantization or "none",
+            self.kv_dtype,
         )
         self.num_blocks = self._num_kv_blocks(max_model_len)
         shape = (
@@ -94,14 +104,14 @@ class ModelRunner:
             model_config.num_key_value_heads,
             model_config.head_dim,
         )
-        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.kv_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
         log.info("allocated %d KV blocks of %d tokens", self.num_blocks, self.block_size)
         self.backend = get_backend(config.attention_backend, self.block_size)
         self.sampler = Sampler(model_config.eos_token_ids, config.seed)
 
     def kv_bytes_per_block(self) -> int:
         m = self.model_config
-        elem = torch.tensor([], dtype=self.dtype).element_size()
+        elem = self.kv_dtype.itemsize
         return 2 * m.num_hidden_layers * self.block_size * m.num_key_value_heads * m.head_dim * elem
 
     def _num_kv_blocks(self, max_model_len: int) -> int:

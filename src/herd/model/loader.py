@@ -13,6 +13,7 @@ from herd.model.config import ModelConfig
 from herd.model.errors import ModelLoadError
 from herd.model.gguf_file import find_gguf
 from herd.model.llama import LlamaForCausalLM
+from herd.model.quant_checkpoint import checkpoint_tensor_for, plan_quantization
 from herd.model.rope import RotaryEmbedding
 
 # checkpoint name fragment -> (our fused parameter fragment, shard index)
@@ -45,8 +46,15 @@ def safetensors_files(model_dir: Path) -> list[Path]:
 
 
 def load_model(
-    model_dir: str | Path, cfg: ModelConfig, dtype: torch.dtype, device: torch.device
+    model_dir: str | Path,
+    cfg: ModelConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    quantization: str | None = None,
 ) -> LlamaForCausalLM:
+    """`quantization` (None, int8, int4, fp8) is applied to the decoder linears as they load;
+    a pre-quantized FP8 checkpoint loads as fp8 (see herd.model.quant_checkpoint)."""
+    plan = plan_quantization(model_dir, quantization)
     tensors = checkpoint_tensors(Path(model_dir), cfg)
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
@@ -56,7 +64,9 @@ def load_model(
     model.model.rotary_emb.to(device)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    _load_weights(model, tensors, cfg)
+    plan.before_load(model)
+    _load_weights(model, tensors, cfg, plan.ignored_suffixes)
+    plan.after_load(model)
     return model.eval()
 
 
@@ -75,7 +85,10 @@ def checkpoint_tensors(model_path: Path, cfg: ModelConfig) -> Iterator[tuple[str
 
 
 def _load_weights(
-    model: LlamaForCausalLM, tensors: Iterator[tuple[str, torch.Tensor]], cfg: ModelConfig
+    model: LlamaForCausalLM,
+    tensors: Iterator[tuple[str, torch.Tensor]],
+    cfg: ModelConfig,
+    ignored_suffixes: tuple[str, ...] = (),
 ) -> None:
     params = dict(model.named_parameters(remove_duplicate=False))
     shard_sizes = {
@@ -87,7 +100,7 @@ def _load_weights(
     seen: set[str] = set()
     unexpected: list[str] = []
     for name, tensor in tensors:
-        if name.endswith(IGNORED_SUFFIXES):
+        if name.endswith(IGNORED_SUFFIXES + ignored_suffixes):
             continue
         if name not in expected:
             if not (cfg.tie_word_embeddings and name == "lm_head.weight"):
@@ -133,6 +146,7 @@ def _copy_into(params: dict, name: str, tensor: torch.Tensor, shard_sizes: dict)
 
 
 def _checked_copy(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
+    src = checkpoint_tensor_for(dst, src, name)
     if dst.shape != src.shape:
         raise ModelLoadError(
             f"weight {name} has shape {tuple(src.shape)}, the config implies {tuple(dst.shape)}"
