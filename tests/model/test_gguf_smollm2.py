@@ -3,6 +3,7 @@ same file (`from_pretrained(dir, gguf_file=...)`, which dequantizes): the same g
 float32, the same token ids for a few kB of mixed text, the same chat template rendering."""
 
 import argparse
+import copy
 import json
 import re
 import textwrap
@@ -47,13 +48,11 @@ def smollm2_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(smollm2_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def ref_tok(smollm2_dir):
+    """transformers' tokenizer from the same file."""
+    from transformers import AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(
-        smollm2_dir, gguf_file=GGUF_FILE, dtype=torch.float32
-    )
-    return model.eval(), AutoTokenizer.from_pretrained(smollm2_dir, gguf_file=GGUF_FILE)
+    return AutoTokenizer.from_pretrained(smollm2_dir, gguf_file=GGUF_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +73,12 @@ def test_config_from_metadata(smollm2_dir):
     )
 
 
-def test_greedy_chat_matches_transformers(smollm2_dir, reference, herd_tokenizer):
-    model, ref_tok = reference
+def test_greedy_chat_matches_transformers(smollm2_dir, ref_tok):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        smollm2_dir, gguf_file=GGUF_FILE, dtype=torch.float32
+    )
     llm = LLM(str(smollm2_dir), dtype="float32")
     outs = llm.chat(CONVERSATIONS, SamplingParams(temperature=0, max_tokens=64))
     for messages, out in zip(CONVERSATIONS, outs, strict=True):
@@ -107,10 +110,8 @@ def _smollm_reference(ref_tok):
     return ref_tok
 
 
-def test_tokenizer_matches_transformers_on_mixed_text(smollm2_dir, herd_tokenizer):
-    from transformers import AutoTokenizer
-
-    ref = _smollm_reference(AutoTokenizer.from_pretrained(smollm2_dir, gguf_file=GGUF_FILE))
+def test_tokenizer_matches_transformers_on_mixed_text(herd_tokenizer, ref_tok):
+    ref = _smollm_reference(copy.deepcopy(ref_tok))
     assert len(MIXED) > 3000
     assert herd_tokenizer.encode(MIXED) == ref.encode(MIXED)
     for line in MIXED.splitlines(keepends=True):
@@ -120,9 +121,8 @@ def test_tokenizer_matches_transformers_on_mixed_text(smollm2_dir, herd_tokenize
     assert len(ids) == 3 and (ids[0], ids[-1]) == (1, 2)  # specials whole, no BOS added
 
 
-def test_only_the_smollm_digit_rule_differs_from_transformers(herd_tokenizer, reference):
+def test_only_the_smollm_digit_rule_differs_from_transformers(herd_tokenizer, ref_tok):
     """Unpatched, transformers agrees except where a whitespace run meets a digit."""
-    _, ref_tok = reference
     no_space_digit = re.sub(r"\s+(?=\d)", "", MIXED)
     assert herd_tokenizer.encode(no_space_digit) == ref_tok.encode(no_space_digit)
     ids = herd_tokenizer.encode("x   1")
@@ -130,8 +130,7 @@ def test_only_the_smollm_digit_rule_differs_from_transformers(herd_tokenizer, re
     assert ref_tok.convert_ids_to_tokens(ref_tok.encode("x   1")) == ["x", "ĠĠ", "Ġ", "1"]
 
 
-def test_chat_template_renders_as_transformers(herd_tokenizer, reference):
-    _, ref_tok = reference
+def test_chat_template_renders_as_transformers(herd_tokenizer, ref_tok):
     conversations = [
         *CONVERSATIONS,
         [
