@@ -109,7 +109,15 @@ def test_cli_errors_are_one_line(tmp_path):
         text=True,
         timeout=60,
     )
-    assert out.returncode == 2 and "model directory not found" in out.stderr
+    assert out.returncode == 2 and "is not a model directory or a .gguf file" in out.stderr
+    # An engine flag is checked before any replica starts, and the error names the setting.
+    out = subprocess.run(
+        [*cmd, "serve", "--model", str(tmp_path), "--max-num-seqs", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "max_num_seqs must be >= 1" in out.stderr
     out = subprocess.run(
         [*cmd, "gateway", "--policy", "fastest"], capture_output=True, text=True, timeout=60
     )

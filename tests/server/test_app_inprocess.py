@@ -8,6 +8,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from server_fake_engine import FakeEngine
 
+from herd.engine.config import EngineConfig
 from herd.server.app import ADMISSION, STATE, create_app
 from herd.server.async_engine import AsyncEngine
 from herd.server.config import ServerConfig
@@ -20,7 +21,7 @@ async def _client(**overrides) -> tuple[TestClient, AsyncEngine, FakeEngine]:
     step_s = overrides.pop("step_s", 0.001)
     fake = FakeEngine(step_s=step_s)
     engine = AsyncEngine(lambda: fake)
-    config = ServerConfig(model=f"/models/{MODEL}", **overrides)
+    config = ServerConfig(EngineConfig(model=f"/models/{MODEL}"), **overrides)
     app = create_app(engine, config)
     await engine.start()
     app[STATE].phase = "ready"

@@ -9,6 +9,9 @@ from herd.cli import CliError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from herd.cli.config_args import add_config_args
+    from herd.engine.config import flat_fields
+
     p = sub.add_parser("demo-model", help="write the small random-weight demo Llama to DIR")
     p.add_argument("dir", nargs="?", help="where to write it (default: the herd cache)")
     p.set_defaults(func=demo_model)
@@ -24,13 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             help="local Hugging Face model directory or .gguf file "
             "(default: SmolLM2-135M-Instruct, fetched on first use)",
         )
-        p.add_argument(
-            "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
-        )
-        p.add_argument("--device", default="cpu")
         p.add_argument("--max-tokens", type=int, default=64)
         p.add_argument("--temperature", type=float, default=0.0)
-        p.add_argument("--seed", type=int)
+        add_config_args(p.add_argument_group("engine"), flat_fields(), skip=("model",))
         p.add_argument("prompt", nargs="+", help="prompt(s) (chat: one user message)")
         p.set_defaults(func=generate)
 
@@ -53,24 +52,27 @@ def fetch_model(args: argparse.Namespace) -> int:
 
 
 def generate(args: argparse.Namespace) -> int:
-    from herd import LLM, SamplingParams
+    from herd import SamplingParams
+    from herd.cli.config_args import config_values
     from herd.cli.gateway_cmds import default_model
-    from herd.engine.errors import InvalidRequestError, ModelLoadError
+    from herd.engine.config import flat_fields
+    from herd.engine.errors import ModelLoadError
+    from herd.engine.llm import LLM
 
     model = args.model or default_model()
     if not args.model:
         print(f"(no --model: using {model})", file=sys.stderr)
+    settings = config_values(args, flat_fields())
+    settings["model"] = str(model)
     try:
-        llm = LLM(model, dtype=args.dtype, device=args.device)
-        params = SamplingParams(
-            temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed
-        )
+        llm = LLM(**settings)
+        params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
         t0 = time.perf_counter()
         if args.command == "chat":
             outs = llm.chat([{"role": "user", "content": " ".join(args.prompt)}], params)
         else:
             outs = llm.generate(args.prompt, params)
-    except (InvalidRequestError, ModelLoadError) as exc:
+    except (ValueError, ModelLoadError) as exc:
         raise CliError(str(exc)) from None
     elapsed = time.perf_counter() - t0
     for out in outs:

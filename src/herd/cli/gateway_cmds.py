@@ -27,12 +27,24 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
+    from herd.cli.config_args import add_config_args
+    from herd.engine.config import flat_fields
+
     p = subparsers.add_parser("serve", help="run N replicas and the gateway in front of them")
-    p.add_argument("--model", help="model directory (default: the demo model)")
+    p.add_argument(
+        "--model",
+        help="model directory or .gguf file (default: SmolLM2-135M-Instruct, fetched on first use)",
+    )
     p.add_argument("--replicas", type=int, help="replicas to run (default 2)")
     p.add_argument("--replica-args", default="", help="extra `herd replica` flags, one string")
     p.add_argument("--log-dir", help="replica logs go here (default: a new temp directory)")
     _common(p)
+    add_config_args(
+        p.add_argument_group("engine (handed to every replica)"),
+        flat_fields(),
+        skip=("model",),
+        pass_through=True,
+    )
     p.set_defaults(func=handle_serve)
 
     g = subparsers.add_parser("gateway", help="run the gateway alone in front of given replicas")
@@ -66,8 +78,8 @@ def _load(args: argparse.Namespace):
 
 def default_model() -> Path:
     """The real default model (SmolLM2-135M-Instruct), fetched on first use."""
-    from herd.engine.errors import ModelLoadError
     from herd.model.default_model import ensure_default_model
+    from herd.model.errors import ModelLoadError
 
     try:
         return ensure_default_model(lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -85,7 +97,21 @@ def _gateway_or_error(config):
         raise CliError(str(exc)) from None
 
 
+def replica_engine_flags(args: argparse.Namespace, model: str) -> list[str]:
+    """The engine flags given to `herd serve`, as `herd replica` flags for every replica. A bad
+    value is a `CliError` here, before any replica starts."""
+    from herd.cli.config_args import as_flags, config_values
+    from herd.cli.server_cmds import engine_config
+    from herd.engine.config import flat_fields
+
+    given = config_values(args, flat_fields())
+    given.pop("model", None)  # serve's own --model
+    engine_config(args, model=model)
+    return as_flags(given)
+
+
 def handle_serve(args: argparse.Namespace) -> int:
+    from herd.cli.server_cmds import check_model_path
     from herd.fleet.serve import run_fleet
 
     config = _load(args)
@@ -98,9 +124,10 @@ def handle_serve(args: argparse.Namespace) -> int:
         fleet.model = args.model
     if not fleet.model and not fleet.command:
         fleet.model = str(default_model())
-    if fleet.model and not Path(fleet.model).is_dir():
-        raise CliError(f"model directory not found: {fleet.model}")
-    fleet.extra_args = [*fleet.extra_args, *shlex.split(args.replica_args)]
+    if fleet.model:
+        check_model_path(fleet.model)
+    engine_flags = replica_engine_flags(args, fleet.model or "")
+    fleet.extra_args = [*fleet.extra_args, *engine_flags, *shlex.split(args.replica_args)]
     _gateway_or_error(config.gateway)  # config errors before any replica starts
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     print(f"herd serve: starting {fleet.replicas} replica(s) of {fleet.model}...", file=sys.stderr)

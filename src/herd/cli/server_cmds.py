@@ -1,59 +1,63 @@
 """`herd replica`: run one replica (the engine behind the OpenAI API) until SIGTERM.
 
-Flags mirror `vllm serve`; their help text is the comments of `herd.server.config.ServerConfig`."""
+Flags mirror `vllm serve`; they are derived from `EngineConfig` (engine settings) and
+`ServerConfig` (the server's own), names, defaults, help and choices included."""
 
 import argparse
 import dataclasses
-import types
-import typing
+from pathlib import Path
 
 from herd.cli import CliError
 
 
-def _arg_type(annotation) -> type:
-    """The scalar type of a field annotated `T` or `T | None`."""
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-    return annotation
+def _server_fields() -> list[dataclasses.Field]:
+    from herd.server.config import ServerConfig
+
+    return [f for f in dataclasses.fields(ServerConfig) if f.name != "engine"]
 
 
 def register(subparsers) -> None:
-    from herd.server.config import ServerConfig, field_help
+    from herd.cli.config_args import add_config_args
+    from herd.engine.config import flat_fields
 
-    p = subparsers.add_parser(
-        "replica",
-        help="run one replica: the OpenAI API over the engine",
-    )
-    helps = field_help(ServerConfig)
-    hints = typing.get_type_hints(ServerConfig)
-    for f in dataclasses.fields(ServerConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = _arg_type(hints[f.name])
-        text = helps.get(f.name, "")
-        if f.default not in (None, dataclasses.MISSING) and "default" not in text:
-            text += f" (default: {f.default})"
-        if kind is bool:
-            p.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=f.default,
-                help=helps.get(f.name),
-            )
-        elif f.default is dataclasses.MISSING:
-            p.add_argument(flag, type=kind, required=True, help=text)
-        else:
-            p.add_argument(flag, type=kind, default=f.default, help=text)
+    p = subparsers.add_parser("replica", help="run one replica: the OpenAI API over the engine")
+    add_config_args(p.add_argument_group("engine"), flat_fields())
+    add_config_args(p.add_argument_group("server"), _server_fields())
     p.set_defaults(func=handle)
 
 
-def handle(args: argparse.Namespace) -> int:
-    from herd.server.config import ServerConfig
+def check_model_path(model: str) -> None:
+    """A model directory or a .gguf file; anything else is refused before the engine starts."""
+    path = Path(model)
+    if path.is_dir() or (path.suffix == ".gguf" and path.is_file()):
+        return
+    raise CliError(f"--model {model!r} is not a model directory or a .gguf file")
 
-    names = [f.name for f in dataclasses.fields(ServerConfig)]
+
+def engine_config(args: argparse.Namespace, **override):
+    """The `EngineConfig` of parsed engine flags; a bad value is a `CliError` naming it."""
+    from herd.cli.config_args import config_values
+    from herd.engine.config import EngineConfig, flat_fields
+
     try:
-        config = ServerConfig(**{name: getattr(args, name) for name in names})
+        return EngineConfig.from_flat(**{**config_values(args, flat_fields()), **override})
     except ValueError as exc:
         raise CliError(str(exc)) from None
+
+
+def handle(args: argparse.Namespace) -> int:
+    from herd.cli.config_args import config_values
+    from herd.server.config import ServerConfig
+
+    engine = engine_config(args)
+    try:
+        config = ServerConfig(engine, **config_values(args, _server_fields()))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    check_model_path(engine.model)
     from herd.server.main import run_replica
 
-    return run_replica(config)
+    try:
+        return run_replica(config)
+    except OSError as exc:  # port in use, address not available
+        raise CliError(f"cannot listen on {config.host}:{config.port}: {exc}") from None

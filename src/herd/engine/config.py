@@ -25,8 +25,8 @@ class SchedulerConfig:
     max_num_batched_tokens: int = setting(
         2048, "token budget of one engine step (prefill chunks plus decodes)"
     )
-    # 128 as vLLM's serving default on small GPUs: the KV pool, not this cap, bounds a replica's
-    # batch, and 64 left a CPU replica's pool idle under bench load.
+    # 128: what `herd replica` already ran with (the engine said 64), so served behaviour and
+    # every recorded replica benchmark stay as they were; the KV pool still bounds the batch.
     max_num_seqs: int = setting(128, "most sequences running in one engine step")
 
     def __post_init__(self) -> None:
@@ -40,7 +40,7 @@ class EngineConfig:
     """Every setting of one engine: model loading, KV cache sizing, scheduling. Constructing one
     validates every field (a `ValueError` naming the setting); the engine trusts it afterwards."""
 
-    model: str = setting(help="model: a Hugging Face model directory or a .gguf file")
+    model: str = setting(help="a Hugging Face model directory or a .gguf file")
     dtype: str = setting(
         "auto",
         "weight and activation dtype (auto: the checkpoint's; float32 on a CPU without bf16)",
@@ -96,9 +96,11 @@ class EngineConfig:
         return _build(cls, kwargs)
 
 
-def flat_fields(cls: type = EngineConfig) -> list[Field]:
-    """Every leaf setting of `cls`, nested config dataclasses flattened, in declaration order."""
+def flat_fields(cls: type | None = None) -> list[Field]:
+    """Every leaf setting of `cls` (default `EngineConfig`), nested config dataclasses flattened,
+    in declaration order."""
     out: list[Field] = []
+    cls = cls or EngineConfig
     for f in fields(cls):
         nested = f.default_factory if f.default_factory is not MISSING else None
         if nested is not None and is_dataclass(nested):
@@ -125,7 +127,7 @@ def check_settings(config: Any) -> None:
         choices = f.metadata.get("choices")
         value = getattr(config, f.name)
         if choices and value not in choices and not (value is None and f.default is None):
-            raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
+            raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
 def _at_least(config: Any, name: str, low: float) -> None:
