@@ -233,6 +233,44 @@ def test_config_from_llama_metadata(demo_gguf, tiny_model_dir):
     assert ours.torch_dtype == "float32" and ours.eos_token_ids == [ref.eos_token_ids[-1]]
 
 
+def test_llama31_rope_freqs_give_the_llama3_scaling(tmp_path):
+    """Llama 3.1 GGUFs keep the RoPE scaling only as `rope_freqs`, the per-frequency divisors
+    llama.cpp's converter computes (transcribed here from convert_hf_to_gguf.py)."""
+    import math
+
+    head_dim, theta, factor, low, high, old = 128, 500000.0, 8.0, 1.0, 4.0, 8192
+    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim)
+    divisors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            divisors.append(1)
+        elif wavelen > old / low:
+            divisors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            divisors.append(1 / ((1 - smooth) / factor + smooth))
+    meta = {
+        "block_count": 1,
+        "context_length": 131072,
+        "embedding_length": head_dim,
+        "feed_forward_length": 8,
+        "head_count": 1,
+        "rope_freq_base": theta,
+    }
+    tensors = [
+        ("token_embd.weight", np.zeros((4, head_dim), np.float32), None),
+        ("rope_freqs.weight", np.array(divisors, dtype=np.float32), None),
+    ]
+    rope = ModelConfig.from_dir(write_gguf(tmp_path / "l31.gguf", meta, tensors)).rope
+    assert (rope.rope_type, rope.theta, rope.factor) == ("llama3", theta, factor)
+    assert (rope.low_freq_factor, rope.high_freq_factor) == (low, high)
+    assert rope.original_max_position_embeddings == old
+    tensors[1] = ("rope_freqs.weight", np.linspace(1, 3, head_dim // 2, dtype=np.float32), None)
+    with pytest.raises(ModelLoadError, match="matches no llama3 RoPE scaling"):
+        ModelConfig.from_dir(write_gguf(tmp_path / "odd.gguf", meta, tensors))
+
+
 def test_directory_holding_one_gguf_is_a_model(demo_gguf, tmp_path):
     assert find_gguf(demo_gguf.parent) == demo_gguf
     (tmp_path / "a.gguf").write_bytes(demo_gguf.read_bytes())

@@ -12,6 +12,7 @@ from herd.model.errors import ModelLoadError
 ARCHITECTURES = ("llama",)  # general.architecture values herd runs
 TOKEN_EMBEDDING = "token_embd.weight"
 OUTPUT = "output.weight"
+ROPE_FREQS = "rope_freqs.weight"
 # general.file_type (llama_ftype): 0 all F32, 1 mostly F16, 32 mostly BF16; the rest quantized.
 _FILE_DTYPES = {0: "float32", 1: "float16", 32: "bfloat16"}
 
@@ -121,14 +122,44 @@ def config_dict(path: str | Path) -> dict[str, Any]:
 def _rope_scaling(meta: dict, arch: str, path: str | Path) -> dict | None:
     kind = meta.get(f"{arch}.rope.scaling.type", "none")
     if kind == "none" or meta.get(f"{arch}.rope.scaling.factor", 1.0) in (0.0, 1.0):
-        if "rope_freqs.weight" in tensor_shapes(path):
-            # Llama 3.1's per-frequency factors as a tensor: herd computes them from the
-            # llama3 parameters, which GGUF does not record.
-            raise ModelLoadError(
-                f"{Path(path).name}: rope_freqs (Llama 3.1 rope scaling) in GGUF is not supported"
-                " yet; use the Hugging Face checkpoint"
-            )
-        return None
+        freqs = next((t for t in open_gguf(path).tensors if t.name == ROPE_FREQS), None)
+        return None if freqs is None else _llama3_scaling(meta, arch, freqs, path)
     if kind != "linear":
         raise ModelLoadError(f"{Path(path).name}: rope scaling {kind!r} is not supported")
     return {"rope_type": "linear", "factor": float(meta[f"{arch}.rope.scaling.factor"])}
+
+
+def _llama3_scaling(meta: dict, arch: str, tensor, path: str | Path) -> dict:
+    """Llama 3.1+ files carry the llama3 RoPE scaling only as per-frequency divisors
+    (`rope_freqs`); recover the parameters from them: the largest divisor is `factor`, and
+    Meta's published low/high frequency factors and original context must reproduce the rest."""
+    import numpy as np
+
+    got = np.asarray(tensor.data, dtype=np.float64).reshape(-1)
+    theta = float(meta.get(f"{arch}.rope.freq_base", 10000.0))
+    inv_freq = theta ** -(np.arange(0, 2 * got.size, 2) / (2 * got.size))
+    for original in (8192, 4096, 2048, 16384, 32768):
+        params = {
+            "rope_type": "llama3",
+            "factor": float(got.max()),
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": original,
+        }
+        if np.allclose(_llama3_divisors(inv_freq, params), got, rtol=1e-4):
+            return params
+    raise ModelLoadError(
+        f"{Path(path).name}: its {ROPE_FREQS} matches no llama3 RoPE scaling herd knows"
+    )
+
+
+def _llama3_divisors(inv_freq, p: dict):
+    """What llama.cpp's converter writes to rope_freqs for llama3 scaling parameters `p`."""
+    import numpy as np
+
+    wavelen = 2 * np.pi / inv_freq
+    low, high = p["low_freq_factor"], p["high_freq_factor"]
+    orig = p["original_max_position_embeddings"]
+    smooth = (orig / wavelen - low) / (high - low)
+    mid = 1 / ((1 - smooth) / p["factor"] + smooth)
+    return np.where(wavelen < orig / high, 1.0, np.where(wavelen > orig / low, p["factor"], mid))
