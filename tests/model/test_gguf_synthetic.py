@@ -271,6 +271,14 @@ def test_llama31_rope_freqs_give_the_llama3_scaling(tmp_path):
         ModelConfig.from_dir(write_gguf(tmp_path / "odd.gguf", meta, tensors))
 
 
+def test_plan_reads_a_gguf_as_it_reads_the_directory(demo_gguf, tiny_model_dir):
+    from herd.plan.model_config import load_model_config
+
+    ours, ref = load_model_config(str(demo_gguf)), load_model_config(str(tiny_model_dir))
+    assert ours.name == "demo" and ours.param_counts() == ref.param_counts()
+    assert ours.context_length == ref.context_length
+
+
 def test_directory_holding_one_gguf_is_a_model(demo_gguf, tmp_path):
     assert find_gguf(demo_gguf.parent) == demo_gguf
     (tmp_path / "a.gguf").write_bytes(demo_gguf.read_bytes())

@@ -97,14 +97,30 @@ def _normalise(name: str) -> str:
     return name
 
 
+def _gguf_config(path: Path) -> dict | None:
+    """config.json's fields from a .gguf file (or a directory holding one), else None."""
+    from herd.model.errors import ModelLoadError
+    from herd.model.gguf_file import config_dict, find_gguf
+
+    try:
+        found = find_gguf(path)
+        return None if found is None else config_dict(found)
+    except ModelLoadError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def builtin_names() -> list[str]:
     return list(BUILTIN_CONFIGS)
 
 
 def load_model_config(spec: str) -> ModelConfig:
-    """`spec` is a config.json path, a directory holding one, or a built-in name such as
+    """`spec` is a config.json path, a directory holding one, a .gguf file (or a directory
+    holding one), or a built-in name such as
     llama-3.1-8b or meta-llama/Llama-3.3-70B-Instruct."""
     path = Path(spec).expanduser()
+    gguf = _gguf_config(path)
+    if gguf is not None:
+        return ModelConfig.from_dict(gguf, name=path.name.removesuffix(".gguf"))
     if path.is_dir():
         path = path / "config.json"
     if path.is_file():
