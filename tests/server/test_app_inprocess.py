@@ -234,3 +234,65 @@ async def test_metrics_parse_and_count(client):
         "herd_preemptions_total",
     ):
         assert (name, ()) in samples
+
+
+async def test_continuous_usage_counts_every_chunk(client):
+    resp = await client.post(
+        "/v1/completions",
+        json={
+            "prompt": "hey",
+            "max_tokens": 4,
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        },
+    )
+    chunks = await _sse(resp)
+    done = [c["usage"]["completion_tokens"] for c in chunks]
+    assert done == [1, 2, 3, 4, 4]  # one token per chunk, then the usage chunk
+    assert {c["usage"]["prompt_tokens"] for c in chunks} == {4}  # the fake: BOS + a byte each
+    # without include_usage the extension does nothing (as in vLLM)
+    resp = await client.post(
+        "/v1/completions",
+        json={
+            "prompt": "hey",
+            "max_tokens": 2,
+            "stream": True,
+            "stream_options": {"continuous_usage_stats": True},
+        },
+    )
+    assert all("usage" not in c for c in await _sse(resp))
+
+
+async def test_openapi_document_describes_this_replica(client):
+    resp = await client.get("/openapi.json")
+    assert resp.status == 200
+    doc = await resp.json()
+    assert doc["openapi"] == "3.1.0"
+    assert {"/v1/completions", "/v1/chat/completions", "/v1/models", "/metrics"} <= set(
+        doc["paths"]
+    )
+    props = doc["components"]["schemas"]["CompletionRequest"]["properties"]
+    assert props["model"]["anyOf"][0] == {"enum": [MODEL]}
+    assert props["max_tokens"]["anyOf"][0]["maximum"] == 127  # the fake's context is 128
+
+
+async def test_refusals_are_counted_by_status_and_reason(client):
+    resp = await client.put("/v1/completions", json={})
+    await _error(resp, 405)
+    assert "POST" in resp.headers["Allow"]
+    await _error(await client.get("/nope"), 404)
+    await _error(await client.post("/v1/completions", json={"prompt": "x", "best": 1}), 400)
+    await _error(await client.post("/v1/completions", json={"prompt": "x", "model": "m"}), 404)
+    text = await (await client.get("/metrics")).text()
+    counted = {
+        (s.labels["status"], s.labels["reason"]): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "herd_rejected_requests_total"
+    }
+    assert counted == {
+        ("405", "method_not_allowed"): 1,
+        ("404", "not_found"): 1,
+        ("400", "unknown_parameter"): 1,
+        ("404", "model_not_found"): 1,
+    }

@@ -36,7 +36,7 @@ REQUEST_ID = web.RequestKey("request_id", str)  # the id the server gave a gener
 
 
 def served_name(config: ServerConfig) -> str:
-    return config.served_model_name or os.path.basename(os.path.normpath(config.model))
+    return config.served_model_name or os.path.basename(os.path.normpath(config.engine.model))
 
 
 @web.middleware
@@ -285,7 +285,7 @@ async def models(request: web.Request) -> web.Response:
         "object": "model",
         "created": int(time.time()),
         "owned_by": "herd",
-        "root": config.model,
+        "root": config.engine.model,
         "max_model_len": engine.max_model_len or None,
     }
     return web.json_response({"object": "list", "data": [card]})
