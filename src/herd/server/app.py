@@ -17,6 +17,7 @@ from herd.engine.errors import InvalidRequestError
 from herd.protocol.errors import ERROR_TYPES, OpenAIError
 from herd.protocol.openapi import build_openapi
 from herd.protocol.requests import parse_body
+from herd.protocol.responses import ModelCard, ModelList, dump
 from herd.server.config import ServerConfig
 from herd.server.errors import APIError, bad_request
 from herd.server.lifecycle import ADMISSION, STATE, Admission, ServerState
@@ -280,15 +281,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def models(request: web.Request) -> web.Response:
     config, engine = request.app[CONFIG], request.app[ENGINE]
-    card = {
-        "id": served_name(config),
-        "object": "model",
-        "created": int(time.time()),
-        "owned_by": "herd",
-        "root": config.engine.model,
-        "max_model_len": engine.max_model_len or None,
-    }
-    return web.json_response({"object": "list", "data": [card]})
+    card = ModelCard(
+        id=served_name(config),
+        object="model",
+        created=int(time.time()),
+        owned_by="herd",
+        root=str(config.engine.model),
+        max_model_len=engine.max_model_len or None,
+    )
+    return web.json_response(dump(ModelList(object="list", data=[card])))
 
 
 async def health(request: web.Request) -> web.Response:

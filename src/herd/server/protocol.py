@@ -93,7 +93,7 @@ def _request(body, chat: bool, params: SamplingParams, max_tokens_default: bool,
         priority=body.priority or 0,
         return_token_ids=bool(body.return_token_ids),
         max_tokens_default=max_tokens_default,
-        user=body.user,
+        user=body.user or getattr(body, "safety_identifier", None),
     )
 
 
