@@ -283,6 +283,21 @@ def test_logit_bias_forces_a_token_like_offline(replica, offline):
     assert resp.choices[0].model_extra["token_ids"] == [forced] * 5
 
 
+def test_prompt_logprobs_equal_offline(replica, offline):
+    ref = offline.generate(PROMPT, greedy(2, prompt_logprobs=2))[0]
+    client = openai.OpenAI(base_url=replica.url + "/v1", api_key="none", max_retries=0)
+    resp = client.completions.create(
+        model="tiny", prompt=PROMPT, max_tokens=2, temperature=0, extra_body={"prompt_logprobs": 2}
+    )
+    got = resp.choices[0].model_extra["prompt_logprobs"]
+    assert len(got) == len(ref.prompt_token_ids) and got[0] is None
+    for want, entry in zip(ref.prompt_logprobs[1:], got[1:], strict=True):
+        assert {int(t) for t in entry} == set(want)
+        for t, lp in want.items():
+            assert entry[str(t)]["logprob"] == pytest.approx(float(lp), abs=1e-5)
+            assert entry[str(t)]["rank"] == lp.rank
+
+
 def test_refusals_are_logged_and_counted_by_reason(replica):
     before = metrics(replica.url)
     client = openai.OpenAI(base_url=replica.url + "/v1", api_key="none", max_retries=0)
