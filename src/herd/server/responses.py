@@ -129,7 +129,8 @@ class Renderer:
 
     def add(self, out: RequestOutput) -> list[dict]:
         """Fold one delta in; return the stream chunks' choices for it (possibly empty)."""
-        self._take_prompt(out)
+        if not self.prompt_token_ids:
+            self._take_prompt(out)
         rendered = []
         for delta in out.outputs:
             choice = self.choices[delta.index]
@@ -158,11 +159,10 @@ class Renderer:
         return rendered
 
     def _take_prompt(self, out: RequestOutput) -> None:
-        if not self.prompt_token_ids:
-            self.prompt_token_ids = list(out.prompt_token_ids)
-            self.num_cached_tokens = out.num_cached_tokens
-        if out.prompt_logprobs is not None:
-            self.prompt_logprobs = out.prompt_logprobs
+        """The prompt's facts, from the first delta (prompt logprobs come with it)."""
+        self.prompt_token_ids = list(out.prompt_token_ids)
+        self.num_cached_tokens = out.num_cached_tokens
+        self.prompt_logprobs = out.prompt_logprobs
 
     # ---- streaming -------------------------------------------------------------------------
 
@@ -204,7 +204,8 @@ class Renderer:
     def stream_chunk(self, out: RequestOutput) -> bytes:
         data = b""
         if not self._started:  # the opening chunk counts no completion tokens yet
-            self._take_prompt(out)
+            if not self.prompt_token_ids:
+                self._take_prompt(out)
             data = self.first_chunks()
         items = self.add(out)
         if items:
