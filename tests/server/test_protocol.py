@@ -178,3 +178,34 @@ def test_chat_refusals(body, param):
 
 def test_non_object_body():
     assert _err(parse_completion, [1, 2]).param is None
+
+
+def test_extensions_reach_the_engine():
+    req = parse_chat(
+        {
+            "messages": [{"role": "user", "content": "x"}],
+            "logit_bias": {"5": 2, "9": -100},
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+            "safety_identifier": "s1",
+            "repetition_penalty": 1.2,
+            "skip_special_tokens": False,
+            "include_stop_str_in_output": True,
+            "stop_token_ids": [3],
+        }
+    )
+    p = req.params
+    assert p.logit_bias == {5: 2.0, 9: -100.0}
+    assert (p.repetition_penalty, p.skip_special_tokens, p.include_stop_str_in_output) == (
+        1.2,
+        False,
+        True,
+    )
+    assert p.stop_token_ids == [3] and req.user == "s1"
+    assert req.include_usage and req.continuous_usage
+    # continuous_usage_stats alone does nothing, as in vLLM
+    alone = parse_completion(
+        {"prompt": "x", "stream": True, "stream_options": {"continuous_usage_stats": True}}
+    )
+    assert not alone.include_usage and not alone.continuous_usage
+    assert parse_completion({"prompt": "x", "prompt_logprobs": 3}).params.prompt_logprobs == 3
