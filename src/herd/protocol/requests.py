@@ -48,8 +48,6 @@ TEXT_PART_SCHEMA = {
     "required": ["type", "text"],
 }
 CONTENT_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "array", "items": TEXT_PART_SCHEMA}]}
-# Refused unless absent or null (or the listed harmless values): herd has no such feature.
-UNSUPPORTED_SCHEMA = {"type": "null"}
 
 
 class ParamError(ValueError):
@@ -72,12 +70,12 @@ def _unsupported(name: str, value: Any, allowed: tuple = (None,)) -> Any:
     return value
 
 
-Unsupported = Annotated[Any, WithJsonSchema(UNSUPPORTED_SCHEMA)]
-
-
 def only(*values: Any) -> Any:
     """A field herd accepts only with these values (documented as an enum in the schema)."""
     return Annotated[Any, WithJsonSchema({"enum": list(values)})]
+
+
+Unsupported = only(None)  # refused unless absent or null: herd has no such feature
 
 
 TokenId = Annotated[int, Field(ge=0)]
