@@ -263,6 +263,19 @@ async def test_continuous_usage_counts_every_chunk(client):
     assert all("usage" not in c for c in await _sse(resp))
 
 
+async def test_echo_of_token_ids_decodes_them(client):
+    for stream in (False, True):
+        resp = await client.post(
+            "/v1/completions",
+            json={"prompt": [106, 107], "max_tokens": 2, "echo": True, "stream": stream},
+        )
+        if stream:
+            text = "".join(c["choices"][0]["text"] for c in await _sse(resp))
+        else:
+            text = (await resp.json())["choices"][0]["text"]
+        assert text.startswith("hi")  # the fake tokenizer: id = byte + 2
+
+
 async def test_openapi_document_describes_this_replica(client):
     resp = await client.get("/openapi.json")
     assert resp.status == 200

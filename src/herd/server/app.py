@@ -154,7 +154,7 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         sub = dataclasses.replace(req, prompt=prompt, prompts=None) if batch else req
         ids = _prompt_ids(engine, sub)
         _fit_context(sub, len(ids), engine.max_model_len)
-        renderer = _renderer(engine, sub, request_id, model, ids)
+        renderer = _renderer(engine, sub, request_id, model)
         if batch:  # choice i*n + j is completion j of prompt i
             renderer.index_offset, renderer.in_batch = i * sub.params.n, True
         parts.append((sub, ids, renderer))
@@ -197,12 +197,10 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     return web.json_response(body)
 
 
-def _renderer(engine, req: GenerateRequest, request_id: str, model: str, prompt_ids) -> Renderer:
+def _renderer(engine, req: GenerateRequest, request_id: str, model: str) -> Renderer:
     renderer = Renderer(req, request_id, model, engine.tokenizer)
-    if req.echo:
-        renderer.prompt_text = (
-            req.prompt if isinstance(req.prompt, str) else engine.tokenizer.decode(prompt_ids)
-        )
+    if req.echo and isinstance(req.prompt, str):
+        renderer.prompt_text = req.prompt  # token ids: decoded once the engine accepts them
     return renderer
 
 

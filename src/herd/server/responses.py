@@ -40,7 +40,7 @@ class Renderer:
         self.prompt_token_ids: list[int] = []
         self.prompt_logprobs: list | None = None  # engine's, when prompt_logprobs was asked
         self.num_cached_tokens = 0
-        self.prompt_text = ""  # echo (completions)
+        self.prompt_text: str | None = None  # echo (completions); see echo_text
         self._token_str: dict[int, str] = {}
         self._started = False
         self.index_offset = 0  # a batch of prompts: this prompt's first choice index
@@ -164,6 +164,13 @@ class Renderer:
         self.num_cached_tokens = out.num_cached_tokens
         self.prompt_logprobs = out.prompt_logprobs
 
+    def echo_text(self) -> str:
+        """The prompt as text for echo; token ids are decoded only once the engine has accepted
+        them (an id past the vocabulary is the engine's 400, not a decode error)."""
+        if self.prompt_text is None:
+            self.prompt_text = self.tokenizer.decode(self.prompt_token_ids)
+        return self.prompt_text
+
     # ---- streaming -------------------------------------------------------------------------
 
     def first_chunks(self) -> bytes:
@@ -182,7 +189,7 @@ class Renderer:
             items = [
                 {
                     "index": self.index_offset + i,
-                    "text": self.prompt_text,
+                    "text": self.echo_text(),
                     "logprobs": None,
                     "finish_reason": None,
                 }
@@ -235,7 +242,7 @@ class Renderer:
                     {"content": c.logprobs} if self.req.params.logprobs is not None else None
                 )
             else:
-                item["text"] = (self.prompt_text if self.req.echo else "") + text
+                item["text"] = (self.echo_text() if self.req.echo else "") + text
                 item["logprobs"] = (
                     self._completion_logprobs(c.logprobs, 0)
                     if self.req.params.logprobs is not None
