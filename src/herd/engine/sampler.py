@@ -138,10 +138,10 @@ def _apply_logit_bias(logits: torch.Tensor, reqs: list[Request], rows: list[int]
         return logits
     row_idx, token_idx, bias = [], [], []
     for i in rows:
-        items = reqs[i].params.logit_bias.items()
-        row_idx += [i] * len(items)
-        token_idx += [t for t, _ in items]
-        bias += [b for _, b in items]
+        ids, values = reqs[i].params.logit_bias_lists
+        row_idx += [i] * len(ids)
+        token_idx += ids
+        bias += values
     dev = logits.device
     logits = logits.clone()
     logits.index_put_(

@@ -1,6 +1,7 @@
 """`SamplingParams`: how one request is sampled and when it stops (vLLM's names and meanings)."""
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from herd.engine.errors import InvalidRequestError
 
@@ -86,6 +87,12 @@ class SamplingParams:
                     f"{name} has token id {bad}, outside the vocabulary (0..{vocab_size - 1})",
                     param=name,
                 )
+
+    @cached_property
+    def logit_bias_lists(self) -> tuple[list[int], list[float]]:
+        """`logit_bias` as (token ids, biases), built once per request, not once per step."""
+        items = (self.logit_bias or {}).items()
+        return [t for t, _ in items], [float(b) for _, b in items]
 
     @property
     def greedy(self) -> bool:
