@@ -38,6 +38,7 @@ class FakeEngine:
     def __init__(self, max_model_len: int = 128, total_blocks: int = 64, step_s: float = 0.001):
         self.tokenizer = FakeTokenizer()
         self.max_model_len = max_model_len
+        self.precision = {"dtype": "float32", "quantization": "none", "kv_cache_dtype": "float32"}
         self.total_blocks = total_blocks
         self.step_s = step_s
         self.requests: dict[str, _Req] = {}

@@ -32,6 +32,7 @@ class LLMEngine:
         self.max_model_len = config.max_model_len or limit
         self.tokenizer = Tokenizer(config.model)
         self.runner = ModelRunner(config, self.model_config, self.max_model_len)
+        self.precision = self.runner.precision  # dtype, quantization, kv_cache_dtype (strings)
         identity = f"{Path(config.model).resolve()}|{self.runner.dtype}"
         self.kv = KVCacheManager(
             self.runner.num_blocks, config.block_size, config.enable_prefix_caching, identity

@@ -87,13 +87,17 @@ class ModelRunner:
             config.model, model_config, self.dtype, self.device, config.quantization
         )
         self.kv_dtype = KV_DTYPES.get(config.kv_cache_dtype, self.dtype)
+        # What /v1/models and herd_model_info report (a pre-quantized checkpoint included).
+        self.precision = {
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "quantization": self.model.quantization or "none",
+            "kv_cache_dtype": "fp8" if self.kv_dtype.itemsize == 1 else str(self.kv_dtype)[6:],
+        }
         log.info(
-            "loaded weights in %.2fs (%s, %s, quantization %s, KV cache %s)",
+            "loaded weights in %.2fs on %s (%s)",
             time.perf_counter() - t0,
-            self.dtype,
             self.device,
-            config.quantization or "none",
-            self.kv_dtype,
+            ", ".join(f"{k} {v}" for k, v in self.precision.items()),
         )
         self.num_blocks = self._num_kv_blocks(max_model_len)
         shape = (

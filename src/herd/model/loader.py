@@ -67,6 +67,7 @@ def load_model(
     plan.before_load(model)
     _load_weights(model, tensors, cfg, plan.ignored_suffixes)
     plan.after_load(model)
+    model.quantization = plan.method  # what the decoder linears are: None, int8, int4, fp8
     return model.eval()
 
 

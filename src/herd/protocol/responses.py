@@ -143,6 +143,10 @@ class ModelCard(_Out):
     owned_by: str
     root: str | None = None
     max_model_len: int | None = None
+    # herd's precision metadata: dtype, quantization (none/int8/int4/fp8), kv_cache_dtype
+    dtype: str | None = None
+    quantization: str | None = None
+    kv_cache_dtype: str | None = None
 
 
 class ModelList(_Out):

@@ -286,6 +286,7 @@ async def models(request: web.Request) -> web.Response:
         owned_by="herd",
         root=str(config.engine.model),
         max_model_len=engine.max_model_len or None,
+        **engine.precision,
     )
     return web.json_response(dump(ModelList(object="list", data=[card])))
 
@@ -328,7 +329,7 @@ def create_app(engine, config: ServerConfig) -> web.Application:
     app[CONFIG] = config
     app[STATE] = ServerState()
     app[ADMISSION] = Admission(config.max_queued_requests, config.max_queued_tokens)
-    app[METRICS] = ServerMetrics(lambda: (engine.stats, engine.baseline))
+    app[METRICS] = ServerMetrics(lambda: (engine.stats, engine.baseline), lambda: engine.precision)
     app[OPENAPI] = {}  # context length -> document, built on request (known once loaded)
     app.on_response_prepare.append(_echo_request_id)
     app.router.add_get("/v1/models", models)

@@ -54,6 +54,7 @@ class AsyncEngine:
         self.dead: BaseException | None = None
         self.tokenizer: Any = None
         self.max_model_len: int = 0
+        self.precision: dict[str, str] = {}  # dtype, quantization, kv_cache_dtype once loaded
         self.phases: dict[str, float] = {}  # startup phase -> seconds
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -93,6 +94,7 @@ class AsyncEngine:
         self.phases["load_engine"] = time.perf_counter() - t0
         self.tokenizer = self._engine.tokenizer
         self.max_model_len = self._engine.max_model_len
+        self.precision = self._engine.precision
         if self._warmup:
             t0 = time.perf_counter()
             warm = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)

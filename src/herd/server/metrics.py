@@ -39,10 +39,22 @@ ENGINE_COUNTERS = {
 class _EngineCollector:
     """Reads the engine's latest stats snapshot on every scrape."""
 
-    def __init__(self, stats: Callable[[], tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    def __init__(
+        self,
+        stats: Callable[[], tuple[dict[str, Any], dict[str, Any]]],
+        model_info: Callable[[], dict[str, str]],
+    ) -> None:
         self._stats = stats
+        self._model_info = model_info
 
     def collect(self):
+        info = self._model_info()
+        if info:  # known once the model is loaded
+            gauge = GaugeMetricFamily(
+                "herd_model_info", "Precision of the served model (always 1)", labels=list(info)
+            )
+            gauge.add_metric(list(info.values()), 1.0)
+            yield gauge
         now, base = self._stats()
         for key, (name, doc) in ENGINE_GAUGES.items():
             gauge = GaugeMetricFamily(name, doc)
@@ -57,10 +69,14 @@ class _EngineCollector:
 class ServerMetrics:
     """One registry per app, so several apps (tests) never share counters."""
 
-    def __init__(self, engine_stats: Callable[[], tuple[dict, dict]]) -> None:
+    def __init__(
+        self,
+        engine_stats: Callable[[], tuple[dict, dict]],
+        model_info: Callable[[], dict[str, str]] = dict,
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.registry.register(_EngineCollector(engine_stats))
+        self.registry.register(_EngineCollector(engine_stats, model_info))
         self.ttft = Histogram(
             "herd_time_to_first_token_seconds",
             "Request arrival to its first token leaving the server",
