@@ -55,7 +55,6 @@ def load_model(
     """`quantization` (None, int8, int4, fp8) is applied to the decoder linears as they load;
     a pre-quantized FP8 checkpoint loads as fp8 (see herd.model.quant_checkpoint)."""
     plan = plan_quantization(model_dir, quantization)
-    tensors = checkpoint_tensors(Path(model_dir), cfg)
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
     model = model.to_empty(device=device).to(dtype)
@@ -64,20 +63,26 @@ def load_model(
     model.model.rotary_emb.to(device)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    plan.before_load(model)
+    loaded = plan.before_load(model, cfg)
+    tensors = checkpoint_tensors(Path(model_dir), cfg, skip=loaded)
     _load_weights(model, tensors, cfg, plan.ignored_suffixes)
     plan.after_load(model)
     model.quantization = plan.method  # what the decoder linears are: None, int8, int4, fp8
     return model.eval()
 
 
-def checkpoint_tensors(model_path: Path, cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
-    """(Hugging Face name, tensor) of every weight in a model directory or GGUF file, lazily."""
+def checkpoint_tensors(
+    model_path: Path, cfg: ModelConfig, skip: set[str] = frozenset()
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(Hugging Face name, tensor) of every weight in a model directory or GGUF file, lazily;
+    GGUF tensors named in `skip` (already loaded quantized) are never decoded."""
     gguf = find_gguf(model_path)
     if gguf is not None:
-        from herd.model.gguf_weights import checkpoint_tensors as gguf_checkpoint_tensors
+        from herd.model.gguf_weights import gguf_tensors
 
-        yield from gguf_checkpoint_tensors(gguf, cfg)
+        for name, tensor in gguf_tensors(gguf, cfg):
+            if name not in skip:
+                yield name, tensor.to_float()
         return
     for file in safetensors_files(model_path):
         with safe_open(str(file), framework="pt") as f:

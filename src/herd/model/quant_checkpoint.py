@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from herd.model.config import ModelConfig
 from herd.model.errors import ModelLoadError
+from herd.model.gguf_file import find_gguf
 from herd.model.quant import FP8, Fp8Linear, normalize, quantize_model
 
 log = logging.getLogger(__name__)
@@ -39,11 +41,18 @@ class QuantPlan:
     prequantized: bool = False
     keep_float: list[str] = field(default_factory=list)
     ignored_suffixes: tuple[str, ...] = ()
+    gguf: Path | None = None  # quantize from this file's blocks, layer by layer
 
-    def before_load(self, model: nn.Module) -> None:
-        """Swaps fp8 storage in for the linears a pre-quantized checkpoint stores as fp8."""
+    def before_load(self, model: nn.Module, cfg: ModelConfig) -> set[str]:
+        """Swaps fp8 storage in for the linears a pre-quantized checkpoint stores as fp8, or
+        builds quantized linears straight from a GGUF file. Returns the checkpoint names that
+        need no copy (already loaded)."""
+        if self.gguf is not None:
+            from herd.model.quant_gguf import load_gguf_linears
+
+            return load_gguf_linears(model, self.gguf, cfg, self.method)
         if not self.prequantized:
-            return
+            return set()
         for name, module in list(model.model.layers.named_modules()):
             if not isinstance(module, nn.Linear):
                 continue
@@ -51,11 +60,13 @@ class QuantPlan:
             if not self._kept_float(full):
                 parent_name, _, child = full.rpartition(".")
                 setattr(model.get_submodule(parent_name), child, Fp8Linear.empty(module))
+        return set()
 
     def after_load(self, model: nn.Module, group_size: int | None = None) -> None:
-        if self.method and not self.prequantized:
+        if self.method and not self.prequantized and self.gguf is None:
             n = quantize_model(model, self.method, group_size)
             log.info("quantized %d decoder linears to %s at load time", n, self.method)
+            _release_freed_memory()
 
     def _kept_float(self, module: str) -> bool:
         parent, _, leaf = module.rpartition(".")
@@ -79,7 +90,8 @@ def plan_quantization(model_path: str | Path, requested: str | None) -> QuantPla
         raise ModelLoadError(str(exc)) from None
     qc = _quantization_config(Path(model_path))
     if qc is None:
-        return QuantPlan(method=requested)
+        gguf = find_gguf(model_path) if requested else None
+        return QuantPlan(method=requested, gguf=gguf)
     plan = _checkpoint_plan(qc)
     if requested not in (None, plan.method):
         raise ModelLoadError(
@@ -144,6 +156,19 @@ def _compressed_tensors_plan(qc: dict) -> QuantPlan:
     if set(group.get("targets") or ["Linear"]) != {"Linear"}:
         raise fail(f"targets {group.get('targets')} (herd reads ['Linear'])")
     return QuantPlan("fp8", True, list(qc.get("ignore") or []), ACTIVATION_SCALE_SUFFIXES)
+
+
+def _release_freed_memory() -> None:
+    """Hand the float weights just freed back to the OS (glibc keeps freed heap otherwise), so
+    the process's RSS shows the saving."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _matches(module: str, patterns: list[str]) -> bool:
