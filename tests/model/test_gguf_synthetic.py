@@ -276,7 +276,7 @@ def test_plan_reads_a_gguf_as_it_reads_the_directory(demo_gguf, tiny_model_dir):
 
     ours, ref = load_model_config(str(demo_gguf)), load_model_config(str(tiny_model_dir))
     assert ours.name == "demo" and ours.param_counts() == ref.param_counts()
-    assert ours.context_length == ref.context_length
+    assert ours.max_model_len == ref.max_model_len
 
 
 def test_directory_holding_one_gguf_is_a_model(demo_gguf, tmp_path):

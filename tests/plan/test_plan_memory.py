@@ -101,9 +101,9 @@ def test_parse_real_config_json(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(raw))
     model = load_model_config(str(tmp_path))  # a model directory
     assert model.head_dim == 3072 // 24  # head_dim absent: hidden / heads
-    assert model.eos_token_ids == (128001, 128008, 128009)
-    assert model.rope_scaling["rope_type"] == "llama3"
-    assert model.context_length == 131072
+    assert model.eos_token_ids == [128001, 128008, 128009]
+    assert model.rope.rope_type == "llama3" and model.rope.factor == 32.0
+    assert model.max_model_len == 131072
     assert load_model_config(str(tmp_path / "config.json")).num_params == model.num_params
 
 

@@ -1,6 +1,8 @@
-"""`ModelConfig`: the Llama architecture settings herd needs, read from a Hugging Face
-`config.json` as Meta ships it (rope_scaling of type llama3, head_dim optional) or as newer
-transformers writes it (`rope_parameters`, `dtype`)."""
+"""`ModelConfig`: the Llama architecture settings herd needs, for the engine and `herd plan`
+alike, read by one entry point (`ModelConfig.from_path`) from a model directory, a config.json,
+or a .gguf file. It understands config.json as Meta ships it (rope_scaling of type llama3, head_dim
+optional), as transformers 5 writes it (`rope_parameters`, `dtype`), multimodal wrappers
+(`text_config`) and the EOS ids of generation_config.json. Torch-free: plan imports it."""
 
 import json
 from dataclasses import dataclass
@@ -42,29 +44,57 @@ class ModelConfig:
     eos_token_ids: list[int]
     bos_token_id: int | None
     is_demo: bool = False
+    name: str = ""  # the model's directory or file name, or plan's built-in name
 
     @property
     def max_model_len(self) -> int:
         return self.max_position_embeddings
 
+    def param_counts(self) -> dict[str, int]:
+        """Parameters by kind: the kinds matter because quantization leaves some in bf16."""
+        q = self.hidden_size * self.num_attention_heads * self.head_dim
+        kv = 2 * self.hidden_size * self.num_key_value_heads * self.head_dim
+        o = self.num_attention_heads * self.head_dim * self.hidden_size
+        mlp = 3 * self.hidden_size * self.intermediate_size
+        embed = self.vocab_size * self.hidden_size
+        layers = self.num_hidden_layers
+        return {
+            "attn_qo": layers * (q + o),
+            "attn_kv": layers * kv,
+            "mlp": layers * mlp,
+            "embed": embed,
+            "lm_head": 0 if self.tie_word_embeddings else embed,
+            "norm": (2 * layers + 1) * self.hidden_size,
+        }
+
+    @property
+    def num_params(self) -> int:
+        return sum(self.param_counts().values())
+
     @classmethod
-    def from_dict(cls, raw: dict) -> "ModelConfig":
+    def from_dict(cls, raw: dict, name: str = "") -> "ModelConfig":
+        """From config.json's fields (a multimodal wrapper's `text_config` is the model)."""
         try:
-            return _parse(raw)
+            return _parse(_language_model(raw), name)
         except KeyError as exc:
             raise ModelLoadError(f"config.json is missing required field {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, AttributeError) as exc:
             raise ModelLoadError(f"config.json is malformed: {exc}") from None
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path) -> "ModelConfig":
-        gguf = find_gguf(model_dir)  # a .gguf file, or a directory holding one
+    def from_path(cls, path: str | Path) -> "ModelConfig":
+        """The one entry point: a Hugging Face model directory, its config.json, a .gguf file,
+        or a directory holding one .gguf. A `ModelLoadError` names what is wrong."""
+        gguf = find_gguf(path)  # a .gguf file, or a directory holding one
         if gguf is not None:
-            return cls.from_dict(gguf_config_dict(gguf))
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise ModelLoadError(f"model directory {str(model_dir)!r} does not exist")
-        path = model_dir / "config.json"
+            return cls.from_dict(gguf_config_dict(gguf), name=gguf.stem)
+        path = Path(path).expanduser()
+        if path.is_file() and path.suffix == ".json":
+            path, model_dir = path, path.parent
+        elif path.is_dir():
+            path, model_dir = path / "config.json", path
+        else:
+            raise ModelLoadError(f"model directory {str(path)!r} does not exist")
         if not path.is_file():
             raise ModelLoadError(f"{model_dir} has no config.json (is it a Hugging Face model?)")
         try:
@@ -80,11 +110,22 @@ class ModelConfig:
             except (json.JSONDecodeError, AttributeError):
                 gen_eos = None
             if gen_eos is not None:  # generation_config's eos ids win, as in transformers
-                raw = {**raw, "eos_token_id": gen_eos}
-        return cls.from_dict(raw)
+                raw = {**_language_model(raw), "eos_token_id": gen_eos}
+        return cls.from_dict(raw, name=model_dir.resolve().name)
+
+    from_dir = from_path  # the name the engine used before GGUF files and config.json paths
 
 
-def _parse(raw: dict) -> ModelConfig:
+def _language_model(raw: dict) -> dict:
+    """A multimodal wrapper's language model is its `text_config`; the wrapper's dtype applies
+    where the text config names none."""
+    text = raw.get("text_config")
+    if not isinstance(text, dict):
+        return raw
+    return {**{k: raw[k] for k in ("torch_dtype", "dtype") if k in raw}, **text}
+
+
+def _parse(raw: dict, name: str) -> ModelConfig:
     model_type = raw.get("model_type", "llama")
     if model_type != "llama":
         raise ValueError(f"model_type {model_type!r} is not supported (herd runs 'llama')")
@@ -105,7 +146,7 @@ def _parse(raw: dict) -> ModelConfig:
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         head_dim=head_dim,
-        max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+        max_position_embeddings=int(raw.get("max_position_embeddings") or 2048),
         rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
         rope=_parse_rope(raw),
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
@@ -115,6 +156,7 @@ def _parse(raw: dict) -> ModelConfig:
         eos_token_ids=eos_ids,
         bos_token_id=raw.get("bos_token_id"),
         is_demo=bool(raw.get("herd_demo", False)),
+        name=name,
     )
 
 

@@ -56,20 +56,22 @@ def kv_dtype_bytes(name: str) -> int:
 
 
 def check_tp(model: ModelConfig, tp: int) -> None:
-    if tp < 1 or model.num_heads % tp:
-        raise ValueError(f"tp={tp} must divide the {model.num_heads} attention heads")
-    if model.num_kv_heads % tp and tp % model.num_kv_heads:
-        raise ValueError(f"tp={tp} and {model.num_kv_heads} KV heads: one must divide the other")
+    if tp < 1 or model.num_attention_heads % tp:
+        raise ValueError(f"tp={tp} must divide the {model.num_attention_heads} attention heads")
+    if model.num_key_value_heads % tp and tp % model.num_key_value_heads:
+        raise ValueError(
+            f"tp={tp} and {model.num_key_value_heads} KV heads: one must divide the other"
+        )
 
 
 def kv_heads_per_gpu(model: ModelConfig, tp: int) -> int:
     # Fewer KV heads than GPUs: each GPU keeps a replica of one head.
-    return max(1, model.num_kv_heads // tp)
+    return max(1, model.num_key_value_heads // tp)
 
 
 def weight_bytes_per_gpu(model: ModelConfig, tp: int, precision: Precision) -> float:
     counts = model.param_counts()
-    kv_share = kv_heads_per_gpu(model, tp) / model.num_kv_heads
+    kv_share = kv_heads_per_gpu(model, tp) / model.num_key_value_heads
     per_gpu = {
         "attn_qo": counts["attn_qo"] / tp,
         "attn_kv": counts["attn_kv"] * kv_share,
@@ -86,7 +88,7 @@ def weight_bytes_per_gpu(model: ModelConfig, tp: int, precision: Precision) -> f
 
 def kv_bytes_per_token(model: ModelConfig, kv_bytes: int, tp: int = 1) -> int:
     """K and V, every layer, the KV heads one GPU holds: 2 * layers * kv_heads * head_dim * bytes."""
-    return 2 * model.num_layers * kv_heads_per_gpu(model, tp) * model.head_dim * kv_bytes
+    return 2 * model.num_hidden_layers * kv_heads_per_gpu(model, tp) * model.head_dim * kv_bytes
 
 
 @dataclass
@@ -134,8 +136,8 @@ def plan_memory(model: ModelConfig, gpu: GpuSpec, inputs: PlanInputs) -> MemoryP
     seq_len = inputs.input_len + inputs.output_len
     seq_blocks = math.ceil(seq_len / inputs.block_size)
     note = ""
-    if model.context_length and seq_len > model.context_length:
-        note = f"sequence of {seq_len} exceeds the model's context of {model.context_length}"
+    if model.max_model_len and seq_len > model.max_model_len:
+        note = f"sequence of {seq_len} exceeds the model's context of {model.max_model_len}"
     elif blocks == 0:
         note = "weights do not leave room for KV cache"
     return MemoryPlan(
