@@ -13,7 +13,7 @@ from herd.model.default_model import ensure_default_model
 from herd.model.gguf_quants import dequantize
 from herd.model.gguf_weights import GGUFTensor
 from herd.model.loader import load_model
-from herd.model.quant import Int4Linear, Int8Linear
+from herd.model.quant import Fp8Linear, Int4Linear, Int8Linear
 from herd.model.quant_gguf import q4_groups
 
 CPU = torch.device("cpu")
@@ -64,3 +64,9 @@ def test_other_methods_requantize_per_tensor(smollm2, caplog):
         model = load_model(path, cfg, torch.bfloat16, CPU, "int8")
     assert "dequantized and requantized" in caplog.text
     assert isinstance(model.model.layers[0].self_attn.qkv_proj, Int8Linear)
+
+
+def test_fp8_from_a_gguf_file(smollm2):
+    path, cfg = smollm2
+    model = load_model(path, cfg, torch.bfloat16, CPU, "fp8")
+    assert isinstance(model.model.layers[0].mlp.down_proj, Fp8Linear)

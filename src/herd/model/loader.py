@@ -65,7 +65,7 @@ def load_model(
         model.lm_head.weight = model.model.embed_tokens.weight
     loaded = plan.before_load(model, cfg)
     tensors = checkpoint_tensors(Path(model_dir), cfg, skip=loaded)
-    _load_weights(model, tensors, cfg, plan.ignored_suffixes)
+    _load_weights(model, tensors, cfg, plan.ignored_suffixes, loaded)
     plan.after_load(model)
     model.quantization = plan.method  # what the decoder linears are: None, int8, int4, fp8
     return model.eval()
@@ -95,14 +95,19 @@ def _load_weights(
     tensors: Iterator[tuple[str, torch.Tensor]],
     cfg: ModelConfig,
     ignored_suffixes: tuple[str, ...] = (),
+    loaded: set[str] = frozenset(),
 ) -> None:
+    """Copies `tensors` into `model`; modules whose weights are in `loaded` were built already."""
     params = dict(model.named_parameters(remove_duplicate=False))
     shard_sizes = {
         "qkv_proj": [cfg.num_attention_heads * cfg.head_dim]
         + [cfg.num_key_value_heads * cfg.head_dim] * 2,
         "gate_up_proj": [cfg.intermediate_size] * 2,
     }
-    expected = _expected_checkpoint_keys(params, cfg)
+    done = {name.rpartition(".")[0] for name in loaded}
+    expected = {
+        k for k in _expected_checkpoint_keys(params, cfg) if k.rpartition(".")[0] not in done
+    }
     seen: set[str] = set()
     unexpected: list[str] = []
     for name, tensor in tensors:

@@ -66,6 +66,7 @@ class QuantPlan:
         if self.method and not self.prequantized and self.gguf is None:
             n = quantize_model(model, self.method, group_size)
             log.info("quantized %d decoder linears to %s at load time", n, self.method)
+        if self.method and not self.prequantized:
             _release_freed_memory()
 
     def _kept_float(self, module: str) -> bool:
