@@ -127,7 +127,9 @@ def check_settings(config: Any) -> None:
         choices = f.metadata.get("choices")
         value = getattr(config, f.name)
         if choices and value not in choices and not (value is None and f.default is None):
-            raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+            raise ValueError(
+                f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}"
+            )
 
 
 def _at_least(config: Any, name: str, low: float) -> None:
