@@ -5,8 +5,8 @@ bf16 model.
 
 This small model has many near-ties on such text: float32 and bf16 runs of the *same* weights
 agree on only ~97% of positions, so that is the floor any 8-bit format can reach here. Measured
-(2 cores, torch 2.13): int8 96.0%, fp8 93.0%, int4 97.7% (groups of 32: the Q4_1 file's own grid,
-so requantizing nearly restores the file's weights). The issue's goals were int8 >= 97%, int4 >= 90%, fp8 >= 97%; the gates
+(2 cores, torch 2.13): int8 96.0%, fp8 93.0%, int4 97.7-97.9% (the file's Q4_1 blocks load as
+int4 groups as they are, so int4 differs from the reference only by bf16 scales and kernels). The issue's goals were int8 >= 97%, int4 >= 90%, fp8 >= 97%; the gates
 below are the floor minus a margin, and int4 >= 90%."""
 
 import pytest
