@@ -118,7 +118,7 @@ def test_int4_and_fp8_kv():
     int4 = plan_memory(model, H100, PlanInputs(tp=2, precision="int4", kv_dtype="fp8"))
     assert int4.kv_bytes_per_token_per_gpu == 2 * 80 * 4 * 128
     linear = model.num_params - 2 * 128256 * 8192 - 161 * 8192
-    hand = linear / 2 * (0.5 + 2 / 128) + (128256 * 8192 + 161 * 8192) * 2  # embed+lm_head halves
+    hand = linear / 2 * (0.5 + 4 / 32) + (128256 * 8192 + 161 * 8192) * 2  # embed+lm_head halves
     assert int4.weights_gib_per_gpu * GIB == pytest.approx(hand)
 
 

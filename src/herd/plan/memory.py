@@ -19,13 +19,12 @@ QUANTIZABLE = ("attn_qo", "attn_kv", "mlp")
 class Precision:
     name: str
     bits: int  # bits per quantized weight
-    group_size: int = (
-        0  # >0: one fp16 scale per group (int4); 0: per-channel/tensor scales (negligible)
-    )
+    # >0: a 16-bit scale and zero per group (int4); 0: per-channel/tensor scales (negligible)
+    group_size: int = 0
 
     @property
     def bytes_per_param(self) -> float:
-        scale = 2 / self.group_size if self.group_size else 0.0
+        scale = 4 / self.group_size if self.group_size else 0.0
         return self.bits / 8 + scale
 
 
@@ -34,7 +33,7 @@ PRECISIONS = {
     "fp16": Precision("fp16", 16),
     "fp8": Precision("fp8", 8),
     "int8": Precision("int8", 8),
-    "int4": Precision("int4", 4, group_size=128),
+    "int4": Precision("int4", 4, group_size=32),  # herd's int4 (herd.model.quant): 5 bits a weight
 }
 KV_DTYPE_BYTES = {"bf16": 2, "fp16": 2, "auto": 2, "fp8": 1}
 
