@@ -80,10 +80,10 @@ class FakeServer:
 
     async def metrics(self, request: web.Request) -> web.Response:
         text = (
-            "# TYPE herd_prefix_cache_hit_tokens counter\n"
-            f"herd_prefix_cache_hit_tokens_total {self.hit_tokens}\n"
-            "# TYPE herd_prefix_cache_query_tokens counter\n"
-            f"herd_prefix_cache_query_tokens_total {self.query_tokens}\n"
+            "# TYPE herd_prefix_cache_hits counter\n"
+            f"herd_prefix_cache_hits_total {self.hit_tokens}\n"
+            "# TYPE herd_prefix_cache_queries counter\n"
+            f"herd_prefix_cache_queries_total {self.query_tokens}\n"
             "# TYPE herd_requests counter\n"
             f"herd_requests_total {len(self.served)}\n"
         )

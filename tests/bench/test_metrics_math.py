@@ -9,8 +9,9 @@ from herd.bench.arrivals import arrival_offsets, arrivals_until
 from herd.bench.config import Cost, Slo
 from herd.bench.metrics import chunk_tokens, cost_per_million, distribution, itl_samples, summarize
 from herd.bench.request import RequestOutput
-from herd.bench.scrape import parse_metrics, prefix_hit_rate, server_view
+from herd.bench.scrape import prefix_hit_rate, server_view
 from herd.bench.stats import bootstrap_ci, verdict, welch_ci
+from herd.protocol.prometheus import parse_metrics
 
 
 def timeline(start, ttft, gaps, tokens_per_chunk=1, usage=True, chars=None) -> RequestOutput:

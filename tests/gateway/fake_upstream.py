@@ -4,7 +4,7 @@
 
 POST /control {"mode": ..., "times": n, "delay_s": s, "token_delay_s": s, "ready": bool}
 sets how the next `times` completion requests behave (mode: ok, error500, error503, garbage,
-hang, die_midstream, truncate, bad_event); GET /stats counts calls. Answers name the replica in
+hang, die_midstream, truncate, bad_event, crlf, cr: events framed with CRLF or CR); GET /stats counts calls. Answers name the replica in
 `system_fingerprint`. It simulates a prefix cache (16-character blocks, bounded LRU) and exports
 its counters under herd's or vLLM's metric names. SIGTERM drains like a real replica."""
 
@@ -141,8 +141,12 @@ async def stream(request, fake: Fake, body: dict, chat: bool, toks: list[str], m
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
 
+    eol = {"crlf": b"\r\n", "cr": b"\r"}.get(mode, b"\n")  # the SSE spec allows all three
+    if eol != b"\n":
+        await resp.write(b": keep-alive" + eol + eol)
+
     async def send(obj) -> None:
-        await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+        await resp.write(b"data: " + json.dumps(obj).encode() + eol + eol)
 
     for i, tok in enumerate(toks):
         if i == 2 and mode == "die_midstream":
@@ -162,7 +166,7 @@ async def stream(request, fake: Fake, body: dict, chat: bool, toks: list[str], m
             await asyncio.sleep(fake.token_delay_s)
     if (body.get("stream_options") or {}).get("include_usage"):
         await send({**head(fake, chat, True), "choices": [], "usage": usage(body, len(toks))})
-    await resp.write(b"data: [DONE]\n\n")
+    await resp.write(b"data: [DONE]" + eol + eol)
     await resp.write_eof()
     return resp
 

@@ -16,6 +16,7 @@ import aiohttp
 from herd.fleet.supervisor import free_port as _free_port
 from herd.gateway.app import Gateway
 from herd.gateway.config import GatewayConfig
+from herd.protocol.sse import SSEParser
 
 
 def free_port() -> int:
@@ -131,10 +132,6 @@ def chat(content: str = "hello", **extra) -> dict:
 
 def sse_events(body: bytes) -> list:
     """Parsed `data:` payloads of an SSE body; "[DONE]" stays a string."""
-    out = []
-    for event in body.split(b"\n\n"):
-        event = event.strip()
-        if event.startswith(b"data:"):
-            data = event[5:].strip()
-            out.append("[DONE]" if data == b"[DONE]" else json.loads(data))
-    return out
+    parser = SSEParser()
+    events = parser.feed(body) + parser.close()
+    return [e.data if e.is_done else e.json() for e in events if e.data is not None]

@@ -10,6 +10,7 @@ import aiohttp
 
 from herd.bench.config import Target
 from herd.bench.request import RequestInput, RequestOutput
+from herd.protocol.sse import SSEParser
 
 
 class EndpointError(Exception):
@@ -97,29 +98,31 @@ class OpenAIClient:
             out.error = "connection"
         except aiohttp.ServerDisconnectedError:
             out.error = "disconnected"
-        except (aiohttp.ClientError, json.JSONDecodeError) as exc:
+        except (aiohttp.ClientError, ValueError) as exc:  # ValueError: not JSON or not SSE
             out.error = f"client_{type(exc).__name__}"
         out.end = time.perf_counter()
         out.ok = not out.error
         return out
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, out: RequestOutput) -> None:
-        finished = False
-        async for raw in resp.content:
+        finished = done = False
+        parser = SSEParser()
+        async for raw in resp.content.iter_any():
             now = time.perf_counter()  # first thing: the arrival time is what we measure
-            line = raw.strip()
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                finished = True
-                break
-            chunk = json.loads(data)
-            if "error" in chunk:
-                out.error = "stream_error"
-                break
-            finished |= _apply_chunk(out, chunk, now)
+            for event in parser.feed(raw):
+                if event.data is None:
+                    continue
+                if event.is_done:
+                    finished = done = True
+                    break
+                chunk = event.json()
+                if "error" in chunk:
+                    out.error = "stream_error"
+                    break
+                finished |= _apply_chunk(out, chunk, now)
             out.client_overhead_s += time.perf_counter() - now
+            if out.error or done:
+                break
         if not finished and not out.error:
             out.error = "stream_truncated"  # neither [DONE] nor a finish_reason arrived
 

@@ -18,9 +18,10 @@ from herd.bench.config import BenchConfig, Limits, Load
 from herd.bench.metrics import summarize
 from herd.bench.monitor import LoopMonitor, client_report
 from herd.bench.request import Conversation, RequestOutput
-from herd.bench.scrape import parse_metrics, server_view
+from herd.bench.scrape import server_view
 from herd.bench.tokenizer import Tokenizer
 from herd.bench.workloads import Dataset
+from herd.protocol.prometheus import parse_metrics
 
 KEY_METRICS = (("throughput", "output_tokens_per_s"), ("throughput", "requests_per_s"),
                ("ttft_ms", "p50"), ("ttft_ms", "p99"), ("tpot_ms", "p50"), ("itl_ms", "p50"),

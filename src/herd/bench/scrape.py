@@ -3,32 +3,13 @@
 Any server's metrics are parsed generically (counters and histogram sums/counts, summed over
 labels); known prefix-cache counters (vLLM, SGLang, herd) give a hit rate independent of usage."""
 
-from prometheus_client.parser import text_string_to_metric_families
-
 # (hits, queries) counter pairs by server; rates are computed from before/after deltas.
 PREFIX_PAIRS = (
     ("vllm:prefix_cache_hits", "vllm:prefix_cache_queries"),
     ("vllm:gpu_prefix_cache_hits", "vllm:gpu_prefix_cache_queries"),
     ("herd_prefix_cache_hits", "herd_prefix_cache_queries"),
-    ("herd_prefix_cache_hit_tokens", "herd_prefix_cache_query_tokens"),
 )
 HIT_RATE_GAUGES = ("vllm:gpu_prefix_cache_hit_rate", "sglang:cache_hit_rate")
-
-
-def parse_metrics(text: str | None) -> dict[str, float]:
-    """Flat {sample name: value}, summed over label sets; buckets and _created left out."""
-    if not text:
-        return {}
-    flat: dict[str, float] = {}
-    try:
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name.endswith(("_bucket", "_created")):
-                    continue
-                flat[s.name] = flat.get(s.name, 0.0) + float(s.value)
-    except ValueError:
-        return flat  # a malformed page: keep what parsed
-    return flat
 
 
 def _value(metrics: dict[str, float], name: str) -> float | None:

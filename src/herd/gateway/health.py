@@ -12,6 +12,7 @@ import aiohttp
 
 from herd.gateway.config import HealthConfig
 from herd.gateway.replicas import Replica, ReplicaSet, ReplicaState
+from herd.protocol.prometheus import parse_metrics
 
 # Reported field -> metric names that feed it (herd first, then vLLM v1 and v0 spellings).
 METRIC_NAMES = {
@@ -33,25 +34,6 @@ METRIC_NAMES = {
         "vllm:gpu_prefix_cache_hits_total",
     ),
 }
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Sum each Prometheus sample over its label sets: {name: value}."""
-    sums: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        name_part, _, rest = line.partition(" ") if "{" not in line else line.partition("}")
-        name = name_part.split("{", 1)[0].strip()
-        fields = rest.split()
-        if not fields:
-            continue
-        try:
-            value = float(fields[0])
-        except ValueError:
-            continue
-        sums[name] = sums.get(name, 0.0) + value
-    return sums
 
 
 def apply_metrics(replica: Replica, samples: dict[str, float]) -> None:

@@ -216,10 +216,10 @@ class Proxy:
                 return GatewayError(
                     504, f"replica silent for {idle:g}s mid-stream", code="replica_timeout"
                 )
-            if not chunk:
-                return GatewayError(502, "replica ended the stream early", code="replica_error")
             try:
-                out = assembler.feed(chunk)
+                out = assembler.feed(chunk) if chunk else assembler.close()
+                if not chunk and not assembler.done:
+                    return GatewayError(502, "replica ended the stream early", code="replica_error")
             except ValueError as exc:
                 return GatewayError(
                     502, f"replica sent an invalid event: {exc}", code="replica_error"

@@ -6,10 +6,9 @@ back into a stream."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-MAX_EVENT_BYTES = 1 << 20  # an unterminated event larger than this is garbage, not a slow event
+from herd.protocol.sse import DONE, Event, SSEParser, encode_json
 
 
 class StreamAssembler:
@@ -17,7 +16,7 @@ class StreamAssembler:
         self.chat = endpoint == "chat/completions"
         self.done = False  # saw [DONE] (or an upstream error event, which also ends it)
         self.upstream_error: dict | None = None
-        self._buf = b""
+        self._parser = SSEParser()
         self._texts: dict[int, list[str]] = {}
         self._finish: dict[int, str | None] = {}
         self._head: dict[str, Any] = {}
@@ -25,40 +24,33 @@ class StreamAssembler:
         self._content_events = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        """Add bytes; return the complete events among them, ready to forward."""
-        buf = self._buf + chunk
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            if len(buf) > MAX_EVENT_BYTES:
-                raise ValueError("event too large or not server-sent events")
-            self._buf = buf
-            return b""
-        complete, self._buf = buf[: end + 2], buf[end + 2 :]
-        for event in complete.split(b"\n\n"):
-            if event.strip():
-                self._event(event)
-        return complete
+        """Add bytes; return the complete events among them, byte for byte as the replica framed
+        them (LF, CRLF or CR), ready to forward. ValueError on garbage."""
+        events = self._parser.feed(chunk)
+        for event in events:
+            self._event(event)
+        return b"".join(e.raw for e in events)
 
-    def _event(self, event: bytes) -> None:
-        for line in event.split(b"\n"):
-            line = line.rstrip(b"\r")
-            if (
-                not line
-                or line.startswith(b":")
-                or line.startswith(b"event:")
-                or line.startswith(b"id:")
-            ):
-                continue
-            if not line.startswith(b"data:"):
-                raise ValueError("not a server-sent event")
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                self.done = True
-                continue
-            obj = json.loads(data)  # ValueError on garbage
-            if not isinstance(obj, dict):
-                raise ValueError("event data is not a JSON object")
-            self._chunk(obj)
+    def close(self) -> bytes:
+        """End of the upstream stream: the held-back tail (a last block that ended in a CR), if
+        it completes an event."""
+        events = self._parser.close()
+        for event in events:
+            self._event(event)
+        return b"".join(e.raw for e in events)
+
+    def _event(self, event: Event) -> None:
+        if event.unknown:
+            raise ValueError("not a server-sent event")
+        if event.data is None:  # a comment or keep-alive: forwarded, nothing to account
+            return
+        if event.is_done:
+            self.done = True
+            return
+        obj = event.json()  # ValueError on garbage
+        if not isinstance(obj, dict):
+            raise ValueError("event data is not a JSON object")
+        self._chunk(obj)
 
     def _chunk(self, obj: dict) -> None:
         if "error" in obj:
@@ -136,5 +128,4 @@ def replay(answer: dict[str, Any], endpoint: str, include_usage: bool = False) -
         events.append({**head, "choices": [out]})
     if include_usage and answer.get("usage"):
         events.append({**head, "choices": [], "usage": answer["usage"]})
-    body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
-    return body + b"data: [DONE]\n\n"
+    return b"".join(encode_json(e) for e in events) + DONE

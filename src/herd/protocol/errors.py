@@ -2,9 +2,9 @@
 `{"error": {"message", "type", "param", "code"}}` with its HTTP status, as a JSON response or as
 one SSE event inside a stream that has already begun. Imports nothing else of herd."""
 
-import json
-
 from aiohttp import web
+
+from herd.protocol.sse import encode_json
 
 # HTTP status -> OpenAI error `type` (the names OpenAI's own API and client use).
 ERROR_TYPES = {
@@ -57,4 +57,4 @@ class OpenAIError(Exception):
 
     def sse_event(self) -> bytes:
         """The error as one SSE event, for a stream whose 200 status line has already gone out."""
-        return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
+        return encode_json(self.body())

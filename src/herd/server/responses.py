@@ -1,19 +1,13 @@
 """Renders engine deltas as OpenAI JSON: whole responses and SSE stream chunks for
 /v1/completions and /v1/chat/completions, logprobs and usage included."""
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from herd.engine.outputs import CompletionOutput, RequestOutput
+from herd.protocol.sse import DONE, encode_json
 from herd.server.protocol import GenerateRequest
-
-DONE = b"data: [DONE]\n\n"
-
-
-def sse(obj: dict) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
 @dataclass
@@ -206,7 +200,7 @@ class Renderer:
         if self.req.return_token_ids and not self._started:
             body["prompt_token_ids"] = self.prompt_token_ids
         self._started = True
-        return sse(body)
+        return encode_json(body)
 
     def stream_chunk(self, out: RequestOutput) -> bytes:
         data = b""
@@ -226,7 +220,7 @@ class Renderer:
         if self.req.include_usage:
             body = self._envelope([], chunk=True)
             body["usage"] = usage or self.usage()
-            data += sse(body)
+            data += encode_json(body)
         return data + DONE
 
     # ---- whole response --------------------------------------------------------------------
