@@ -18,6 +18,11 @@ class EndpointError(Exception):
 
 
 class OpenAIClient:
+    """One HTTP session to an OpenAI-compatible endpoint, used as an async context manager. `send`
+    never raises for a failed request: it returns a `RequestOutput` whose `error` names the
+    failure class, with the arrival time of every content chunk taken before any parsing, so
+    latency is what the client saw."""
+
     def __init__(self, target: Target):
         self.target = target
         self._session: aiohttp.ClientSession | None = None

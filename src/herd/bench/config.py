@@ -13,6 +13,10 @@ class BenchConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Target:
+    """The endpoint under test: URL, model, API key, chat or completions, streaming. Validated on
+    construction; `url` and `scrape_url` are derived from `base_url` so every request of a run
+    goes to the same place."""
+
     base_url: str  # OpenAI-compatible root, e.g. http://127.0.0.1:8000/v1
     model: str = ""  # empty: the first id /models lists
     api_key: str = ""
@@ -57,6 +61,9 @@ class Load:
 
 @dataclass(frozen=True)
 class Limits:
+    """How much to send at each load level: a request count or a duration (exactly one), warm-up
+    requests left out of results, and repeats for confidence intervals."""
+
     num_requests: int = 0  # requests per level (0: use duration)
     duration_s: float = 0.0  # seconds of sending per level (0: use num_requests)
     warmup: int = 0  # requests sent before the first level and left out of results
@@ -71,6 +78,9 @@ class Limits:
 
 @dataclass(frozen=True)
 class Slo:
+    """Latency objectives per request (TTFT, TPOT, p99 ITL, E2E, in milliseconds); a request meets
+    the SLO when it meets every objective that is set. `parse` reads `ttft=500ms,tpot=50ms`."""
+
     ttft_ms: float | None = None
     tpot_ms: float | None = None
     itl_ms: float | None = None  # applies to each request's p99 inter-token latency
@@ -102,6 +112,10 @@ class Slo:
 
 @dataclass(frozen=True)
 class Workload:
+    """What the prompts look like: kind (synthetic, shared-prefix, multi-turn, jsonl), lengths and
+    their spread, the seed that makes a dataset reproducible, and whether prompts are made
+    unique so a warm prefix cache cannot inflate results."""
+
     kind: str = "synthetic"  # synthetic | shared-prefix | multi-turn | jsonl
     input_len: int = 128
     output_len: int = 128
@@ -129,6 +143,9 @@ class Workload:
 
 @dataclass(frozen=True)
 class Cost:
+    """What the endpoint costs to run: GPUs behind it and the price of a GPU-hour, so results can
+    report dollars per million tokens."""
+
     gpus: int = 1  # GPUs behind the endpoint
     gpu_hour_cost: float | None = None  # $ per GPU-hour
 
@@ -147,6 +164,9 @@ class Sweep:
 
 @dataclass(frozen=True)
 class BenchConfig:
+    """A whole benchmark run: target, limits, workload, load levels (or a sweep), SLO and cost.
+    Validated on construction, so the runner never meets an inconsistent combination."""
+
     target: Target
     limits: Limits
     workload: Workload = field(default_factory=Workload)

@@ -60,6 +60,9 @@ def itl_samples(chunk_times: list[float], tokens: list[int]) -> list[float]:
 
 @dataclass
 class RequestMetrics:
+    """The latencies of one finished request, in seconds (TTFT, E2E, TPOT, every inter-token gap)
+    and its token counts: the pure per-request numbers that level statistics are computed from."""
+
     ttft: float | None
     e2e: float
     tpot: float | None  # (e2e - ttft) / (output tokens - 1)

@@ -15,6 +15,10 @@ CPU_WARN = 0.85  # asyncio runs on one core: near 100% means requests wait on us
 
 @dataclass
 class LoopMonitor:
+    """Watches the benchmark client itself: event-loop lag (sampled every `interval_s`) and process
+    CPU. A lagging loop means the client, not the server, set the latency, and the results say
+    so."""
+
     interval_s: float = 0.01
     lags_s: list[float] = field(default_factory=list)
     _task: asyncio.Task | None = None

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class RequestInput:
+    """One turn to send: the prompt text, the input length the workload aimed for and the
+    `max_tokens` to ask for. Immutable, so the same dataset gives the same requests."""
+
     prompt: str  # this turn's user text (chat) or the whole prompt (completions)
     input_tokens: int  # prompt length the workload aimed for (target tokenizer or approximation)
     output_tokens: int  # max_tokens to ask for
@@ -23,6 +26,10 @@ class Conversation:
 
 @dataclass
 class RequestOutput:
+    """What was observed for one request, as raw timestamps (`perf_counter`) and counts: start,
+    end, every content chunk's arrival and size, the server's usage if sent, and an error class
+    on failure. Arithmetic on it lives in `metrics`."""
+
     start: float  # perf_counter when the request was sent
     end: float = 0.0  # when the stream ended (or failed)
     ok: bool = False

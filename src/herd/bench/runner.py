@@ -43,6 +43,10 @@ class Budget:
 
 
 class Runner:
+    """Drives one load level against the target: closed-loop users or open-loop arrivals, multi-
+    turn conversations whose history grows with the real replies, and a bounded budget of
+    requests or time. Every request sent ends in exactly one `RequestOutput`."""
+
     def __init__(
         self, cfg: BenchConfig, client: OpenAIClient, dataset: Dataset, model: str, tok: Tokenizer
     ):

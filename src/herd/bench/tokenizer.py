@@ -22,6 +22,10 @@ WORDS = (
 
 @dataclass
 class Tokenizer:
+    """Counts tokens the way the target does: its Hugging Face tokenizer when one can be loaded
+    (`kind` "hf"), otherwise an approximation by words (`kind` "approx", with a `note` saying
+    so); also makes synthetic text of a given token length."""
+
     name: str
     kind: str  # "hf" (the target's tokenizer) or "approx" (word count)
     note: str = ""

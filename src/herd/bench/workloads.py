@@ -30,6 +30,10 @@ def sample_lengths(
 
 @dataclass
 class Dataset:
+    """The conversations a run sends, built once from the workload and a seed; `content_hash`
+    identifies them across runs. `conversation(i)` cycles through the pool, salting each request
+    so that prompts stay distinct when the workload asks for unique prompts."""
+
     kind: str
     pool: list[Conversation]  # unsalted, in order; cycled (with a new salt) when exhausted
     content_hash: str

@@ -16,6 +16,10 @@ from herd.model.quant import FP8, fp8_widen, to_fp8
 
 @dataclass
 class AttentionMetadata:
+    """Everything attention needs for one step, built once by the runner and passed to every layer:
+    where each new token's K/V goes (slot mapping), which sequences decode and which prefill,
+    their lengths and their block tables. Decodes come first."""
+
     slot_mapping: torch.Tensor  # [T] cache slot (block_id * block_size + offset) of each token
     num_decodes: int  # the first num_decodes sequences (and tokens) have query length 1
     query_lens: list[int]  # tokens computed this step, per sequence

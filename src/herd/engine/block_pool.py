@@ -15,6 +15,10 @@ BlockHash = int
 
 @dataclass(eq=False)
 class KVBlock:
+    """One block of the paged KV cache: its id, how many requests hold it, and, once full and
+    cached, its chained hash, parent hash and tokens (so a hash hit can be checked against the
+    real tokens)."""
+
     block_id: int
     ref_cnt: int = 0
     block_hash: BlockHash | None = None
@@ -27,6 +31,11 @@ def hash_block(parent: BlockHash | None, token_ids: tuple[int, ...], extra: str)
 
 
 class BlockPool:
+    """Owns every KV block: reference counts, the LRU queue of free blocks (cached ones evictable,
+    least recently used first, O(1) touch) and the hash -> block map of the prefix cache.
+    Promises that a block is handed out only when its ref count is zero and that evicting a
+    block removes its hash."""
+
     def __init__(self, num_blocks: int, enable_caching: bool = True) -> None:
         self.blocks = [KVBlock(i) for i in range(num_blocks)]
         self.enable_caching = enable_caching

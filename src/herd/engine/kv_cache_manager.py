@@ -6,6 +6,11 @@ from herd.engine.request import Request
 
 
 class KVCacheManager:
+    """The KV cache as requests see it: the blocks each request holds, prefix-cache lookups over
+    chained block hashes (always leaving at least one token to compute), `allocate_slots` that
+    returns the blocks for a step or None when they do not fit, sharing a prompt's blocks with
+    `n` siblings, and freeing tail first so chain tails are evicted first."""
+
     def __init__(
         self, num_blocks: int, block_size: int, enable_caching: bool, identity: str = ""
     ) -> None:

@@ -21,6 +21,12 @@ log = logging.getLogger(__name__)
 
 
 class LLMEngine:
+    """The engine core: requests in, token deltas out. `add_request` validates and queues (raising
+    `InvalidRequestError` without touching state); `step()` runs one schedule -> execute ->
+    update cycle and returns `RequestOutput` deltas; `abort_request` frees a request's blocks at
+    once. Plain synchronous code: whoever owns it calls `step()`; every accepted request ends
+    with exactly one finish reason."""
+
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.model_config = ModelConfig.from_path(config.model)

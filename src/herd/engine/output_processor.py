@@ -67,6 +67,11 @@ class ParentState:
 
 
 class OutputProcessor:
+    """Turns sampled tokens into what users see: appends each token, applies stop conditions (EOS,
+    stop strings and ids, length, context), detokenizes incrementally while holding back text
+    that may still begin a stop string, and folds siblings into one `RequestOutput` delta per
+    parent."""
+
     def __init__(self, tokenizer: Tokenizer, eos_token_ids: list[int], max_model_len: int) -> None:
         self.tokenizer = tokenizer
         self.eos = set(eos_token_ids)

@@ -25,6 +25,9 @@ CPU_KV_DEFAULT_BYTES = 1 << 30
 
 @dataclass
 class RunnerOutput:
+    """What one model step produced, keyed by request id: the sampled token, its logprob, the top
+    logprobs when asked, and prompt logprobs for requests that finished their prompt this step."""
+
     sampled: dict[str, int] = field(default_factory=dict)  # request id -> new token
     logprobs: dict[str, dict[int, float] | None] = field(default_factory=dict)
     sampled_logprobs: dict[str, float] = field(default_factory=dict)
@@ -76,6 +79,11 @@ def cpu_has_bf16() -> bool:
 
 
 class ModelRunner:
+    """Runs the model for the scheduler: loads weights (quantized if configured), sizes and
+    allocates the KV pool, packs the step's tokens (decodes first), builds attention metadata,
+    computes logits only for rows that sample, and samples. `execute(SchedulerOutput)` is its
+    one entry per step."""
+
     def __init__(self, config: EngineConfig, model_config: ModelConfig, max_model_len: int) -> None:
         self.config = config
         self.model_config = model_config

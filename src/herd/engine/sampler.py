@@ -21,6 +21,9 @@ MASK_MIN = float("-inf")
 
 @dataclass
 class SamplerOutput:
+    """The sampler's answer for one step, one row per sampling request: the chosen token, its
+    logprob under the raw distribution, and the top logprobs when the request asked for them."""
+
     token_ids: list[int]
     logprobs: list[dict[int, float] | None]  # per row: sampled token + top-k, when asked
     sampled_logprobs: list[float]  # logprob of each sampled token (raw distribution)
@@ -31,6 +34,11 @@ def noise_key(seed: int, position: int) -> int:
 
 
 class Sampler:
+    """Chooses the next token of every sampling row. Order: logit_bias, penalties (presence,
+    frequency, repetition), min_tokens, then temperature, top-k, top-p, min-p; greedy rows take
+    the argmax. Random rows draw by the exponential race with noise seeded by (seed, absolute
+    position), so a seeded request gives the same tokens in any batch and after preemption."""
+
     def __init__(self, eos_token_ids: list[int], seed: int = 0) -> None:
         self.eos_token_ids = eos_token_ids
         self.generator = torch.Generator(device="cpu")

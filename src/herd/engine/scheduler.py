@@ -17,6 +17,9 @@ from herd.engine.request import Request, RequestStatus
 
 @dataclass
 class ScheduledRequest:
+    """One request's share of a step: where its computation starts, how many tokens it computes (a
+    prefill chunk, or 1 for a decode), and its block table after allocation."""
+
     req: Request
     start: int  # num_computed_tokens before this step: the first position computed
     num_new_tokens: int  # tokens computed this step (a prefill chunk, or 1 for a decode)
@@ -42,6 +45,11 @@ class SchedulerOutput:
 
 
 class Scheduler:
+    """Decides each step's work under a token budget and `max_num_seqs`: running requests first (by
+    priority, then arrival), then waiting ones, with chunked prefill. When KV blocks run out it
+    preempts the lowest-priority, latest request by recompute; the victim keeps its place in the
+    waiting queue and is never lost."""
+
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
         self.config = config
         self.kv = kv

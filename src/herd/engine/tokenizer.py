@@ -10,6 +10,10 @@ from herd.engine.errors import InvalidRequestError, ModelLoadError
 
 
 class Tokenizer:
+    """The model's tokenizer and chat template (from tokenizer.json / tokenizer_config.json, or
+    rebuilt from a GGUF file's metadata): encode, decode and `apply_chat_template` with a
+    generation prompt, the same for offline use and the server."""
+
     def __init__(self, model_dir: str | Path) -> None:
         from transformers import AutoTokenizer
 

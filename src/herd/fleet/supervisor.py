@@ -48,6 +48,9 @@ def _die_with_parent() -> None:
 
 @dataclass
 class Slot:
+    """One replica position of the fleet: the process that serves it now, its URL, and the crash
+    history that sets its restart backoff. A slot outlives the processes that fill it."""
+
     index: int
     proc: asyncio.subprocess.Process | None = None  # the replica serving this slot now
     url: str | None = None
@@ -57,6 +60,10 @@ class Slot:
 
 
 class Supervisor:
+    """Runs N local replicas behind the gateway: launches them, waits for /ready before they take
+    traffic, restarts crashed ones with backoff, rolls them one at a time (a new replica ready
+    before the old one drains), and on stop drains every replica before killing it."""
+
     def __init__(
         self,
         config: FleetConfig,

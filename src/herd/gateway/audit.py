@@ -15,6 +15,10 @@ MAX_PENDING = 10_000  # records buffered before writers start waiting (bounded m
 
 
 class AuditLog:
+    """An append-only JSON-lines log of requests and admin actions, written by a background task so
+    requests never wait on the disk. Holds no prompt or completion text unless `include_text` is
+    set, and never a key."""
+
     def __init__(self, path: str | Path, include_text: bool = False):
         self.path = Path(path)
         self.include_text = include_text

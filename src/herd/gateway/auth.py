@@ -20,6 +20,10 @@ def hash_key(key: str) -> str:
 
 @dataclass(frozen=True)
 class ApiKey:
+    """One API key's identity and limits: its id (used in logs and metrics; never the secret),
+    tenant (the unit caches are isolated by), allowed models, and requests/tokens per minute and
+    concurrency caps (0: unlimited)."""
+
     id: str  # names the key in logs and metrics (never the key itself)
     tenant: str  # isolation unit: caches are never shared across tenants
     models: tuple[str, ...] = ("*",)  # allowed model names; "*" allows any
@@ -82,6 +86,11 @@ def load_keys(path: str | Path) -> dict[str, ApiKey]:
 
 
 class Authenticator:
+    """Checks each request's bearer key against the keys file (stored and looked up as SHA-256
+    hashes, never in the clear), authorizes the requested model, and guards /admin routes with
+    the admin key (compared in constant time). Without a keys file every caller is the anonymous
+    key."""
+
     def __init__(self, keys: dict[str, ApiKey] | None, admin_key: str | None):
         self.keys = keys  # None: authentication off, everyone is ANONYMOUS
         # The admin key may be given plain or as "sha256:<hex>".

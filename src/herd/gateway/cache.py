@@ -30,6 +30,10 @@ def cache_key(tenant: str, revision: str, info: RequestInfo, shared: bool) -> st
 
 
 class ResponseCache:
+    """An exact-match cache of deterministic answers (temperature 0 or a seed), keyed by tenant,
+    model revision and the request body, in a bounded in-memory LRU or in Redis shared by
+    gateway instances. One tenant never receives another's answer unless sharing is configured."""
+
     def __init__(self, config: CacheConfig, revision: str = "", redis=None):
         self.config = config
         self.revision = revision

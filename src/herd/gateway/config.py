@@ -20,6 +20,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class HealthConfig:
+    """How replicas' health is judged: probe interval and timeout, failures that eject, the
+    exponential ejection backoff, and whether /metrics is scraped."""
+
     interval_s: float = 1.0  # seconds between active /ready checks of each replica
     timeout_s: float = 2.0  # one health check or metrics scrape may take this long
     eject_after: int = 3  # consecutive failures (passive or active) that eject a replica
@@ -34,6 +37,10 @@ class HealthConfig:
 
 @dataclass
 class ProxyConfig:
+    """How requests are forwarded: attempts and the retry budget, connect / first-byte / idle
+    timeouts, the body size limit, per-replica in-flight caps, the bounded wait queue, and the
+    token estimate used to reserve rate-limit tokens at admission."""
+
     max_attempts: int = 3  # tries per request (first + retries) before the first byte is sent
     retry_budget_ratio: float = 0.2  # retries may add at most this share of the request rate
     retry_budget_min: int = 10  # retries always allowed in a burst, whatever the ratio
@@ -54,6 +61,9 @@ class ProxyConfig:
 
 @dataclass
 class CacheConfig:
+    """The response cache's bounds (entries, entry size, TTL), whether it goes to Redis, and
+    whether tenants may share it (off unless set on purpose)."""
+
     enabled: bool = True  # exact-match response cache for deterministic requests
     max_entries: int = 4096  # in-memory LRU bound
     max_entry_bytes: int = 256 * 1024  # larger responses are not cached
@@ -64,12 +74,18 @@ class CacheConfig:
 
 @dataclass
 class AuditConfig:
+    """Where the audit log goes (none: no log) and whether it includes prompt and completion text."""
+
     path: str | None = None  # JSON-lines file; none: no audit log
     include_text: bool = False  # also log prompt and completion text
 
 
 @dataclass
 class AffinityConfig:
+    """Prefix-affinity routing: how many leading prompt characters key a request, how far above the
+    mean load a replica may go before requests spill over, and the hash ring's virtual nodes per
+    replica."""
+
     prefix_chars: int = 256  # leading prompt characters that key prefix_affinity
     load_factor: float = 1.25  # a replica may carry this multiple of the mean load before spilling
     virtual_nodes: int = 64  # points per replica on the hash ring
@@ -77,6 +93,9 @@ class AffinityConfig:
 
 @dataclass
 class GatewayConfig:
+    """Every setting of one gateway: listen address, routing policy, upstreams, keys, Redis, and
+    the nested health, proxy, cache, audit and affinity settings. Validated on construction."""
+
     host: str = "127.0.0.1"  # address the gateway listens on
     port: int = 8000  # port the gateway listens on
     policy: str = "least_outstanding"  # round_robin, least_outstanding, prefix_affinity
@@ -94,6 +113,9 @@ class GatewayConfig:
 
 @dataclass
 class FleetConfig:
+    """The local fleet `herd serve` runs: model, number of replicas, the replica command, start-up
+    and drain timeouts, restart backoff, and extra arguments passed to every replica."""
+
     model: str | None = None  # model directory; none: the demo model
     replicas: int = 2  # replicas to run on this machine
     command: list[str] = field(
@@ -114,6 +136,8 @@ class FleetConfig:
 
 @dataclass
 class ServeConfig:
+    """`herd serve` in one object: the gateway's settings and the fleet's."""
+
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
 

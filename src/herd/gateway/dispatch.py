@@ -35,6 +35,11 @@ class RetryBudget:
 
 
 class Dispatcher:
+    """Hands each request a replica: filters the ready replicas below their in-flight cap (minus
+    those already tried), lets the routing policy choose, and when none is free waits in a
+    bounded queue. Promises that a replica's in-flight count is incremented on `acquire` and
+    decremented on `release`, exactly once each."""
+
     def __init__(self, replicas: ReplicaSet, policy: RoutingPolicy, config: ProxyConfig):
         self.replicas = replicas
         self.policy = policy

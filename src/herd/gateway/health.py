@@ -47,6 +47,10 @@ def apply_metrics(replica: Replica, samples: dict[str, float]) -> None:
 
 
 class HealthChecker:
+    """The background task that probes every replica's /ready, moves replicas between loading,
+    ready, draining and ejected (re-admitting ejected ones after their backoff), and scrapes
+    /metrics for the load and prefix-cache counters replicas report."""
+
     def __init__(self, replicas: ReplicaSet, session: aiohttp.ClientSession, config: HealthConfig):
         self.replicas = replicas
         self.session = session

@@ -13,6 +13,10 @@ LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5
 
 
 class GatewayMetrics:
+    """The gateway's own Prometheus metrics (requests, retries, ejections, rate limiting,
+    cache, added latency) in a per-gateway registry, plus per-replica gauges rendered at scrape time from
+    the replica set."""
+
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter(

@@ -49,6 +49,11 @@ class Retryable(Exception):
 
 
 class Proxy:
+    """Forwards one request to a replica and its answer back: retries on another replica before the
+    first byte is sent, copies a stream event by event (checking and accounting it), turns a
+    failure after the first byte into one SSE error event, and records usage, cache and audit.
+    Every request ends in exactly one outcome."""
+
     def __init__(self, session: aiohttp.ClientSession, dispatcher: Dispatcher, config: ProxyConfig):
         self.session = session
         self.dispatcher = dispatcher

@@ -18,6 +18,9 @@ from herd.gateway.auth import ApiKey
 
 @dataclass
 class Reservation:
+    """What an admitted request holds against its key's limits until it settles: its entry in the
+    window log, the tokens reserved, and whether it took a concurrency slot."""
+
     entry: str  # id of the admission in the window log
     tokens: int  # tokens reserved
     logged: bool  # counted in the request/token window
@@ -26,6 +29,9 @@ class Reservation:
 
 @dataclass
 class Decision:
+    """The limiter's answer to an admission: a reservation, or a refusal naming the limit hit with
+    a Retry-After and the rate-limit headers to send."""
+
     reservation: Reservation | None  # None: refused
     limit: str | None = None  # which limit refused: requests, tokens, concurrency
     retry_after_s: float = 0.0
@@ -56,6 +62,11 @@ def _verdict(key: ApiKey, count: int, used: int, running: int, need: int) -> str
 
 
 class Limiter(ABC):
+    """Per-key admission against requests per minute, tokens per minute and concurrency. `admit`
+    reserves before the request runs; `settle` replaces the reservation with the real token
+    count and frees the concurrency slot. Implemented in memory and in Redis (atomic Lua), with
+    the same semantics."""
+
     def __init__(self, window_s: float = 60.0):
         self.window_s = window_s
 

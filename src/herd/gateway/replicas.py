@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 
 class ReplicaState(enum.StrEnum):
+    """Where a replica is in its life as the gateway sees it; only READY replicas get new traffic."""
+
     LOADING = "loading"  # started, not ready yet: no traffic
     READY = "ready"  # takes traffic
     DRAINING = "draining"  # finishing its requests before it stops: no new traffic
@@ -22,6 +24,10 @@ class ReplicaState(enum.StrEnum):
 
 @dataclass
 class Observed:
+    """What the gateway itself has seen of a replica (in flight, failures, latency, ejections), as
+    opposed to what the replica reports: routing and ejection rely on this even when /metrics is
+    missing."""
+
     in_flight: int = 0  # requests the gateway has sent and not finished
     requests: int = 0  # requests sent in total
     failures: int = 0  # failed attempts in total
@@ -34,6 +40,9 @@ class Observed:
 
 @dataclass
 class Reported:
+    """What a replica reports about itself in /metrics (running, waiting, KV use, prefix-cache
+    counters), with when it was last scraped; absent for replicas without metrics."""
+
     num_running: float = 0.0  # engine's running requests
     num_waiting: float = 0.0  # engine's queued requests
     kv_usage: float = 0.0  # KV cache use in [0, 1]
@@ -45,6 +54,10 @@ class Reported:
 
 @dataclass
 class Replica:
+    """One upstream as the gateway knows it: URL, state, what the gateway observed and what the
+    replica reported. `locked` marks states set by the fleet (draining, down) that health checks
+    must not undo."""
+
     url: str  # base URL, no trailing slash
     state: ReplicaState = ReplicaState.LOADING
     pid: int | None = None  # local replicas only

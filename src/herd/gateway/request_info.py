@@ -16,6 +16,11 @@ from herd.gateway.routing import RouteRequest
 
 @dataclass
 class RequestInfo:
+    """What the gateway needs to know about a request, parsed once from its body: endpoint, model,
+    streaming, prompt text, max_tokens, number of completions, whether the answer is
+    deterministic (cacheable), and the routing keys. The forwarded bytes are the client's bytes
+    unchanged."""
+
     endpoint: str  # "chat/completions" or "completions"
     body: bytes  # the bytes forwarded upstream
     payload: dict[str, Any]  # parsed body

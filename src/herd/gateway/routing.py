@@ -18,6 +18,9 @@ from herd.gateway.replicas import Replica
 
 @dataclass(frozen=True)
 class RouteRequest:
+    """The facts a routing policy may look at: the model and the session and prefix keys; never the
+    whole body."""
+
     model: str  # requested model name
     session_key: str | None = None  # `user` field or x-session-id header
     prefix_key: str | None = None  # leading prompt characters
@@ -38,6 +41,8 @@ def load(replica: Replica) -> tuple[int, float]:
 
 
 class RoundRobin(RoutingPolicy):
+    """Routes to each candidate replica in turn, ignoring load."""
+
     name = "round_robin"
 
     def __init__(self, **_: object):
@@ -52,6 +57,9 @@ class RoundRobin(RoutingPolicy):
 
 
 class LeastOutstanding(RoutingPolicy):
+    """Routes to the candidate with the fewest requests in flight as the gateway observed them,
+    ties broken by the queue the replica reports and then in turn."""
+
     name = "least_outstanding"
 
     def __init__(self, **_: object):

@@ -12,6 +12,10 @@ from herd.protocol.sse import DONE, Event, SSEParser, encode_json
 
 
 class StreamAssembler:
+    """Follows one upstream SSE stream: returns whole events to forward byte for byte (LF, CRLF or
+    CR framing), refuses what is not SSE, notes [DONE] and upstream error events, counts usage,
+    and rebuilds the whole answer for the response cache."""
+
     def __init__(self, endpoint: str):
         self.chat = endpoint == "chat/completions"
         self.done = False  # saw [DONE] (or an upstream error event, which also ends it)

@@ -17,6 +17,9 @@ SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
 
 @dataclass
 class RopeConfig:
+    """Rotary position embedding settings: base (theta) and the scaling that long-context Llamas
+    use (llama3 or linear) with its factors."""
+
     theta: float = 10000.0
     rope_type: str = "default"
     factor: float = 1.0  # llama3 / linear
@@ -27,6 +30,11 @@ class RopeConfig:
 
 @dataclass
 class ModelConfig:
+    """The Llama architecture as herd needs it, read without torch from a config.json (Meta's or
+    transformers 5's format, `text_config` wrappers, generation_config EOS ids) or a GGUF file's
+    metadata. The one config for the engine and `herd plan`; reading raises `ModelLoadError`
+    naming what is wrong."""
+
     vocab_size: int
     hidden_size: int
     intermediate_size: int

@@ -21,6 +21,9 @@ Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class RMSNorm(nn.Module):
+    """Root-mean-square layer norm with a learned scale, computed in float32 for stability whatever
+    the activation dtype."""
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
@@ -35,6 +38,9 @@ class RMSNorm(nn.Module):
 
 
 class LlamaAttention(nn.Module):
+    """Self-attention with fused QKV and grouped-query heads: projects, applies RoPE, hands q/k/v
+    to the attention backend (`attend`, which also writes the paged KV cache) and projects back."""
+
     def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -60,6 +66,8 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
+    """The SwiGLU feed-forward block with fused gate and up projections."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.inter = cfg.intermediate_size
@@ -72,6 +80,8 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
+    """One pre-norm decoder layer: attention and MLP, each with a residual connection."""
+
     def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(cfg, layer_idx)
@@ -85,6 +95,11 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
+    """The Llama decoder over packed tokens (all sequences of a step in one flat batch):
+    embeddings, layers, final norm and the lm_head (tied to the embeddings when the config says
+    so). Knows nothing of scheduling or the cache layout: attention goes through the backend
+    passed in."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)

@@ -11,6 +11,9 @@ from pathlib import Path
 
 @dataclass
 class CapacityPlan:
+    """How many replicas and GPUs a target load needs, from one replica's measured capacity (the
+    best bench level within the SLO), with the cost per hour when a GPU price is given."""
+
     basis: str  # which bench level set the per-replica capacity, in words
     per_replica_rps: float
     per_replica_users: float

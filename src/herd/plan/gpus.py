@@ -10,6 +10,8 @@ MIB = 1024**2
 
 @dataclass(frozen=True)
 class GpuSpec:
+    """A GPU model's name and memory, from the built-in table or `custom:NGiB`."""
+
     name: str
     memory_bytes: int
 

@@ -17,6 +17,9 @@ QUANTIZABLE = ("attn_qo", "attn_kv", "mlp")
 
 @dataclass(frozen=True)
 class Precision:
+    """A weight precision by herd's names (bf16, fp8, int8, int4): bits per weight and, for grouped
+    formats, the group size whose scale and zero add to the bytes."""
+
     name: str
     bits: int  # bits per quantized weight
     # >0: a 16-bit scale and zero per group (int4); 0: per-channel/tensor scales (negligible)
@@ -92,6 +95,10 @@ def kv_bytes_per_token(model: ModelConfig, kv_bytes: int, tp: int = 1) -> int:
 
 @dataclass
 class MemoryPlan:
+    """Where one replica's GPU memory goes for a model, precision and tensor-parallel size: weights
+    per GPU, KV bytes per token, KV capacity in tokens and the concurrent sequences it holds;
+    `fits` says whether the weights leave room for any KV."""
+
     model: str
     gpu: str
     tp: int
@@ -114,6 +121,9 @@ class MemoryPlan:
 
 @dataclass(frozen=True)
 class PlanInputs:
+    """The knobs of a memory plan: tensor parallelism, weight and KV precision, memory utilization,
+    per-GPU overhead, request lengths and KV block size."""
+
     tp: int = 1
     precision: str = "bf16"
     kv_dtype: str = "bf16"

@@ -15,6 +15,8 @@ class _Out(BaseModel):
 
 
 class PromptTokensDetails(_Out):
+    """Usage detail: how many prompt tokens came from the prefix cache."""
+
     cached_tokens: int = Field(ge=0)  # prompt tokens served from the prefix cache
 
 
@@ -28,16 +30,23 @@ class Usage(_Out):
 
 
 class TopLogprob(_Out):
+    """One alternative token and its logprob (chat logprobs format)."""
+
     token: str
     logprob: float
     bytes: list[int] | None = None
 
 
 class TokenLogprob(TopLogprob):
+    """A generated token's logprob with the top alternatives at that position (chat logprobs
+    format)."""
+
     top_logprobs: list[TopLogprob]
 
 
 class ChatLogprobs(_Out):
+    """The logprobs of a chat choice, one entry per generated token."""
+
     content: list[TokenLogprob] | None = None
 
 
@@ -63,6 +72,9 @@ PromptLogprobs = list[dict[str, PromptLogprob] | None] | None
 
 
 class CompletionChoice(_Out):
+    """One choice of a /v1/completions answer: its text, finish reason and, when asked, logprobs,
+    token ids and prompt logprobs (vLLM extensions)."""
+
     index: int = Field(ge=0)
     text: str
     logprobs: CompletionLogprobs | None = None
@@ -87,11 +99,16 @@ class CompletionResponse(_Out):
 
 
 class ChatMessageOut(_Out):
+    """The assistant message of a chat choice."""
+
     role: Literal["assistant"]
     content: str | None = None
 
 
 class ChatChoice(_Out):
+    """One choice of a /v1/chat/completions answer: the message, finish reason and, when asked,
+    logprobs and token ids."""
+
     index: int = Field(ge=0)
     message: ChatMessageOut
     logprobs: ChatLogprobs | None = None
@@ -102,6 +119,8 @@ class ChatChoice(_Out):
 
 
 class ChatCompletionResponse(_Out):
+    """A whole (non-streamed) /v1/chat/completions answer with usage."""
+
     id: str
     object: Literal["chat.completion"]
     created: int
@@ -112,11 +131,15 @@ class ChatCompletionResponse(_Out):
 
 
 class ChatDelta(_Out):
+    """What one streamed chat chunk adds to a choice: the role on the first chunk, then content."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
 
 
 class ChatChunkChoice(_Out):
+    """One choice's delta within a streamed chat chunk; `finish_reason` is set on its last one."""
+
     index: int = Field(ge=0)
     delta: ChatDelta
     logprobs: ChatLogprobs | None = None
@@ -137,6 +160,9 @@ class ChatCompletionChunk(_Out):
 
 
 class ModelCard(_Out):
+    """One served model in /v1/models, with herd's context length and precision metadata (dtype,
+    quantization, KV cache dtype)."""
+
     id: str
     object: Literal["model"]
     created: int
@@ -150,11 +176,15 @@ class ModelCard(_Out):
 
 
 class ModelList(_Out):
+    """The /v1/models answer."""
+
     object: Literal["list"]
     data: list[ModelCard]
 
 
 class ErrorDetail(_Out):
+    """The inside of OpenAI's error body: message, type, and the param and code when known."""
+
     message: str
     type: str
     param: str | None = None
