@@ -1,14 +1,12 @@
 """The bench against a real `herd replica` on loopback (tiny demo model, CPU): the request and
-token counts it reports agree with the replica's own /metrics. Skips while the server or
-engine is missing from the tree."""
+token counts it reports agree with the replica's own /metrics. A tree where the server cannot be
+imported fails here: this test guards a promise, it never skips."""
 
 import pytest
 
-launch = pytest.importorskip("herd.server.launch", reason="herd.server not built yet")
-pytest.importorskip("herd.engine.llm", reason="herd.engine not built yet")
-
-from herd.bench.config import BenchConfig, Limits, Load, Target, Workload  # noqa: E402
-from herd.bench.run import run_benchmark  # noqa: E402
+from herd.bench.config import BenchConfig, Limits, Load, Target, Workload
+from herd.bench.run import run_benchmark
+from herd.server import launch
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +41,21 @@ async def test_bench_counts_agree_with_replica_metrics(replica, tiny_model_dir, 
     assert (
         level["ttft_ms"]["mean"] >= server_ttft * 0.9
     )  # the client sees at least the server's TTFT
+
+
+async def test_distinct_synthetic_prompts_get_no_prefix_cache_hits(replica, tiny_model_dir):
+    """Each synthetic request carries its own salt: a run of distinct prompts must not report
+    the hit rate a shared first block (chat header + one per-run salt) used to give (~10%)."""
+    cfg = BenchConfig(
+        target=Target(base_url=replica.url + "/v1", endpoint="chat", ignore_eos=True),
+        limits=Limits(num_requests=24, warmup=0),
+        workload=Workload(input_len=48, output_len=2, tokenizer=str(tiny_model_dir)),
+        loads=(Load("concurrency", 4),),
+        progress=False,
+    )
+    results, _ = await run_benchmark(cfg)
+    level = results["levels"][0]
+    assert level["requests"]["ok"] == 24
+    server = level["server"]
+    assert server["delta"]["herd_prefix_cache_queries_total"] > 24 * 40  # the replica counted them
+    assert server["prefix_cache_hit_rate"] < 0.05, server["prefix_cache_hit_rate"]

@@ -40,6 +40,15 @@ def test_dataset_is_seeded_hashed_and_salted_per_run():
     assert TOK.count(prompt.prompt) == prompt.input_tokens
 
 
+def test_each_request_has_its_own_salt_unless_prefixes_are_shared_on_purpose():
+    synthetic = build_dataset(Workload(input_len=12, seed=3), TOK, 20)
+    firsts = {synthetic.conversation(i).turns[0].prompt[:4] for i in range(20)}
+    assert len(firsts) == 20  # distinct from the first characters on: no shared first block
+    shared = build_dataset(Workload(kind="shared-prefix", num_groups=2, prefix_len=32), TOK, 8)
+    prompts = [shared.conversation(i).turns[0].prompt for i in range(8)]
+    assert len({p[:40] for p in prompts}) <= 2  # one tag a run keeps the groups' prefixes shared
+
+
 def test_jsonl_dataset(tmp_path):
     path = tmp_path / "prompts.jsonl"
     rows = [{"prompt": "hello there", "max_tokens": 5},

@@ -2,7 +2,8 @@
 
 synthetic (length distributions), shared-prefix (groups sharing a long prefix), multi-turn
 (conversations whose history grows with the real replies) and a JSONL file of prompts. A
-per-run salt in front of every conversation keeps a warm prefix cache from inflating results."""
+salt in front of every conversation (its own, unless the workload shares prefixes on purpose)
+keeps a warm prefix cache from inflating results."""
 
 import hashlib
 import json
@@ -28,10 +29,16 @@ def sample_lengths(
     return [mean] * n
 
 
+SHARED_KINDS = (
+    "shared-prefix",
+)  # workloads whose prompts share a prefix on purpose: one tag a run
+
+
 @dataclass
 class Dataset:
     """The conversations a run sends, built once from the workload and a seed; `content_hash`
     identifies them across runs. `conversation(i)` cycles through the pool, salting each request
+    (each conversation apart; shared-prefix groups with one tag a run, so their sharing stays)
     so that prompts stay distinct when the workload asks for unique prompts."""
 
     kind: str
@@ -42,7 +49,12 @@ class Dataset:
     def conversation(self, index: int) -> Conversation:
         conv = self.pool[index % len(self.pool)]
         cycle = index // len(self.pool)
-        tag = "-".join(p for p in (self.salt, str(cycle) if cycle else "") if p)
+        if self.salt and self.kind not in SHARED_KINDS:
+            # Each conversation gets its own tag, different from its first character, so no two
+            # requests share a first KV block (a per-run tag made every prompt share one).
+            tag = hashlib.sha256(f"{self.salt}:{index}".encode()).hexdigest()[:8]
+        else:
+            tag = "-".join(p for p in (self.salt, str(cycle) if cycle else "") if p)
         if not tag:
             return conv
         first = conv.turns[0]
