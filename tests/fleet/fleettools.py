@@ -17,6 +17,7 @@ class Load:
     url: str
     payload: dict
     concurrency: int = 6
+    pause_s: float = 0.0  # between one worker's requests: load that leaves CPU to the rest
     statuses: list[int] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -37,6 +38,8 @@ class Load:
                 self.statuses.append(-1)
             if self.statuses[-1] != 200:
                 self.bodies.append(body)
+            if self.pause_s:
+                await asyncio.sleep(self.pause_s)  # pacing, not synchronisation
 
     async def stop(self) -> list[int]:
         self._stop.set()
