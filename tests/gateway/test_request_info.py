@@ -23,8 +23,19 @@ def test_prompt_forms_and_reservation(prompt, completions):
     assert got.reserve_tokens(4.0, 16) >= 2 * completions * 10
 
 
-@pytest.mark.parametrize("prompt", [[], [[]], [True], ["a", 1], {"x": 1}])
-def test_bad_prompt_forms_are_400(prompt):
+@pytest.mark.parametrize(
+    "prompt, param",
+    [
+        ([], "prompt"),
+        ([[]], "prompt[0]"),
+        ([True], "prompt"),
+        (["a", 1], "prompt[1]"),
+        ({"x": 1}, "prompt"),
+        ([1, -2], "prompt"),
+        ([[1], [-1]], "prompt[1]"),
+    ],
+)
+def test_bad_prompt_forms_are_400_naming_the_param_as_the_replica_does(prompt, param):
     with pytest.raises(GatewayError) as err:
         info({"prompt": prompt})
-    assert err.value.status == 400 and err.value.param == "prompt"
+    assert err.value.status == 400 and err.value.param == param

@@ -7,6 +7,7 @@ one answer, and `_finish` runs for every request however it ended."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 import uuid
@@ -29,6 +30,24 @@ from herd.gateway.replicas import ReplicaSet, ReplicaState
 from herd.gateway.request_info import RequestInfo, parse_request
 from herd.gateway.routing import make_policy
 from herd.gateway.stream import replay
+from herd.protocol.errors import ERROR_TYPES, OpenAIError
+from herd.protocol.openapi import build_openapi
+
+log = logging.getLogger(__name__)
+
+# The statuses the gateway's generate routes answer besides 200 (its OpenAPI document).
+GATEWAY_ERRORS = {
+    "400": "Invalid request: the error names the parameter",
+    "401": "Missing or unknown API key",
+    "403": "The key may not use this model",
+    "404": "Unknown model",
+    "413": "Request body too large",
+    "429": "Rate limited or queue full; retry after Retry-After seconds",
+    "500": "Internal error",
+    "502": "No replica answered",
+    "503": "No replica ready, or draining; retry after Retry-After seconds",
+    "504": "The replica did not answer in time",
+}
 
 
 class Gateway:
@@ -61,11 +80,14 @@ class Gateway:
         self.audit: AuditLog | None = None
         self.health: HealthChecker | None = None
         self.proxy: Proxy | None = None
+        self._openapi_doc: dict | None = None
 
     # --- lifecycle ---
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.proxy.max_body_bytes)
+        app = web.Application(
+            middlewares=[self._openai_errors], client_max_size=self.config.proxy.max_body_bytes
+        )
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         app.router.add_post("/v1/chat/completions", self._chat)
@@ -74,6 +96,7 @@ class Gateway:
         app.router.add_get("/health", self._health)
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/openapi.json", self._openapi)
         app.router.add_get("/admin/replicas", self._admin_list)
         app.router.add_post("/admin/replicas", self._admin_add)
         app.router.add_delete("/admin/replicas", self._admin_remove)
@@ -119,6 +142,56 @@ class Gateway:
         while self.in_flight and loop.time() < deadline:
             await asyncio.sleep(0.05)
 
+    # --- errors ---
+
+    @web.middleware
+    async def _openai_errors(self, request: web.Request, handler) -> web.StreamResponse:
+        """Every failure leaves as an OpenAI error body (framework details never leak), logged
+        once and counted by reason."""
+        try:
+            return await handler(request)
+        except OpenAIError as err:
+            return self._refused(request, err).response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            message, code = {
+                404: (f"no route {request.method} {request.path}", "not_found"),
+                405: (
+                    f"method {request.method} not allowed on {request.path}",
+                    "method_not_allowed",
+                ),
+                413: (
+                    f"request body larger than {self.config.proxy.max_body_bytes} bytes",
+                    "request_too_large",
+                ),
+            }.get(exc.status, (exc.reason, None))
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            err = OpenAIError(exc.status, message, code=code, headers=allow)
+            return self._refused(request, err).response()
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            err = OpenAIError(500, "internal gateway error", code="internal_error")
+            return self._refused(request, err).response()
+
+    def _refused(self, request: web.Request, err: OpenAIError, rid: str | None = None):
+        """Log a refusal as one line (never the key or the body) and count it in
+        herd_rejected_requests_total by status and reason (the error's code or type: a bounded
+        set); returns `err`."""
+        reason = err.code or ERROR_TYPES.get(err.status, "error")
+        self.metrics.rejected.labels(str(err.status), reason).inc()
+        log.log(
+            logging.WARNING if err.status >= 500 else logging.INFO,
+            "refused %d %s %s param=%s request_id=%s: %s",
+            err.status,
+            request.method,
+            request.path,
+            err.param,
+            rid or request.headers.get("x-request-id", "-"),
+            err.message,
+        )
+        return err
+
     # --- completions ---
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -143,7 +216,9 @@ class Gateway:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 limit = self.config.proxy.max_body_bytes
-                raise GatewayError(413, f"request body larger than {limit} bytes") from None
+                raise GatewayError(
+                    413, f"request body larger than {limit} bytes", code="request_too_large"
+                ) from None
             info = parse_request(endpoint, body, request.headers, self.config.affinity.prefix_chars)
             self.auth.authorize_model(key, info.model)
             reservation = await self._admit(key, info, headers)
@@ -155,7 +230,7 @@ class Gateway:
         except GatewayError as exc:
             outcome.status, outcome.error = exc.status, exc.message
             exc.headers = {**headers, **exc.headers}
-            return exc.response()
+            return self._refused(request, exc, headers["x-request-id"]).response()
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
@@ -268,7 +343,7 @@ class Gateway:
                     continue
             raise GatewayError(503, "no replica is ready", headers={"Retry-After": "2"})
         except GatewayError as exc:
-            return exc.response()
+            return self._refused(request, exc).response()
 
     async def _health(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -280,6 +355,11 @@ class Gateway:
     async def _metrics(self, _request: web.Request) -> web.Response:
         body = self.metrics.render(self.replicas, self.dispatcher.waiting)
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def _openapi(self, _request: web.Request) -> web.Response:
+        if self._openapi_doc is None:  # built once: the models and statuses never change
+            self._openapi_doc = build_openapi("herd gateway", None, None, GATEWAY_ERRORS)
+        return web.json_response(self._openapi_doc)
 
     async def _admin_list(self, request: web.Request) -> web.Response:
         return await _admin(request, self.auth, self._list)
@@ -321,11 +401,8 @@ class Gateway:
 
 
 async def _admin(request: web.Request, auth: Authenticator, handler) -> web.Response:
-    try:
-        auth.check_admin(request.headers)
-        return await handler(request)
-    except GatewayError as exc:
-        return exc.response()
+    auth.check_admin(request.headers)  # a refusal leaves through the error middleware
+    return await handler(request)
 
 
 async def _json_url(request: web.Request) -> str:

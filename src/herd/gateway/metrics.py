@@ -49,6 +49,14 @@ class GatewayMetrics:
         self.queued = Gauge(
             "herd_gateway_requests_queued", "Requests waiting for a replica", registry=r
         )
+        # The replica's name and labels, so one query counts refusals across gateway and fleet.
+        self.rejected = Counter(
+            "herd_rejected_requests",
+            "Requests the gateway refused itself, by HTTP status and reason (the error's code or "
+            "type)",
+            ["status", "reason"],
+            registry=r,
+        )
         self.replicas = Gauge("herd_gateway_replicas", "Replicas by state", ["state"], registry=r)
 
     def render(self, replicas: ReplicaSet, queued: int) -> bytes:

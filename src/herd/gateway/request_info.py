@@ -12,6 +12,13 @@ from typing import Any
 
 from herd.gateway.errors import GatewayError
 from herd.gateway.routing import RouteRequest
+from herd.protocol.prompts import (
+    PromptError,
+    content_text,
+    is_token_id,
+    parse_prompts,
+    prompt_key,
+)
 
 
 @dataclass
@@ -39,49 +46,27 @@ class RequestInfo:
         return prompt + self.completions * per_completion
 
 
-def _prompt_text(endpoint: str, payload: dict[str, Any]) -> str:
-    if endpoint == "chat/completions":
-        messages = payload.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise GatewayError(400, "'messages' must be a non-empty list", param="messages")
-        parts = []
-        for m in messages:
-            content = m.get("content") if isinstance(m, dict) else None
-            if isinstance(content, list):  # content parts: keep the text ones
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-            parts.append(f"{m.get('role', '') if isinstance(m, dict) else ''}:{content or ''}\n")
-        return "".join(parts)
-    prompt = payload.get("prompt")
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        return "\n".join(prompt)
-    if isinstance(prompt, list) and prompt and all(_is_ids(p) for p in prompt):
-        return _ids_text(prompt)
-    if isinstance(prompt, list) and prompt and all(isinstance(p, list) and p for p in prompt):
-        if all(_is_ids(t) for p in prompt for t in p):  # a batch of token-id prompts
-            return "\n".join(_ids_text(p) for p in prompt)
-    raise GatewayError(
-        400,
-        "'prompt' must be a string, token ids, or a list of either",
-        param="prompt",
-    )
+def _prompts(endpoint: str, payload: dict[str, Any]) -> list[str]:
+    """The request's prompts as text keys, parsed with the replica's grammar so both refuse the
+    same bad prompts with a 400 naming the same parameter."""
+    try:
+        if endpoint == "chat/completions":
+            return [_chat_text(payload.get("messages"))]
+        return [prompt_key(p) for p in parse_prompts(payload.get("prompt"))]
+    except PromptError as exc:
+        raise GatewayError(400, exc.message, param=exc.param) from None
 
 
-def _is_ids(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _ids_text(ids: list[int]) -> str:
-    return " ".join(map(str, ids))  # token ids: a stable key, ~1 char per token is wrong
-
-
-def _num_prompts(endpoint: str, payload: dict[str, Any]) -> int:
-    prompt = payload.get("prompt")
-    if endpoint == "completions" and isinstance(prompt, list) and prompt:
-        if all(isinstance(p, str | list) for p in prompt):
-            return len(prompt)
-    return 1
+def _chat_text(messages: Any) -> str:
+    if not isinstance(messages, list) or not messages:
+        raise PromptError("'messages' must be a non-empty array", "messages")
+    parts = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise PromptError(f"'messages[{i}]' must be an object", f"messages[{i}]")
+        text = content_text(m.get("content"), f"messages[{i}].content")  # required, as on a replica
+        parts.append(f"{m.get('role', '')}:{text}\n")
+    return "".join(parts)
 
 
 def parse_request(endpoint: str, body: bytes, headers, prefix_chars: int) -> RequestInfo:
@@ -100,9 +85,10 @@ def parse_request(endpoint: str, body: bytes, headers, prefix_chars: int) -> Req
     max_tokens = payload.get("max_completion_tokens", payload.get("max_tokens"))
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 0):
         raise GatewayError(400, "'max_tokens' must be a non-negative integer", param="max_tokens")
-    prompt = _prompt_text(endpoint, payload)
+    prompts = _prompts(endpoint, payload)
+    prompt = "\n".join(prompts)
     n = payload.get("n", 1)
-    n = n if _is_ids(n) and n > 0 else 1  # the replica judges a bad n; this is only an estimate
+    n = n if is_token_id(n) and n > 0 else 1  # the replica judges a bad n; this is only an estimate
     temperature = payload.get("temperature")
     deterministic = (temperature == 0 or payload.get("seed") is not None) and not (
         payload.get("logprobs") or payload.get("top_logprobs")
@@ -118,7 +104,7 @@ def parse_request(endpoint: str, body: bytes, headers, prefix_chars: int) -> Req
         stream=stream,
         prompt_text=prompt,
         max_tokens=max_tokens,
-        completions=_num_prompts(endpoint, payload) * n,
+        completions=len(prompts) * n,
         deterministic=deterministic,
         route=route,
     )
