@@ -53,3 +53,14 @@ async def test_openapi_document_names_the_gateway(fakes, start_gateway):
     doc = await (await gw.session.get(gw.url + "/openapi.json")).json()
     assert doc["info"]["title"] == "herd gateway"
     assert {"401", "502"} <= set(doc["paths"]["/v1/completions"]["post"]["responses"])
+
+
+async def test_unexpected_exception_is_a_500_error_body(fakes, start_gateway, monkeypatch):
+    gw = await start_gateway(fast_config([f.url for f in fakes]))
+
+    def broken():
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(gw.gateway.replicas, "ready", broken)
+    error = await _error(await gw.session.get(gw.url + "/v1/models"), 500)
+    assert "secret" not in error["message"] and error["code"] == "internal_error"
