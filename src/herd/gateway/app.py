@@ -349,8 +349,12 @@ class Gateway:
         return web.json_response({"status": "ok"})
 
     async def _ready(self, _request: web.Request) -> web.Response:
-        ready = bool(self.replicas.ready()) and not self.draining
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        # The replica's shape (`Status` in herd.protocol): one document describes both.
+        if self.draining:
+            return web.json_response({"status": "draining"}, status=503)
+        if not self.replicas.ready():
+            return web.json_response({"status": "starting"}, status=503)
+        return web.json_response({"status": "ready"})
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         body = self.metrics.render(self.replicas, self.dispatcher.waiting)
