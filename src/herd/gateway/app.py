@@ -30,7 +30,7 @@ from herd.gateway.replicas import ReplicaSet, ReplicaState
 from herd.gateway.request_info import RequestInfo, parse_request
 from herd.gateway.routing import make_policy
 from herd.gateway.stream import replay
-from herd.protocol.errors import ERROR_TYPES, OpenAIError
+from herd.protocol.errors import OpenAIError, error_middleware, log_refusal
 from herd.protocol.openapi import build_openapi
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,12 @@ class Gateway:
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._openai_errors], client_max_size=self.config.proxy.max_body_bytes
+            middlewares=[
+                error_middleware(
+                    self._refused, self.config.proxy.max_body_bytes, "internal gateway error", log
+                )
+            ],
+            client_max_size=self.config.proxy.max_body_bytes,
         )
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
@@ -144,53 +149,10 @@ class Gateway:
 
     # --- errors ---
 
-    @web.middleware
-    async def _openai_errors(self, request: web.Request, handler) -> web.StreamResponse:
-        """Every failure leaves as an OpenAI error body (framework details never leak), logged
-        once and counted by reason."""
-        try:
-            return await handler(request)
-        except OpenAIError as err:
-            return self._refused(request, err).response()
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            message, code = {
-                404: (f"no route {request.method} {request.path}", "not_found"),
-                405: (
-                    f"method {request.method} not allowed on {request.path}",
-                    "method_not_allowed",
-                ),
-                413: (
-                    f"request body larger than {self.config.proxy.max_body_bytes} bytes",
-                    "request_too_large",
-                ),
-            }.get(exc.status, (exc.reason, None))
-            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-            err = OpenAIError(exc.status, message, code=code, headers=allow)
-            return self._refused(request, err).response()
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            err = OpenAIError(500, "internal gateway error", code="internal_error")
-            return self._refused(request, err).response()
-
     def _refused(self, request: web.Request, err: OpenAIError, rid: str | None = None):
-        """Log a refusal as one line (never the key or the body) and count it in
-        herd_rejected_requests_total by status and reason (the error's code or type: a bounded
-        set); returns `err`."""
-        reason = err.code or ERROR_TYPES.get(err.status, "error")
-        self.metrics.rejected.labels(str(err.status), reason).inc()
-        log.log(
-            logging.WARNING if err.status >= 500 else logging.INFO,
-            "refused %d %s %s param=%s request_id=%s: %s",
-            err.status,
-            request.method,
-            request.path,
-            err.param,
-            rid or request.headers.get("x-request-id", "-"),
-            err.message,
-        )
-        return err
+        """Log and count a refusal (never the key or the body); returns `err`."""
+        rid = rid or request.headers.get("x-request-id", "-")
+        return log_refusal(log, self.metrics.rejected, request, err, rid)
 
     # --- completions ---
 

@@ -2,6 +2,10 @@
 `{"error": {"message", "type", "param", "code"}}` with its HTTP status, as a JSON response or as
 one SSE event inside a stream that has already begun. Imports nothing else of herd."""
 
+import logging
+from collections.abc import Callable
+from typing import Any
+
 from aiohttp import web
 
 from herd.protocol.sse import encode_json
@@ -58,3 +62,69 @@ class OpenAIError(Exception):
     def sse_event(self) -> bytes:
         """The error as one SSE event, for a stream whose 200 status line has already gone out."""
         return encode_json(self.body())
+
+
+Refuse = Callable[[web.Request, OpenAIError], OpenAIError]
+
+
+def log_refusal(
+    logger: logging.Logger, counter: Any, request: web.Request, err: OpenAIError, request_id: str
+) -> OpenAIError:
+    """One log line per refusal (never a key or a body) and one count in
+    `herd_rejected_requests_total{status,reason}` (reason: the error's code, else its type: a
+    bounded set); returns `err`."""
+    reason = err.code or ERROR_TYPES.get(err.status, "error")
+    counter.labels(str(err.status), reason).inc()
+    logger.log(
+        logging.WARNING if err.status >= 500 else logging.INFO,
+        "refused %d %s %s param=%s request_id=%s: %s",
+        err.status,
+        request.method,
+        request.path,
+        err.param,
+        request_id,
+        err.message,
+    )
+    return err
+
+
+def error_middleware(
+    refuse: Refuse,
+    max_body_bytes: int,
+    internal_message: str,
+    logger: logging.Logger,
+    convert: Callable[[Exception], OpenAIError | None] | None = None,
+):
+    """An aiohttp middleware under which every failure leaves as an OpenAI error body, passed
+    through `refuse` (log and count): the app's own OpenAIErrors, aiohttp's 404 / 405 (Allow
+    kept) / 413, whatever `convert` recognises, and any other exception as a 500 that names
+    nothing of it."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except OpenAIError as err:
+            return refuse(request, err).response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return refuse(request, _framework_error(request, exc, max_body_bytes)).response()
+        except Exception as exc:
+            err = convert(exc) if convert else None
+            if err is None:
+                logger.exception("unhandled error on %s %s", request.method, request.path)
+                err = OpenAIError(500, internal_message, code="internal_error")
+            return refuse(request, err).response()
+
+    return middleware
+
+
+def _framework_error(request: web.Request, exc: web.HTTPException, max_body: int) -> OpenAIError:
+    message, code = {
+        404: (f"no route {request.method} {request.path}", "not_found"),
+        405: (f"method {request.method} not allowed on {request.path}", "method_not_allowed"),
+        413: (f"request body exceeds the limit of {max_body} bytes", "request_too_large"),
+    }.get(exc.status, (exc.reason, None))
+    allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+    return OpenAIError(exc.status, message, code=code, headers=allow)

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from herd.engine.errors import InvalidRequestError
-from herd.protocol.errors import ERROR_TYPES, OpenAIError
+from herd.protocol.errors import OpenAIError, error_middleware, log_refusal
 from herd.protocol.openapi import build_openapi
 from herd.protocol.requests import parse_body
 from herd.protocol.responses import ModelCard, ModelList, dump
@@ -40,52 +40,16 @@ def served_name(config: ServerConfig) -> str:
     return config.served_model_name or os.path.basename(os.path.normpath(config.engine.model))
 
 
-@web.middleware
-async def openai_errors(request: web.Request, handler):
-    """Every failure leaves as an OpenAI error body (framework details never leak), logged once
-    and counted by reason."""
-    try:
-        return await handler(request)
-    except OpenAIError as err:
-        return refused(request, err).response()
-    except InvalidRequestError as err:
-        return refused(request, bad_request(err.message, err.param)).response()
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message, code = {
-            404: (f"no route {request.method} {request.path}", "not_found"),
-            405: (f"method {request.method} not allowed on {request.path}", "method_not_allowed"),
-            413: (
-                f"request body exceeds the limit of {request.app[CONFIG].max_request_bytes} bytes",
-                "request_too_large",
-            ),
-        }.get(exc.status, (exc.reason, None))
-        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        err = OpenAIError(exc.status, message, code=code, headers=allow)
-        return refused(request, err).response()
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        err = APIError(500, "internal server error", code="internal_error")
-        return refused(request, err).response()
-
-
 def refused(request: web.Request, err: OpenAIError) -> OpenAIError:
     """Log a refusal as one line and count it in herd_rejected_requests_total; returns `err`."""
-    reason = err.code or ERROR_TYPES.get(err.status, "error")
-    request.app[METRICS].rejected.labels(str(err.status), reason).inc()
     rid = request.headers.get(REQUEST_ID_HEADER) or request.get(REQUEST_ID, "-")
-    log.log(
-        logging.WARNING if err.status >= 500 else logging.INFO,
-        "refused %d %s %s param=%s request_id=%s: %s",
-        err.status,
-        request.method,
-        request.path,
-        err.param,
-        rid,
-        err.message,
-    )
-    return err
+    return log_refusal(log, request.app[METRICS].rejected, request, err, rid)
+
+
+def _engine_error(exc: Exception) -> OpenAIError | None:
+    if isinstance(exc, InvalidRequestError):
+        return bad_request(exc.message, exc.param)
+    return None
 
 
 async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -324,7 +288,10 @@ async def metrics(request: web.Request) -> web.Response:
 def create_app(engine, config: ServerConfig) -> web.Application:
     """The replica's application over `engine` (an `AsyncEngine` or anything with its interface:
     generate, abort_all, tokenizer, max_model_len, stats, baseline, dead, phases)."""
-    app = web.Application(middlewares=[openai_errors], client_max_size=config.max_request_bytes)
+    errors = error_middleware(
+        refused, config.max_request_bytes, "internal server error", log, _engine_error
+    )
+    app = web.Application(middlewares=[errors], client_max_size=config.max_request_bytes)
     app[ENGINE] = engine
     app[CONFIG] = config
     app[STATE] = ServerState()
