@@ -4,7 +4,6 @@ SIGKILL under load, rolling restart under load, prefix affinity against round ro
 import asyncio
 import os
 import signal
-import time
 
 import aiohttp
 import pytest
@@ -43,13 +42,13 @@ class Fleet:
         return {r.url: r.pid for r in self.gateway.replicas.all()}
 
     async def wait_ready(self, n=3, exclude_pids=(), timeout=90.0):
-        deadline = time.monotonic() + timeout
-        while True:
+        def all_ready() -> bool:
             rs = self.gateway.replicas.all()
-            if len(rs) == n and all(r.state == "ready" and r.pid not in exclude_pids for r in rs):
-                return
-            assert time.monotonic() < deadline, [r.to_json() for r in rs]
-            await asyncio.sleep(0.1)
+            return len(rs) == n and all(
+                r.state == "ready" and r.pid not in exclude_pids for r in rs
+            )
+
+        await until(all_ready, timeout, f"{n} replicas ready")
 
     async def prefix_hits(self) -> float:
         total = 0.0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 
 import aiohttp
 import pytest
@@ -13,6 +12,7 @@ from gwtools import RunningGateway, free_port, start_fakes
 
 from herd.gateway.app import Gateway, serve
 from herd.gateway.config import GatewayConfig
+from waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +63,20 @@ def redis_url():
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("redis-server did not start")
-        time.sleep(0.05)
+    try:
+        wait_until(lambda: _pongs(port), 10, "redis-server answering PING")
+    except AssertionError:
+        proc.kill()
+        raise
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait()
+
+
+def _pongs(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +15,7 @@ from herd.fleet.supervisor import free_port as _free_port
 from herd.gateway.app import Gateway
 from herd.gateway.config import GatewayConfig
 from herd.protocol.sse import SSEParser
+from waiting import until, wait_until
 
 
 def free_port() -> int:
@@ -75,17 +74,18 @@ def start_fakes(n: int, metrics: str = "herd", prefix: str = "fake") -> list[Fak
             metrics,
         ]
         fakes.append(FakeUpstream(f"{prefix}{i}", port, subprocess.Popen(cmd)))
-    deadline = time.monotonic() + 20
     for fake in fakes:
-        while True:
-            try:
-                _http("GET", fake.url + "/health", timeout=0.5)
-                break
-            except OSError:
-                if time.monotonic() > deadline or fake.proc.poll() is not None:
-                    raise RuntimeError(f"fake upstream {fake.name} did not start") from None
-                time.sleep(0.05)
+        wait_until(lambda f=fake: _answers(f), 20, f"fake upstream {fake.name} answering")
     return fakes
+
+
+def _answers(fake: FakeUpstream) -> bool:
+    assert fake.proc.poll() is None, f"fake upstream {fake.name} exited"
+    try:
+        _http("GET", fake.url + "/health", timeout=0.5)
+        return True
+    except OSError:
+        return False
 
 
 def fast_config(upstreams: list[str], **overrides) -> GatewayConfig:
@@ -110,10 +110,7 @@ class RunningGateway:
     extra: list = field(default_factory=list)
 
     async def wait_ready(self, n: int, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.gateway.replicas.ready()) < n:
-            assert time.monotonic() < deadline, "replicas did not become ready"
-            await asyncio.sleep(0.05)
+        await until(lambda: len(self.gateway.replicas.ready()) >= n, timeout, "replicas ready")
 
     async def post(self, path: str, payload=None, headers=None, data=None):
         """POST and read the whole answer: (status, headers, body bytes)."""
