@@ -28,16 +28,6 @@ PRECISIONS = {  # name -> (quantization, kv_cache_dtype)
     "fp8": ("fp8", "auto"),
     "fp8kv": (None, "fp8"),
 }
-SMALL = dict(  # the ~100M test model of benchmarks/bench_offline.py (random weights)
-    hidden_size=768,
-    intermediate_size=2048,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    num_key_value_heads=4,
-    head_dim=64,
-    vocab_size=16384,
-    max_position_embeddings=2048,
-)
 
 
 def model_path(name: str) -> str:
@@ -47,6 +37,8 @@ def model_path(name: str) -> str:
         return str(ensure_default_model())
     path = Path(tempfile.gettempdir()) / "herd-bench-quant-small"
     if not (path / "config.json").exists():
+        from bench_offline import SMALL  # the ~100M test model (random weights), declared once
+
         from herd.model.demo import write_demo_model
 
         write_demo_model(path, **SMALL)
