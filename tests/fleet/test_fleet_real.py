@@ -11,9 +11,9 @@ import pytest_asyncio
 from fleettools import Load, read_stream, stream_end
 from gwtools import fast_config
 
+from herd.fleet.config import FleetConfig
 from herd.fleet.supervisor import Supervisor
 from herd.gateway.app import Gateway, serve
-from herd.gateway.config import FleetConfig
 from herd.gateway.routing import make_policy
 from herd.protocol.prometheus import parse_metrics
 from waiting import until

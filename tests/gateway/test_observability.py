@@ -6,7 +6,7 @@ import json
 import pytest
 from gwtools import chat, fast_config, start_fakes
 
-from herd.gateway.config import ConfigError, load_serve_config
+from herd.fleet.config import ConfigError, load_serve_config
 from herd.gateway.health import apply_metrics
 from herd.gateway.replicas import Replica
 from herd.protocol.prometheus import parse_metrics

@@ -57,7 +57,7 @@ def register(subparsers) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from herd.gateway.config import ConfigError, load_serve_config
+    from herd.fleet.config import ConfigError, load_serve_config
     from herd.gateway.routing import POLICIES
 
     try:

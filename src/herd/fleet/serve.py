@@ -10,9 +10,9 @@ import signal
 import tempfile
 from collections.abc import Callable
 
+from herd.fleet.config import ServeConfig
 from herd.fleet.supervisor import Supervisor
 from herd.gateway.app import Gateway, serve
-from herd.gateway.config import ServeConfig
 
 
 async def run_fleet(

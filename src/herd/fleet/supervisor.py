@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
-from herd.gateway.config import FleetConfig
+from herd.fleet.config import FleetConfig
 from herd.gateway.replicas import ReplicaSet, ReplicaState
 
 log = logging.getLogger("herd.fleet")

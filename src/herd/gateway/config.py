@@ -111,38 +111,7 @@ class GatewayConfig:
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
 
 
-@dataclass
-class FleetConfig:
-    """The local fleet `herd serve` runs: model, number of replicas, the replica command, start-up
-    and drain timeouts, restart backoff, and extra arguments passed to every replica."""
-
-    model: str | None = None  # model directory; none: the demo model
-    replicas: int = 2  # replicas to run on this machine
-    command: list[str] = field(
-        default_factory=list
-    )  # replica command template; {model} {host} {port}
-    host: str = "127.0.0.1"  # replicas listen here
-    startup_timeout_s: float = 300.0  # a replica not ready by then is killed and retried
-    drain_timeout_s: float = 60.0  # SIGTERM'd replica gets this long before SIGKILL
-    restart_backoff_base_s: float = 0.5  # first restart delay after a crash; doubles per crash
-    restart_backoff_max_s: float = 30.0  # longest restart delay
-    stable_after_s: float = 30.0  # up this long resets the crash backoff
-    extra_args: list[str] = field(default_factory=list)  # appended to every replica command
-
-    def __post_init__(self) -> None:
-        if self.replicas < 1:
-            raise ConfigError("fleet: replicas must be >= 1")
-
-
-@dataclass
-class ServeConfig:
-    """`herd serve` in one object: the gateway's settings and the fleet's."""
-
-    gateway: GatewayConfig = field(default_factory=GatewayConfig)
-    fleet: FleetConfig = field(default_factory=FleetConfig)
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+def build_config(cls: type, data: dict[str, Any], where: str) -> Any:
     """Build a (nested) dataclass from a dict, refusing unknown keys."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
@@ -154,7 +123,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     for name, value in data.items():
         sub = fields[name].default_factory  # type: ignore[misc]
         if dataclasses.is_dataclass(sub):
-            kwargs[name] = _build(sub, value, f"{where}.{name}" if where else name)
+            kwargs[name] = build_config(sub, value, f"{where}.{name}" if where else name)
         else:
             kwargs[name] = value
     try:
@@ -175,8 +144,3 @@ def read_file(path: str | Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{p}: {exc}") from None
     return data or {}
-
-
-def load_serve_config(path: str | Path | None) -> ServeConfig:
-    """A file with optional [gateway] and [fleet] tables; no file gives the defaults."""
-    return _build(ServeConfig, read_file(path) if path else {}, "")
