@@ -47,8 +47,31 @@ def sig(**kw) -> Signals:
     ],
 )
 def test_recommendation(config, signals, expected):
-    rec, why = recommend(sig(**signals), cfg(**config))
-    assert rec == expected, why
+    up, down, why = recommend(sig(**signals), cfg(**config))
+    assert up == expected, why
+    assert down >= up
+
+
+@pytest.mark.parametrize(
+    "tolerance, in_flight, up, down",
+    [
+        (0.1, 15, 2, 3),  # 15 / 8 -> 2 up; 15 / 7.2 -> 3: two would be too close to target
+        (0.1, 14, 2, 2),
+        (0.0, 15, 2, 2),
+        (0.5, 15, 2, 4),
+        (0.1, 0, 1, 1),
+    ],
+)
+def test_scale_down_tolerance(tolerance, in_flight, up, down):
+    assert recommend(sig(in_flight=in_flight), cfg(tolerance=tolerance))[:2] == (up, down)
+
+
+def test_a_load_inside_the_tolerance_band_keeps_the_replica():
+    c = cfg(scale_down_window_s=0.0, cooldown_s=0.0)
+    held = decide(sig(ready=3, in_flight=15), initial_state(3, 0.0), c, 1.0)
+    assert held.target == 3  # two would carry 7.5 each: above 90% of 8
+    lower = decide(sig(ready=3, in_flight=14), initial_state(3, 0.0), c, 1.0)
+    assert (lower.target, lower.direction) == (2, "down")
 
 
 def run(config: AutoscaleConfig, start: int, steps: list[tuple[float, Signals]]) -> list[int]:

@@ -42,6 +42,7 @@ class AutoscaleConfig:
     min_replicas: int = 1  # never fewer (0 allows scale to zero after idle_timeout_s)
     max_replicas: int = 4  # never more; past what they absorb, requests get 429 at once
     target_load: float = 8.0  # in-flight requests (running + queued) one ready replica should carry
+    tolerance: float = 0.1  # scale down only while the rest would carry <= (1 - this) x target
     warm_pool: int = 0  # replicas kept loaded above current demand, to absorb a burst
     standby: int = 0  # replicas kept loaded but unrouted, promoted at once when needed
     idle_timeout_s: float = 300.0  # with min_replicas 0: no request for this long stops the last
@@ -63,6 +64,8 @@ class AutoscaleConfig:
             raise ConfigError("autoscale: target_load and interval_s must be > 0")
         if self.max_scale_up_step < 1 or self.max_scale_down_step < 1:
             raise ConfigError("autoscale: max_scale_up_step and max_scale_down_step must be >= 1")
+        if not 0 <= self.tolerance < 1:
+            raise ConfigError("autoscale: tolerance must be in [0, 1)")
         if min(self.warm_pool, self.standby) < 0:
             raise ConfigError("autoscale: warm_pool and standby must be >= 0")
 
