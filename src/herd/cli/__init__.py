@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "herd.cli.bench_cmds",
     "herd.cli.plan_cmds",
     "herd.cli.autoscale_cmds",
+    "herd.cli.top_cmds",
 ]
 
 
