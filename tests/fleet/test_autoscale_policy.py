@@ -135,6 +135,21 @@ def test_cooldown_blocks_scale_down_but_not_scale_up():
     assert (done.target, done.direction) == (4, "down")
 
 
+def test_saturation_counts_only_once_measured_on_the_current_replicas():
+    c = cfg(scale_up_window_s=0.0, slo_window_s=30.0, max_replicas=8)
+    missed = {"in_flight": 8, "ttft_attainment": 0.5}
+    d = decide(sig(ready=2, **missed), initial_state(2, 0.0), c, 1.0)
+    assert d.target == 2  # the ready count was first seen now: the attainment may predate it
+    later = decide(sig(ready=2, **missed), d.state, c, 31.0)
+    assert (later.target, later.direction) == (3, "up")
+    assert "TTFT attainment 0.50 < 0.9" in later.reason
+    starting = decide(sig(ready=2, starting=1, **missed), later.state, c, 90.0)
+    assert starting.target == 3  # a replica is on its way: no other for the same evidence
+    arrived = decide(sig(ready=3, **missed), starting.state, c, 100.0)
+    assert arrived.target == 3  # the new replica has not been measured yet
+    assert decide(sig(ready=3, **missed), arrived.state, c, 130.0).target == 4
+
+
 def test_cold_start_from_zero_skips_the_windows():
     c = cfg(min_replicas=0, scale_up_window_s=60.0)
     state = initial_state(0, 0.0)

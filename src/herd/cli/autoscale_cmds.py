@@ -32,6 +32,7 @@ AUTOSCALE_FLAGS = {
     "interval_s": "seconds between decisions",
     "ttft_slo_s": "a first token later than this many seconds misses the SLO",
     "slo_attainment_target": "below this share of requests within the TTFT SLO, add a replica",
+    "slo_window_s": "TTFT attainment window; saturation counts once ready replicas held this long",
     "kv_usage_high": "replicas' mean KV usage above this counts as saturated",
     "cold_start_wait_s": "at zero replicas a request waits this long for one, then 503",
 }
@@ -49,7 +50,8 @@ def add_autoscale_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("autoscaler (override the [autoscale] table of --config)")
     for name, text in AUTOSCALE_FLAGS.items():
         default = getattr(AutoscaleConfig, name)
-        group.add_argument(_flag(name), dest=f"autoscale_{name}", type=types[name],
+        metavar = "S" if name.endswith("_s") else "N" if types[name] is int else "X"
+        group.add_argument(_flag(name), dest=f"autoscale_{name}", type=types[name], metavar=metavar,
                            default=argparse.SUPPRESS, help=f"{text} (default: {default:g})")  # fmt: skip
 
 

@@ -42,13 +42,17 @@ class Signals:
 
 @dataclass(frozen=True)
 class ScaleState:
-    """What `decide` remembers between calls: the current target, when it last changed, and the
-    raw recommendations as change points `(since, up, down)` (each holds until the next),
-    pruned to the longer stabilization window. Immutable: every decision returns a new one."""
+    """What `decide` remembers between calls: the current target, when it last changed, the
+    raw recommendations as change points `(since, up, down)` (each holds until the next), pruned
+    to the longer stabilization window, and since when the ready count has been what it is (a
+    saturation signal counts only once it was measured on the current replicas). Immutable:
+    every decision returns a new one."""
 
     target: int
     last_change: float
-    history: tuple[tuple[float, int], ...] = ()
+    history: tuple[tuple[float, int, int], ...] = ()
+    ready: int = -1  # the ready count last seen (-1: none yet)
+    ready_since: float = -math.inf
 
 
 def initial_state(target: int, now: float) -> ScaleState:
@@ -94,12 +98,14 @@ def _idle(s: Signals, c: AutoscaleConfig) -> bool:
     )
 
 
-def recommend(s: Signals, c: AutoscaleConfig) -> tuple[int, int, str]:
+def recommend(s: Signals, c: AutoscaleConfig, settled: bool = True) -> tuple[int, int, str]:
     """This instant's raw recommendations `(up, down, reason)`. `up` = ceil(load / target_load) +
     warm_pool, at least one more than the ready replicas when they are saturated (TTFT attainment
     under target, or KV usage over `kv_usage_high`); `down` is the same at (1 - tolerance) of
     target_load, the size scale-down may go to: a hysteresis band, so a load near a boundary does
-    not add and remove the same replica in turn. Both are clamped to
+    not add and remove the same replica in turn. Saturation counts only when `settled`: no
+    replica starting and the ready ones unchanged for `slo_window_s`, so TTFT attainment measured
+    before the last replica arrived does not add another. Both are clamped to
     [max(min_replicas, 1), max_replicas]; both are 0 only when scale to zero is allowed and the
     fleet has been idle for `idle_timeout_s`."""
     if _idle(s, c):
@@ -110,7 +116,7 @@ def recommend(s: Signals, c: AutoscaleConfig) -> tuple[int, int, str]:
     why = f"load {load:.1f} / {c.target_load:g} + warm {c.warm_pool} = {up}"
     if down != up:
         why += f" ({down} at {1 - c.tolerance:.0%} of target)"
-    saturation = _saturated(s, c)
+    saturation = _saturated(s, c) if settled else ""
     if saturation and s.ready + 1 > up:
         up = down = max(down, s.ready + 1)
         why += f", {saturation}: ready {s.ready} + 1"
@@ -163,7 +169,9 @@ def decide(signals: Signals, state: ScaleState, config: AutoscaleConfig, now: fl
       kept by the fleet on top of it.
     """
     c = config
-    up, down, why = recommend(signals, c)
+    ready_since = state.ready_since if signals.ready == state.ready else now
+    settled = signals.starting == 0 and now - ready_since >= c.slo_window_s
+    up, down, why = recommend(signals, c, settled)
     keep = max(c.scale_up_window_s, c.scale_down_window_s)
     history = _record(state.history, now, up, down, keep)
     current = state.target
@@ -177,6 +185,8 @@ def decide(signals: Signals, state: ScaleState, config: AutoscaleConfig, now: fl
         target=target,
         last_change=now if target != current else state.last_change,
         history=history,
+        ready=signals.ready,
+        ready_since=ready_since,
     )
     reason = f"{why}: {verb}" + (f" ({how})" if how else "")
     return Decision(target, reason, direction, new_state, up)

@@ -9,7 +9,7 @@ an admitted request's TTFT is its wait in the queue plus the modelled TTFT at th
 load; the replicas then complete `throughput(load) x dt` requests each. Every `interval_s` the
 policy decides, and the fleet starts replicas (ready after `cold_start_s`) or removes them (starting
 ones first; a removed replica's in-flight requests finish on the others). KV usage is not modelled
-(it reads 0); TTFT attainment is fed back over the last `attainment_window_s`."""
+(it reads 0); TTFT attainment is fed back over the last `slo_window_s`."""
 
 from __future__ import annotations
 
@@ -71,7 +71,6 @@ def simulate(
     name: str = "autoscaled",
     start_replicas: int | None = None,
     dt: float = 1.0,
-    attainment_window_s: float = 60.0,
     progress: Callable[[float, float], None] | None = None,
 ) -> SimResult:
     """Run the trace once; `start_replicas` defaults to `config.min_replicas` (ready at t=0).
@@ -86,7 +85,7 @@ def simulate(
         fleet.ready += sum(1 for r in fleet.starting if r <= t + EPS)
         fleet.starting = [r for r in fleet.starting if r > t + EPS]
         _arrive(fleet, res, t, arrivals)
-        _admit(fleet, res, model, config.ttft_slo_s, t, attainment_window_s)
+        _admit(fleet, res, model, config.ttft_slo_s, t, config.slo_window_s)
         fleet.busy = fleet.in_flight
         if fleet.ready:
             per = fleet.in_flight / fleet.ready
