@@ -8,7 +8,7 @@ import signal
 import aiohttp
 import pytest
 import pytest_asyncio
-from fleettools import Load, read_stream, stream_end
+from fleettools import REPLICA_ARGS, Load, read_stream, stream_end
 from gwtools import fast_config
 
 from herd.fleet.config import FleetConfig, ServeConfig
@@ -19,19 +19,6 @@ from herd.protocol.prometheus import parse_metrics
 from waiting import until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-REPLICA_ARGS = [
-    "--dtype",
-    "float32",
-    "--device",
-    "cpu",
-    "--log-level",
-    "warning",
-    "--max-model-len",
-    "1024",
-    "--drain-timeout",
-    "20",
-]
 
 
 class Fleet:

@@ -75,6 +75,9 @@ class Autoscaler:
     # --- the loop ---
 
     async def run(self) -> None:
+        """Decide every interval (sooner when a request starts waiting) until cancelled; starts
+        from the fleet's size at the moment it runs."""
+        self.state = initial_state(len(self.sup.serving(self.sup.version)), time.monotonic())
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.config.interval_s)
@@ -100,7 +103,7 @@ class Autoscaler:
             self.last, self.last_at = decision, time.time()
         if decision.direction != "none":
             self.metrics.decisions.labels(decision.direction).inc()
-            log.info("autoscale %s: %s [%s]", decision.direction, decision.reason, _fmt(signals))
+            log.info("autoscale %s: %s [%s]", decision.direction, decision.reason, signals.line())
         self.apply(decision.target)
         return decision
 
@@ -160,13 +163,3 @@ class Autoscaler:
 
     def state_target(self) -> int:
         return self.last.target if self.last is not None else len(self.sup.serving())
-
-
-def _fmt(s: Signals) -> str:
-    att = "-" if s.ttft_attainment is None else f"{s.ttft_attainment:.2f}"
-    idle = "inf" if math.isinf(s.idle_s) else f"{s.idle_s:.0f}s"
-    return (
-        f"ready={s.ready} starting={s.starting} in_flight={s.in_flight} queued={s.queued} "
-        f"oldest_wait={s.oldest_wait_s:.1f}s replica_waiting={s.replica_waiting:.0f} "
-        f"kv={s.kv_usage:.2f} ttft_ok={att} idle={idle}"
-    )

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from herd.gateway.errors import GatewayError
 from herd.gateway.replicas import ReplicaState
-
-if TYPE_CHECKING:
-    from herd.gateway.app import Gateway
 
 
 class FleetControl(Protocol):
@@ -34,8 +31,8 @@ class Admin:
     """The admin routes over one gateway; every handler checks the admin key first. One fleet
     operation (rollout, promote, abort) runs at a time; `?wait=1` waits for its result."""
 
-    def __init__(self, gateway: Gateway):
-        self.gw = gateway
+    def __init__(self, gateway: Any):
+        self.gw = gateway  # the owning `Gateway` (not imported: herd.gateway.app imports this)
         self._task: asyncio.Task | None = None
 
     def add_routes(self, app: web.Application) -> None:
