@@ -3,6 +3,8 @@ a burst brings up a second replica and the fleet shrinks back when it stops; idl
 zero and the next request is served by a cold start; canary, promote and abort lose nothing."""
 
 import collections
+import os
+import signal
 
 import aiohttp
 import pytest
@@ -186,3 +188,20 @@ async def test_bad_rollouts_are_clear_errors(fixed):
     assert status == 409
     status, body = await fixed.admin("GET", "/admin/autoscaler")
     assert status == 404  # a fixed fleet has no autoscaler
+
+
+async def test_interrupted_replica_is_replaced_at_once_without_failures(fixed):
+    fixed.fleet.supervisor.config.interruptible = True  # spot capacity
+    victim = fixed.gateway.replicas.ready()[0].pid
+    load = Load(fixed.session, fixed.url + "/v1/completions", completion(fixed, 8), concurrency=4)
+    load.start()
+    await until(lambda: len(load.statuses) >= 10, 60, "traffic before the notice")
+    os.kill(victim, signal.SIGTERM)  # the interruption notice: drain now
+
+    def replaced() -> bool:
+        ready = fixed.gateway.replicas.ready()
+        return len(ready) == 2 and victim not in {r.pid for r in ready}
+
+    await until(replaced, 120, "the interrupted replica replaced")
+    await load.stop()
+    assert load.failures() == [], load.bodies[:3]
