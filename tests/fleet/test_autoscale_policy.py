@@ -47,8 +47,31 @@ def sig(**kw) -> Signals:
     ],
 )
 def test_recommendation(config, signals, expected):
-    rec, why = recommend(sig(**signals), cfg(**config))
-    assert rec == expected, why
+    up, down, why = recommend(sig(**signals), cfg(**config))
+    assert up == expected, why
+    assert down >= up
+
+
+@pytest.mark.parametrize(
+    "tolerance, in_flight, up, down",
+    [
+        (0.1, 15, 2, 3),  # 15 / 8 -> 2 up; 15 / 7.2 -> 3: two would be too close to target
+        (0.1, 14, 2, 2),
+        (0.0, 15, 2, 2),
+        (0.5, 15, 2, 4),
+        (0.1, 0, 1, 1),
+    ],
+)
+def test_scale_down_tolerance(tolerance, in_flight, up, down):
+    assert recommend(sig(in_flight=in_flight), cfg(tolerance=tolerance))[:2] == (up, down)
+
+
+def test_a_load_inside_the_tolerance_band_keeps_the_replica():
+    c = cfg(scale_down_window_s=0.0, cooldown_s=0.0)
+    held = decide(sig(ready=3, in_flight=15), initial_state(3, 0.0), c, 1.0)
+    assert held.target == 3  # two would carry 7.5 each: above 90% of 8
+    lower = decide(sig(ready=3, in_flight=14), initial_state(3, 0.0), c, 1.0)
+    assert (lower.target, lower.direction) == (2, "down")
 
 
 def run(config: AutoscaleConfig, start: int, steps: list[tuple[float, Signals]]) -> list[int]:
@@ -110,6 +133,21 @@ def test_cooldown_blocks_scale_down_but_not_scale_up():
     assert "cooldown 11s left" in held.reason
     done = decide(sig(in_flight=0), held.state, c, 71.0)
     assert (done.target, done.direction) == (4, "down")
+
+
+def test_saturation_counts_only_once_measured_on_the_current_replicas():
+    c = cfg(scale_up_window_s=0.0, slo_window_s=30.0, max_replicas=8)
+    missed = {"in_flight": 8, "ttft_attainment": 0.5}
+    d = decide(sig(ready=2, **missed), initial_state(2, 0.0), c, 1.0)
+    assert d.target == 2  # the ready count was first seen now: the attainment may predate it
+    later = decide(sig(ready=2, **missed), d.state, c, 31.0)
+    assert (later.target, later.direction) == (3, "up")
+    assert "TTFT attainment 0.50 < 0.9" in later.reason
+    starting = decide(sig(ready=2, starting=1, **missed), later.state, c, 90.0)
+    assert starting.target == 3  # a replica is on its way: no other for the same evidence
+    arrived = decide(sig(ready=3, **missed), starting.state, c, 100.0)
+    assert arrived.target == 3  # the new replica has not been measured yet
+    assert decide(sig(ready=3, **missed), arrived.state, c, 130.0).target == 4
 
 
 def test_cold_start_from_zero_skips_the_windows():

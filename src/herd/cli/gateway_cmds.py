@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--replicas", type=int, help="replicas to run (default 2)")
     p.add_argument("--replica-args", default="", help="extra `herd replica` flags, one string")
     p.add_argument("--log-dir", help="replica logs go here (default: a new temp directory)")
-    _autoscale_flags(p.add_argument_group("autoscaling (also the [autoscale] table of --config)"))
+    _autoscale_flags(p)
     _common(p)
     add_config_args(
         p.add_argument_group("engine (handed to every replica)"),
@@ -57,47 +57,26 @@ def register(subparsers) -> None:
     g.set_defaults(func=handle_gateway)
 
 
-# flag -> (AutoscaleConfig field, type, help); a flag given wins over the config file.
-AUTOSCALE_FLAGS = {
-    "--min-replicas": ("min_replicas", int, "never fewer replicas (0: scale to zero when idle)"),
-    "--max-replicas": ("max_replicas", int, "never more replicas; past them requests get 429"),
-    "--target-load": ("target_load", float, "in-flight requests one replica should carry"),
-    "--warm-pool": ("warm_pool", int, "replicas kept loaded above current demand"),
-    "--standby": ("standby", int, "replicas kept loaded but unrouted, promoted at once"),
-    "--idle-timeout": ("idle_timeout_s", float, "seconds without traffic before scaling to zero"),
-    "--scale-up-window": ("scale_up_window_s", float, "stabilization window for scaling up (s)"),
-    "--scale-down-window": ("scale_down_window_s", float, "stabilization window down (s)"),
-    "--cooldown": ("cooldown_s", float, "seconds after a change before any scale-down"),
-}
+def _autoscale_flags(parser: argparse.ArgumentParser) -> None:
+    from herd.cli.autoscale_cmds import add_autoscale_args
 
-
-def _autoscale_flags(group) -> None:
-    group.add_argument("--autoscale", action="store_true", default=None,
-                       help="size the fleet to its load (off: --replicas stays fixed)")  # fmt: skip
-    for flag, (_, kind, text) in AUTOSCALE_FLAGS.items():
-        group.add_argument(flag, type=kind, help=text)
-    group.add_argument("--interruptible", action="store_true", default=None,
-                       help="replicas run on spot capacity: replace an interrupted one at once")  # fmt: skip
+    parser.add_argument("--autoscale", action="store_true", default=None,
+                        help="size the fleet to its load (off: --replicas stays fixed)")  # fmt: skip
+    parser.add_argument("--interruptible", action="store_true", default=None,
+                        help="replicas run on spot capacity: replace an interrupted one at once")  # fmt: skip
+    add_autoscale_args(parser)
 
 
 def _apply_autoscale(args: argparse.Namespace, config) -> None:
     import dataclasses
 
-    from herd.fleet.config import ConfigError
+    from herd.cli.autoscale_cmds import autoscale_config
 
-    given = {
-        field: getattr(args, flag[2:].replace("-", "_"))
-        for flag, (field, _, _) in AUTOSCALE_FLAGS.items()
-        if getattr(args, flag[2:].replace("-", "_")) is not None
-    }
+    config.autoscale = autoscale_config(args, config.autoscale)
     if args.autoscale:
-        given["enabled"] = True
+        config.autoscale = dataclasses.replace(config.autoscale, enabled=True)
     if args.interruptible:
         config.fleet.interruptible = True
-    try:
-        config.autoscale = dataclasses.replace(config.autoscale, **given)
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
 
 
 def _load(args: argparse.Namespace):

@@ -42,20 +42,24 @@ class Signals:
 
 @dataclass(frozen=True)
 class ScaleState:
-    """What `decide` remembers between calls: the current target, when it last changed, and the
-    raw recommendations as change points `(since, recommendation)` (each holds until the next),
-    pruned to the longer stabilization window. Immutable: every decision returns a new one."""
+    """What `decide` remembers between calls: the current target, when it last changed, the
+    raw recommendations as change points `(since, up, down)` (each holds until the next), pruned
+    to the longer stabilization window, and since when the ready count has been what it is (a
+    saturation signal counts only once it was measured on the current replicas). Immutable:
+    every decision returns a new one."""
 
     target: int
     last_change: float
-    history: tuple[tuple[float, int], ...] = ()
+    history: tuple[tuple[float, int, int], ...] = ()
+    ready: int = -1  # the ready count last seen (-1: none yet)
+    ready_since: float = -math.inf
 
 
 def initial_state(target: int, now: float) -> ScaleState:
     """The state of a fleet that has just been sized to `target`. The start counts as a change
     (cooldown runs from it) and as a recommendation of `target`, so the fleet watches one full
     scale-down window before shrinking below its start size."""
-    return ScaleState(target=target, last_change=now, history=((now, target),))
+    return ScaleState(target=target, last_change=now, history=((now, target, target),))
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class Decision:
     reason: str
     direction: str  # "up" | "down" | "none"
     state: ScaleState
-    recommendation: int  # this instant's raw recommendation, before windows, steps and cooldown
+    recommendation: int  # this instant's raw up-recommendation, before windows, steps, cooldown
 
 
 def load_of(s: Signals) -> float:
@@ -94,29 +98,37 @@ def _idle(s: Signals, c: AutoscaleConfig) -> bool:
     )
 
 
-def recommend(s: Signals, c: AutoscaleConfig) -> tuple[int, str]:
-    """This instant's raw recommendation and its reason: ceil(load / target_load) + warm_pool,
-    at least one more than the ready replicas when they are saturated (TTFT attainment under
-    target, or KV usage over `kv_usage_high`), clamped to [max(min_replicas, 1), max_replicas];
-    0 only when scale to zero is allowed and the fleet has been idle for `idle_timeout_s`."""
+def recommend(s: Signals, c: AutoscaleConfig, settled: bool = True) -> tuple[int, int, str]:
+    """This instant's raw recommendations `(up, down, reason)`. `up` = ceil(load / target_load) +
+    warm_pool, at least one more than the ready replicas when they are saturated (TTFT attainment
+    under target, or KV usage over `kv_usage_high`); `down` is the same at (1 - tolerance) of
+    target_load, the size scale-down may go to: a hysteresis band, so a load near a boundary does
+    not add and remove the same replica in turn. Saturation counts only when `settled`: no
+    replica starting and the ready ones unchanged for `slo_window_s`, so TTFT attainment measured
+    before the last replica arrived does not add another. Both are clamped to
+    [max(min_replicas, 1), max_replicas]; both are 0 only when scale to zero is allowed and the
+    fleet has been idle for `idle_timeout_s`."""
     if _idle(s, c):
-        return 0, f"idle {s.idle_s:.0f}s >= {c.idle_timeout_s:g}s"
+        return 0, 0, f"idle {s.idle_s:.0f}s >= {c.idle_timeout_s:g}s"
     load = load_of(s)
-    demand = math.ceil(load / c.target_load) + c.warm_pool
-    why = f"load {load:.1f} / {c.target_load:g} + warm {c.warm_pool} = {demand}"
-    saturation = _saturated(s, c)
-    if saturation and s.ready + 1 > demand:
-        demand = s.ready + 1
+    up = math.ceil(load / c.target_load) + c.warm_pool
+    down = math.ceil(load / (c.target_load * (1 - c.tolerance))) + c.warm_pool
+    why = f"load {load:.1f} / {c.target_load:g} + warm {c.warm_pool} = {up}"
+    if down != up:
+        why += f" ({down} at {1 - c.tolerance:.0%} of target)"
+    saturation = _saturated(s, c) if settled else ""
+    if saturation and s.ready + 1 > up:
+        up = down = max(down, s.ready + 1)
         why += f", {saturation}: ready {s.ready} + 1"
-    bounded = min(max(demand, c.min_replicas, 1), c.max_replicas)
-    if bounded != demand:
-        why += f", bounded to [{max(c.min_replicas, 1)}, {c.max_replicas}]"
-    return bounded, why
+    lo, hi = max(c.min_replicas, 1), c.max_replicas
+    if not lo <= up <= hi or not lo <= down <= hi:
+        why += f", bounded to [{lo}, {hi}]"
+    return min(max(up, lo), hi), min(max(down, lo), hi), why
 
 
-def _record(history: tuple, now: float, rec: int, keep_s: float) -> tuple:
-    if not history or history[-1][1] != rec:
-        history = (*history, (now, rec))
+def _record(history: tuple, now: float, up: int, down: int, keep_s: float) -> tuple:
+    if not history or history[-1][1:] != (up, down):
+        history = (*history, (now, up, down))
     # Drop change points superseded before the longest window began; the one in force then stays.
     cut = now - keep_s
     start = 0
@@ -125,15 +137,14 @@ def _record(history: tuple, now: float, rec: int, keep_s: float) -> tuple:
     return history[start:]
 
 
-def _window(history: tuple, now: float, window_s: float) -> list[int]:
-    """Recommendations in force at some time in (now - window_s, now]."""
+def _window(history: tuple, now: float, window_s: float) -> list[tuple[float, int, int]]:
+    """Change points in force at some time in (now - window_s, now]."""
     cut = now - window_s
-    recs = []
-    for i, (_, rec) in enumerate(history):
-        until = history[i + 1][0] if i + 1 < len(history) else math.inf
-        if until > cut:
-            recs.append(rec)
-    return recs
+    return [
+        entry
+        for i, entry in enumerate(history)
+        if (history[i + 1][0] if i + 1 < len(history) else math.inf) > cut
+    ]
 
 
 def decide(signals: Signals, state: ScaleState, config: AutoscaleConfig, now: float) -> Decision:
@@ -142,8 +153,8 @@ def decide(signals: Signals, state: ScaleState, config: AutoscaleConfig, now: fl
     - Up: to the lowest recommendation over the last `scale_up_window_s` (a brief spike does not
       add replicas), at most `max_scale_up_step` at a time. Never blocked by the cooldown:
       too few replicas cost the SLO at once.
-    - Down: to the highest recommendation over the last `scale_down_window_s`, at most
-      `max_scale_down_step` at a time.
+    - Down: to the highest down-recommendation (load at (1 - tolerance) of target) over the last
+      `scale_down_window_s`, at most `max_scale_down_step` at a time.
     - Cooldown: for `cooldown_s` after any change (and after the start) there is no scale-down.
       A replica just added needs time before the signals show its effect (TTFT attainment is
       measured over a window, KV usage over the requests it took), and after a removal the others'
@@ -158,11 +169,13 @@ def decide(signals: Signals, state: ScaleState, config: AutoscaleConfig, now: fl
       kept by the fleet on top of it.
     """
     c = config
-    rec, why = recommend(signals, c)
+    ready_since = state.ready_since if signals.ready == state.ready else now
+    settled = signals.starting == 0 and now - ready_since >= c.slo_window_s
+    up, down, why = recommend(signals, c, settled)
     keep = max(c.scale_up_window_s, c.scale_down_window_s)
-    history = _record(state.history, now, rec, keep)
+    history = _record(state.history, now, up, down, keep)
     current = state.target
-    wanted, how = _stabilized(rec, current, history, signals, state, c, now)
+    wanted, how = _stabilized((up, down), current, history, signals, state, c, now)
     target = min(max(wanted, c.min_replicas), c.max_replicas)
     if target != wanted:
         how = f"bounded to [{c.min_replicas}, {c.max_replicas}]"
@@ -172,13 +185,15 @@ def decide(signals: Signals, state: ScaleState, config: AutoscaleConfig, now: fl
         target=target,
         last_change=now if target != current else state.last_change,
         history=history,
+        ready=signals.ready,
+        ready_since=ready_since,
     )
     reason = f"{why}: {verb}" + (f" ({how})" if how else "")
-    return Decision(target, reason, direction, new_state, rec)
+    return Decision(target, reason, direction, new_state, up)
 
 
 def _stabilized(
-    rec: int,
+    now_recs: tuple[int, int],
     current: int,
     history: tuple,
     s: Signals,
@@ -187,19 +202,20 @@ def _stabilized(
     now: float,
 ) -> tuple[int, str]:
     """The target after windows, steps and cooldown, with a note on what held it back."""
+    up_now, down_now = now_recs
     if current == 0 and s.queued > 0:
-        return min(max(rec, 1), c.max_scale_up_step), "cold start: windows skipped"
-    up = min(_window(history, now, c.scale_up_window_s))
-    down = max(_window(history, now, c.scale_down_window_s))
+        return min(max(up_now, 1), c.max_scale_up_step), "cold start: windows skipped"
+    up = min(e[1] for e in _window(history, now, c.scale_up_window_s))
+    down = max(e[2] for e in _window(history, now, c.scale_down_window_s))
     if up > current:
         target = min(up, current + c.max_scale_up_step)
         return target, "step limit" if target < up else ""
-    if rec > current:
+    if up_now > current:
         return current, f"scale-up window: lowest {up} over {c.scale_up_window_s:g}s"
-    goal = rec if rec == 0 else down
+    goal = 0 if down_now == 0 else down
     if goal >= current:
         note = f"scale-down window: highest {down} over {c.scale_down_window_s:g}s"
-        return current, note if rec < current else ""
+        return current, note if down_now < current else ""
     left = c.cooldown_s - (now - state.last_change)
     if left > 0:
         return current, f"cooldown {left:.0f}s left"
