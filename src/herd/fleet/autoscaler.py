@@ -64,6 +64,7 @@ class Autoscaler:
         self.last: Decision | None = None
         self.last_at: float | None = None  # wall-clock time of the last decision that changed
         self._wake = asyncio.Event()
+        gateway.load.window_s = config.slo_window_s  # attainment over the policy's window
         d = gateway.dispatcher
         d.cold_wait_s = config.cold_start_wait_s
         d.on_wait = self._wake.set
