@@ -26,6 +26,7 @@ class FleetConfig:
     restart_backoff_max_s: float = 30.0  # longest restart delay
     stable_after_s: float = 30.0  # up this long resets the crash backoff
     extra_args: list[str] = field(default_factory=list)  # appended to every replica command
+    interruptible: bool = False  # spot capacity: an exit nobody asked for is replaced at once
 
     def __post_init__(self) -> None:
         if self.replicas < 0:
