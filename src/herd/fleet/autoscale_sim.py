@@ -8,10 +8,10 @@ admitted while the ready replicas have room (`max_concurrency` each, the highest
 an admitted request's TTFT is its wait in the queue plus the modelled TTFT at the per-replica
 load; the replicas then complete `throughput(load) x dt` requests each. A tick is served in
 sub-steps no longer than the shortest measured request (n / throughput(n)), so slots freed within
-a tick are reused within it. Every `interval_s` the
-policy decides, and the fleet starts replicas (ready after `cold_start_s`) or removes them (starting
-ones first; a removed replica's in-flight requests finish on the others). KV usage is not modelled
-(it reads 0); TTFT attainment is fed back over the last `slo_window_s`."""
+a tick are reused within it. Every `interval_s` the policy decides, and the fleet starts replicas
+(ready after `cold_start_s`) or removes them (starting ones first; a removed replica's in-flight
+requests finish on the others). KV usage is not modelled (it reads 0); TTFT attainment is fed
+back over the last `slo_window_s`."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class _Fleet:
     queue: deque = field(default_factory=deque)  # [arrival_t, count], oldest first
     queued: float = 0.0
     in_flight: float = 0.0
-    busy: float = 0.0  # in flight while this tick is served (after admission, before completions)
+    busy: float = 0.0  # mean in flight over the tick's sub-steps (after admission)
     recent: deque = field(default_factory=deque)  # (t, met, admitted) per tick, for attainment
     last_arrival: float = -math.inf
 
