@@ -27,6 +27,10 @@ class FleetConfig:
     stable_after_s: float = 30.0  # up this long resets the crash backoff
     extra_args: list[str] = field(default_factory=list)  # appended to every replica command
     interruptible: bool = False  # spot capacity: an exit nobody asked for is replaced at once
+    fallback_model: str | None = None  # a smaller model for requests the main pool cannot take
+    fallback_replicas: int = 1  # replicas of the fallback model (with fallback_model set)
+    fallback_args: list[str] = field(default_factory=list)  # replica arguments for the fallback
+    fallback_after_s: float = 2.0  # a request that waited this long for the main pool falls back
 
     def __post_init__(self) -> None:
         if self.replicas < 0:
