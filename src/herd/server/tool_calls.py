@@ -72,16 +72,20 @@ class ToolCallStream:
             if i == len(self.sent):
                 self.sent.append(_Sent(call_id()))
             sent = self.sent[i]
-            entry: dict[str, Any] = {"index": i}
-            if not sent.name_sent:
+            if not sent.name_sent:  # OpenAI's order: id and name (arguments ""), then pieces
                 sent.name_sent = True
-                entry.update(id=sent.id, type="function", function={"name": name, "arguments": ""})
+                fn = {"name": name, "arguments": ""}
+                out.append(
+                    {
+                        "tool_calls": [
+                            {"index": i, "id": sent.id, "type": "function", "function": fn}
+                        ]
+                    }
+                )
             piece = args[sent.args_sent :]
             if piece:
-                entry.setdefault("function", {})["arguments"] = piece
                 sent.args_sent = len(args)
-            if len(entry) > 1:
-                out.append({"tool_calls": [entry]})
+                out.append({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
         return out
 
     # ---- whole -------------------------------------------------------------------------------
