@@ -64,7 +64,7 @@ class StructuredOutputs:
         self._tokenizer: Any = None
         self._executor: Any = None
         self._cache: OrderedDict[tuple, Any] = OrderedDict()
-        self._lock = threading.Lock()  # the server may compile off the engine thread
+        self._lock = threading.Lock()  # compile may be called from any thread
         self._bitmask: torch.Tensor | None = None
         self.compiles = 0
         self.cache_hits = 0
