@@ -20,7 +20,7 @@ from herd.engine.sampling_params import StructuredOutputsParams
 log = logging.getLogger(__name__)
 
 CACHE_SIZE = 256  # compiled grammars kept (LRU); a typical schema compiles in a few ms
-PARALLEL_ROWS = 32  # from this many constrained rows, masks are filled on llguidance's threads
+PARALLEL_ROWS = 128  # from this many constrained rows, masks are filled on llguidance's threads
 # JSON without free whitespace: a small model could otherwise pad with spaces forever.
 JSON_DEFAULTS = {"whitespace_flexible": False}
 
