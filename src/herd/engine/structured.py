@@ -64,7 +64,8 @@ class StructuredOutputs:
         self._tokenizer: Any = None
         self._executor: Any = None
         self._cache: OrderedDict[tuple, Any] = OrderedDict()
-        self._lock = threading.Lock()  # compile may be called from any thread
+        self._lock = threading.Lock()  # guards the cache
+        self._load_lock = threading.Lock()  # llguidance's tokenizer is built once
         self._bitmask: torch.Tensor | None = None
         self.compiles = 0
         self.cache_hits = 0
@@ -72,6 +73,10 @@ class StructuredOutputs:
         self.apply_s = 0.0  # seconds spent applying them to the logits
 
     def _load(self) -> Any:
+        with self._load_lock:
+            return self._load_locked()
+
+    def _load_locked(self) -> Any:
         if self._tokenizer is None:
             import llguidance
             import llguidance.hf
@@ -85,7 +90,8 @@ class StructuredOutputs:
     # ---- compile -----------------------------------------------------------------------------
 
     def compile(self, spec: StructuredOutputsParams) -> Any:
-        """A fresh matcher for `spec`, the template that `new_matcher` copies (cached)."""
+        """A fresh matcher for `spec`, the template that `new_matcher` copies (cached). Safe from
+        any thread; the lock covers only the cache, so a compile never blocks a cache hit."""
         key = _key(spec)
         with self._lock:
             template = self._cache.get(key)
@@ -93,12 +99,13 @@ class StructuredOutputs:
                 self._cache.move_to_end(key)
                 self.cache_hits += 1
                 return template
-            template = self._compile(spec)
+        template = self._compile(spec)
+        with self._lock:
             self._cache[key] = template
             if len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
             self.compiles += 1
-            return template
+        return template
 
     def _compile(self, spec: StructuredOutputsParams) -> Any:
         import llguidance
