@@ -254,3 +254,25 @@ def test_fallback_prompt_for_a_template_without_tools(client, tiny_model_dir):
     assert "You can call these functions" in text and '"name": "get_time"' in text
     assert '{"name": "get_weather", "parameters": {"city": "Paris"}}' in text
     assert "tool<|end_header_id|>" in text and "21 C" in text
+
+
+def test_streamed_calls_of_n_choices_stay_apart(client):
+    kw = dict(model="tiny", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=200)
+    calls: dict[tuple[int, int], dict] = {}
+    finish = {}
+    for chunk in client.chat.completions.create(seed=5, n=3, stream=True, **kw):
+        indexes = [c.index for c in chunk.choices]
+        assert len(indexes) == len(set(indexes))  # a choice at most once per chunk
+        for choice in chunk.choices:
+            finish[choice.index] = choice.finish_reason or finish.get(choice.index)
+            for d in choice.delta.tool_calls or []:
+                call = calls.setdefault((choice.index, d.index), {"name": None, "arguments": ""})
+                call["name"] = call["name"] or d.function.name
+                call["arguments"] += d.function.arguments or ""
+    whole = client.chat.completions.create(seed=5, n=3, **kw)
+    assert finish == {0: "tool_calls", 1: "tool_calls", 2: "tool_calls"}
+    for choice in whole.choices:
+        got = [calls[k] for k in sorted(calls) if k[0] == choice.index]
+        assert [(c["name"], c["arguments"]) for c in got] == [
+            (t.function.name, t.function.arguments) for t in choice.message.tool_calls
+        ]
