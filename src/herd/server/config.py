@@ -5,6 +5,7 @@ with `setting()` so that `herd replica` derives its flags from both."""
 from dataclasses import dataclass
 
 from herd.engine.config import EngineConfig, check_settings, setting
+from herd.server.tool_parsers import PARSERS
 
 
 @dataclass
@@ -28,6 +29,9 @@ class ServerConfig:
     max_request_bytes: int = setting(8 << 20, "largest request body accepted; larger gets 413")
     max_n: int = setting(64, "largest `n` (completions per request) accepted")
     max_logprobs: int = setting(20, "largest `logprobs` / `top_logprobs` accepted")
+    tool_call_parser: str = setting(
+        "llama3_json", "how tool calls are read from the model's output", tuple(PARSERS)
+    )
     warmup: bool = setting(True, "generate one token before /ready turns true")
     log_level: str = setting("info", "logging level", ("debug", "info", "warning", "error"))
 
