@@ -25,7 +25,9 @@ from herd.gateway.app import Gateway, serve
 log = logging.getLogger("herd.fleet.ray")
 
 # herd's autoscaling settings that Ray Serve's request-based policy has no equivalent for.
-UNMAPPED = ("tolerance", "warm_pool", "standby", "cooldown_s", "max_scale_up_step",
+# interval_s: Serve's replicas push their load every 10 s and it averages it over
+# look_back_period_s (30 s), both Serve's defaults, kept: a shorter window warns and will fail.
+UNMAPPED = ("interval_s", "tolerance", "warm_pool", "standby", "cooldown_s", "max_scale_up_step",
             "max_scale_down_step", "ttft_slo_s", "slo_attainment_target", "slo_window_s",
             "kv_usage_high", "cold_start_wait_s")  # fmt: skip
 
@@ -54,8 +56,6 @@ def ray_autoscaling_config(a: AutoscaleConfig, initial: int | None = None) -> di
         "target_ongoing_requests": a.target_load,
         "upscale_delay_s": a.scale_up_window_s,
         "downscale_delay_s": a.scale_down_window_s,
-        # Serve averages each replica's load over this window: herd decides every interval_s.
-        "look_back_period_s": max(a.interval_s, a.scale_up_window_s),
     }
     if a.min_replicas == 0:
         config["downscale_to_zero_delay_s"] = a.idle_timeout_s
