@@ -4,6 +4,7 @@ of Ray Serve; a replica actor SIGKILLed under load costs no request and comes ba
 
 Needs the `ray` extra (`scripts/ray.sh`, run by `scripts/services.sh`)."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -68,22 +69,22 @@ def replaced(cluster: RayCluster, victim: int) -> list[dict] | None:
     return others if len(others) == 2 else None
 
 
-@pytest.fixture
-def ray_fleet(cluster, tiny_model_dir, tmp_path):
+@contextlib.contextmanager
+def herd_serve(cluster: RayCluster, model: Path, log: Path, *flags: str, banner: str):
+    """`herd serve --backend ray` on the cluster until the block ends (then SIGTERM)."""
     port = free_port()
-    log = tmp_path / "serve.log"
     cmd = [sys.executable, "-m", "herd.cli", "serve", "--backend", "ray",
-           "--address", cluster.address, "--model", str(tiny_model_dir), "--replicas", "2",
-           "--port", str(port), "--device", "cpu", "--dtype", "float32"]  # fmt: skip
+           "--address", cluster.address, "--model", str(model), "--port", str(port),
+           "--device", "cpu", "--dtype", "float32", *flags]  # fmt: skip
     t0 = time.perf_counter()
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=cluster.env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: "gateway on" in log.read_text() or proc.poll() is not None,
+        wait_until(lambda: banner in log.read_text() or proc.poll() is not None,
                    timeout=240, what="herd serve's banner")  # fmt: skip
         assert proc.poll() is None, log.read_text()[-4000:]
-        print(f"Serve app ready behind the gateway in {time.perf_counter() - t0:.1f} s")
-        yield f"http://127.0.0.1:{port}", proc, log
+        print(f"Serve app ready ({' '.join(flags)}) in {time.perf_counter() - t0:.1f} s")
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -93,11 +94,21 @@ def ray_fleet(cluster, tiny_model_dir, tmp_path):
                 proc.kill()
 
 
+@pytest.fixture
+def ray_fleet(cluster, tiny_model_dir, tmp_path):
+    log = tmp_path / "serve.log"
+    with herd_serve(cluster, tiny_model_dir, log, "--replicas", "2", banner="gateway on") as (
+        url,
+        proc,
+    ):
+        yield url, proc, log
+
+
 class Load:
     """Closed-loop non-streaming completions from a few threads, with no client retries: every
     failure the gateway lets through is counted."""
 
-    def __init__(self, url: str, model: str, users: int = 4):
+    def __init__(self, url: str, model: str, users: int = 2):
         self.client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
         self.model, self.ok, self.texts, self.failures = model, 0, set(), []
         self.stop = threading.Event()
@@ -157,4 +168,26 @@ def test_replica_killed_under_load_costs_no_request(cluster, ray_fleet):
 
     proc.send_signal(signal.SIGTERM)  # drains: the app is deleted from the cluster
     assert proc.wait(90) == 0, log.read_text()[-4000:]
+    assert serve_replicas(cluster) == []
+
+
+def test_ray_proxy_alone_serves_openai_clients(cluster, tiny_model_dir, tmp_path):
+    log = tmp_path / "serve.log"
+    flags = ("--replicas", "1", "--ray-proxy")
+    with herd_serve(cluster, tiny_model_dir, log, *flags, banner="Ray Serve's proxy on") as (
+        url,
+        proc,
+    ):
+        client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+        model = client.models.list().data[0].id
+        whole = client.completions.create(model=model, prompt=PROMPT, max_tokens=8, temperature=0)
+        chunks = list(client.completions.create(model=model, prompt=PROMPT, max_tokens=8,
+                                                temperature=0, stream=True))  # fmt: skip
+        assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+        assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason == "length"
+        bad = httpx.post(url + "/v1/completions", json={"model": model, "prompt": PROMPT,
+                         "max_tokens": -1}, timeout=60)  # fmt: skip
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(90) == 0, log.read_text()[-4000:]
     assert serve_replicas(cluster) == []

@@ -110,9 +110,29 @@ def _runtime_env() -> dict[str, Any]:
     return {"env_vars": {"PYTHONPATH": path}}
 
 
-def deploy(config: ServeConfig, engine: EngineConfig, options: RayOptions) -> str:
-    """Connect to (or start) the cluster, start Serve's proxy and run the application; returns
-    the proxy's URL once every replica is ready."""
+def _start_serve(host: str, port: int) -> tuple[str, bool]:
+    """Serve's proxy URL, and whether this call started Serve. A Serve instance already running
+    on the cluster keeps its proxy where it is (Ray ignores new HTTP options then)."""
+    from ray import serve as ray_serve
+
+    # Private, but the only way to read a running instance's proxy address (Ray is pinned).
+    from ray.serve.context import _get_global_client
+
+    running = _get_global_client(raise_if_no_controller_running=False)
+    if running is None:
+        ray_serve.start(http_options={"host": host, "port": port, "location": "HeadOnly"})
+        return f"http://{host}:{port}", True
+    http = running.http_config
+    if (http.host, http.port) != (host, port):
+        log.warning("ray: Serve already runs on this cluster; its proxy stays on %s:%d",
+                    http.host, http.port)  # fmt: skip
+    reach = "127.0.0.1" if http.host in ("0.0.0.0", "::") else http.host
+    return f"http://{reach}:{http.port}", False
+
+
+def deploy(config: ServeConfig, engine: EngineConfig, options: RayOptions) -> tuple[str, bool]:
+    """Connect to (or start) the cluster, start Serve's proxy and run the application; once
+    every replica is ready, the proxy's URL and whether this process started Serve."""
     import ray
     from ray import serve as ray_serve
 
@@ -124,7 +144,7 @@ def deploy(config: ServeConfig, engine: EngineConfig, options: RayOptions) -> st
     log.info("ray: connected to the cluster in %.1f s", time.perf_counter() - t0)
     gw = config.gateway
     host, port = (gw.host, gw.port) if options.ray_proxy else ("127.0.0.1", free_port("127.0.0.1"))
-    ray_serve.start(http_options={"host": host, "port": port, "location": "HeadOnly"})
+    proxy_url, started = _start_serve(host, port)
     gpus = ray.cluster_resources().get("GPU", 0.0)
     fleet = config.fleet
     deployment = ray_serve.deployment(HerdReplica, name="HerdReplica").options(
@@ -138,12 +158,12 @@ def deploy(config: ServeConfig, engine: EngineConfig, options: RayOptions) -> st
     ray_serve.run(app, name=options.app_name, route_prefix="/", blocking=False)
     log.info("ray: Serve application %r running in %.1f s", options.app_name,
              time.perf_counter() - t1)  # fmt: skip
-    return f"http://{host}:{port}"
+    return proxy_url, started
 
 
-def teardown(options: RayOptions) -> None:
-    """Delete the application (its replicas drain through Serve's graceful shutdown); a cluster
-    this process started goes with it."""
+def teardown(options: RayOptions, started_serve: bool) -> None:
+    """Delete the application (its replicas drain through Serve's graceful shutdown), and Serve
+    itself if this process started it; a cluster this process started goes with it."""
     import ray
     from ray import serve as ray_serve
 
@@ -151,7 +171,7 @@ def teardown(options: RayOptions) -> None:
         return
     try:
         ray_serve.delete(options.app_name)
-        if options.address is None:
+        if started_serve:
             ray_serve.shutdown()
     finally:
         ray.shutdown()
@@ -195,8 +215,9 @@ def run_ray_fleet(
     """`herd serve --backend ray` until SIGTERM / SIGINT; the exit status."""
     for name in unmapped_settings(config.autoscale) if config.autoscale.enabled else ():
         log.warning("autoscale.%s has no Ray Serve equivalent; ignored", name)
+    started = False
     try:
-        proxy_url = deploy(config, engine, options)
+        proxy_url, started = deploy(config, engine, options)
         return asyncio.run(_front(config, options, proxy_url, on_ready))
     finally:
-        teardown(options)
+        teardown(options, started)
