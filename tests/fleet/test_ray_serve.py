@@ -106,15 +106,32 @@ def ray_fleet(cluster, tiny_model_dir, tmp_path):
 
 class Load:
     """Closed-loop non-streaming completions from a few threads, with no client retries: every
-    failure the gateway lets through is counted."""
+    failure the gateway lets through is counted. One more thread streams, and sorts each stream
+    by how it ended: with a finish_reason, with an error event, or silently cut."""
 
     def __init__(self, url: str, model: str, users: int = 2):
         self.client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
         self.model, self.ok, self.texts, self.failures = model, 0, set(), []
+        self.streams: dict[str, int] = {"finished": 0, "error": 0, "cut": 0}
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._user) for _ in range(users)]
+        self.threads.append(threading.Thread(target=self._streamer))
         for thread in self.threads:
             thread.start()
+
+    def _streamer(self) -> None:
+        while not self.stop.is_set():
+            last = None
+            try:
+                for chunk in self.client.completions.create(
+                    model=self.model, prompt=PROMPT, max_tokens=64, temperature=0, stream=True
+                ):
+                    last = chunk
+            except Exception:  # noqa: BLE001 - an error event (or a refused stream) is an end
+                self.streams["error"] += 1
+                continue
+            done = last is not None and last.choices and last.choices[0].finish_reason
+            self.streams["finished" if done else "cut"] += 1
 
     def _user(self) -> None:
         while not self.stop.is_set():
@@ -158,9 +175,13 @@ def test_replica_killed_under_load_costs_no_request(cluster, ray_fleet):
                    what="traffic after the replacement")  # fmt: skip
     finally:
         load.join()
+    metrics = httpx.get(url + "/metrics", timeout=30).text
+    retries = [line for line in metrics.splitlines() if line.startswith("herd_gateway_retries")]
+    print(f"gateway retries: {retries}")
     print(f"replica replaced and RUNNING {replaced_s:.1f} s after SIGKILL; "
-          f"{load.ok} requests served, {len(load.failures)} failed")  # fmt: skip
+          f"{load.ok} requests served, {len(load.failures)} failed; streams {load.streams}")  # fmt: skip
     assert load.failures == [], load.failures[:3]
+    assert load.streams["cut"] == 0 and load.streams["finished"] > 0, load.streams
     assert load.texts == {expected.choices[0].text}  # greedy: every replica answers alike
     assert {r["replica_id"] for r in back} != {r["replica_id"] for r in before}
     wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in herd_children), timeout=30,
