@@ -186,7 +186,10 @@ def _serve_on_ray(args: argparse.Namespace, config, model_name: str) -> int:
         raise CliError(f"--backend ray needs the ray extra (scripts/ray.sh): {exc}") from None
     engine = engine_config(args, model=config.fleet.model or "")
     options = RayOptions(address=args.address, ray_proxy=args.ray_proxy)
-    return run_ray_fleet(config, engine, options, lambda gw: banner(gw, model_name))
+    try:
+        return run_ray_fleet(config, engine, options, lambda gw: banner(gw, model_name))
+    except (OSError, RuntimeError) as exc:  # no cluster there, port taken, replicas never ready
+        raise CliError(f"herd serve --backend ray: {exc}") from None
 
 
 def banner(gateway, model: str) -> None:

@@ -130,21 +130,23 @@ def _start_serve(host: str, port: int) -> tuple[str, bool]:
     return f"http://{reach}:{http.port}", False
 
 
-def deploy(config: ServeConfig, engine: EngineConfig, options: RayOptions) -> tuple[str, bool]:
-    """Connect to (or start) the cluster, start Serve's proxy and run the application; once
-    every replica is ready, the proxy's URL and whether this process started Serve."""
+def connect(options: RayOptions) -> None:
+    """Join the cluster at `options.address`, or start a private one (no dashboard)."""
     import ray
-    from ray import serve as ray_serve
-
-    from herd.fleet.ray_replica import HerdReplica
 
     t0 = time.perf_counter()
     ray.init(address=options.address, namespace="herd", runtime_env=_runtime_env(),
              include_dashboard=False if options.address is None else None)  # fmt: skip
     log.info("ray: connected to the cluster in %.1f s", time.perf_counter() - t0)
-    gw = config.gateway
-    host, port = (gw.host, gw.port) if options.ray_proxy else ("127.0.0.1", free_port("127.0.0.1"))
-    proxy_url, started = _start_serve(host, port)
+
+
+def run_app(config: ServeConfig, engine: EngineConfig, options: RayOptions) -> None:
+    """Deploy herd's application; returns once every replica is ready."""
+    import ray
+    from ray import serve as ray_serve
+
+    from herd.fleet.ray_replica import HerdReplica
+
     gpus = ray.cluster_resources().get("GPU", 0.0)
     fleet = config.fleet
     deployment = ray_serve.deployment(HerdReplica, name="HerdReplica").options(
@@ -154,11 +156,10 @@ def deploy(config: ServeConfig, engine: EngineConfig, options: RayOptions) -> tu
         fleet.model or "", fleet.extra_args, fleet.command or None,
         fleet.startup_timeout_s, fleet.drain_timeout_s,
     )  # fmt: skip
-    t1 = time.perf_counter()
+    t0 = time.perf_counter()
     ray_serve.run(app, name=options.app_name, route_prefix="/", blocking=False)
     log.info("ray: Serve application %r running in %.1f s", options.app_name,
-             time.perf_counter() - t1)  # fmt: skip
-    return proxy_url, started
+             time.perf_counter() - t0)  # fmt: skip
 
 
 def teardown(options: RayOptions, started_serve: bool) -> None:
@@ -206,6 +207,10 @@ async def _front(
         await runner.cleanup()
 
 
+def _exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_ray_fleet(
     config: ServeConfig,
     engine: EngineConfig,
@@ -215,9 +220,14 @@ def run_ray_fleet(
     """`herd serve --backend ray` until SIGTERM / SIGINT; the exit status."""
     for name in unmapped_settings(config.autoscale) if config.autoscale.enabled else ():
         log.warning("autoscale.%s has no Ray Serve equivalent; ignored", name)
+    gw = config.gateway
+    host, port = (gw.host, gw.port) if options.ray_proxy else ("127.0.0.1", free_port("127.0.0.1"))
     started = False
+    signal.signal(signal.SIGTERM, _exit)  # until the event loop takes over: tear down, not die
     try:
-        proxy_url, started = deploy(config, engine, options)
+        connect(options)
+        proxy_url, started = _start_serve(host, port)
+        run_app(config, engine, options)
         return asyncio.run(_front(config, options, proxy_url, on_ready))
     finally:
         teardown(options, started)
