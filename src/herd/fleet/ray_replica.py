@@ -100,9 +100,6 @@ class HerdReplica:
         if self.proc.poll() is not None:
             raise RuntimeError(f"herd replica exited with {self.proc.returncode}")
 
-    def replica_url(self) -> str:
-        return self.url
-
     async def __call__(self, request: Any) -> Any:
         """Forward one Starlette request to the herd server; its answer back unchanged (an SSE
         stream chunk by chunk). If the herd server cannot be reached: 503 + Retry-After, which a
