@@ -17,7 +17,7 @@ import httpx
 import pytest
 from gwtools import free_port
 from openai import OpenAI
-from raytools import RayCluster, descendants, enter_netns
+from raytools import RAY, RayCluster, descendants, enter_netns
 
 from waiting import wait_until
 
@@ -27,6 +27,8 @@ PROMPT = "The quick brown fox"
 
 @pytest.fixture(scope="module")
 def cluster():
+    if not Path(RAY).exists():
+        pytest.fail("the ray extra is not installed: run `bash scripts/ray.sh`")
     with enter_netns():
         ray_cluster = RayCluster(free_port(), free_port()).start()
         print(f"\nray head started in {ray_cluster.started_s:.1f} s")
