@@ -38,6 +38,12 @@ def register(subparsers) -> None:
     p.add_argument("--replicas", type=int, help="replicas to run (default 2)")
     p.add_argument("--replica-args", default="", help="extra `herd replica` flags, one string")
     p.add_argument("--log-dir", help="replica logs go here (default: a new temp directory)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: replica processes here; ray: a Ray Serve deployment")  # fmt: skip
+    p.add_argument("--address", help="--backend ray: Ray cluster (auto, host:port, ray://...; "
+                   "default: a private local cluster)")  # fmt: skip
+    p.add_argument("--ray-proxy", action="store_true",
+                   help="--backend ray: Ray Serve's HTTP proxy fronts the replicas, not the gateway")  # fmt: skip
     _autoscale_flags(p)
     _common(p)
     add_config_args(
@@ -138,6 +144,8 @@ def handle_serve(args: argparse.Namespace) -> int:
     from herd.fleet.serve import run_fleet
 
     config = _load(args)
+    if args.backend != "ray" and (args.address or args.ray_proxy):
+        raise CliError("--address and --ray-proxy need --backend ray")
     _apply_autoscale(args, config)
     fleet = config.fleet
     if args.replicas is not None:
@@ -156,6 +164,8 @@ def handle_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     print(f"herd serve: starting {fleet.replicas} replica(s) of {fleet.model}...", file=sys.stderr)
     model_name = Path(fleet.model).name if fleet.model else "MODEL"
+    if args.backend == "ray":
+        return _serve_on_ray(args, config, model_name)
     try:
         return asyncio.run(run_fleet(config, lambda gw: banner(gw, model_name), args.log_dir))
     except OSError as exc:
@@ -164,6 +174,22 @@ def handle_serve(args: argparse.Namespace) -> int:
         ) from None
     except RuntimeError as exc:
         raise CliError(str(exc)) from None
+
+
+def _serve_on_ray(args: argparse.Namespace, config, model_name: str) -> int:
+    from herd.cli.server_cmds import engine_config
+    from herd.fleet.ray_backend import RayOptions, run_ray_fleet
+
+    try:
+        import ray.serve  # noqa: F401 - the optional extra
+    except ImportError as exc:
+        raise CliError(f"--backend ray needs the ray extra (scripts/ray.sh): {exc}") from None
+    engine = engine_config(args, model=config.fleet.model or "")
+    options = RayOptions(address=args.address, ray_proxy=args.ray_proxy)
+    try:
+        return run_ray_fleet(config, engine, options, lambda gw: banner(gw, model_name))
+    except (OSError, RuntimeError) as exc:  # no cluster there, port taken, replicas never ready
+        raise CliError(f"herd serve --backend ray: {exc}") from None
 
 
 def banner(gateway, model: str) -> None:
