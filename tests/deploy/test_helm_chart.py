@@ -143,7 +143,9 @@ def test_grace_period_outlasts_prestop_plus_drain(rendered):
     assert pod["terminationGracePeriodSeconds"] > sleep + drain
     gw = rendered.one("Deployment", "gateway")["spec"]["template"]["spec"]
     gw_sleep = int(gw["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert gw["terminationGracePeriodSeconds"] > gw_sleep + rendered.values["gateway"]["drain_timeout"]
+    assert (
+        gw["terminationGracePeriodSeconds"] > gw_sleep + rendered.values["gateway"]["drain_timeout"]
+    )
 
 
 def test_default_drain_timeout_is_herds_own():
