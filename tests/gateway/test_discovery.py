@@ -46,6 +46,7 @@ class FakeApi:
         self.requests: list[tuple[dict, str | None]] = []
         self.port = free_port()
         self.runner: web.AppRunner | None = None
+        self.closing = asyncio.Event()  # ends idle watches, so cleanup does not wait on them
 
     @property
     def url(self) -> str:
@@ -69,17 +70,28 @@ class FakeApi:
             body = self.lists[0] if len(self.lists) == 1 else self.lists.pop(0)
             return web.json_response(body)
         if not self.watches:
-            await asyncio.sleep(3600)  # an idle watch, like a quiet API server
+            await self.closing.wait()  # an idle watch, like a quiet API server
+            return web.json_response({"kind": "Status", "code": 500}, status=500)
         script = self.watches.pop(0)
         if isinstance(script, tuple):
             return web.json_response(script[1], status=script[0])
         response = web.StreamResponse()
         response.content_type = "application/json"
         await response.prepare(request)
-        while (event := await script.get()) is not None:
+        while (event := await _next(script, self.closing)) is not None:
             await response.write(json.dumps(event).encode() + b"\n")
         await response.write_eof()
         return response
+
+
+async def _next(queue: asyncio.Queue, closing: asyncio.Event) -> dict | None:
+    get, closed = asyncio.ensure_future(queue.get()), asyncio.ensure_future(closing.wait())
+    await asyncio.wait([get, closed], return_when=asyncio.FIRST_COMPLETED)
+    closed.cancel()
+    if not get.done():
+        get.cancel()
+        return None
+    return get.result()
 
 
 @pytest.fixture
@@ -87,6 +99,7 @@ async def api():
     fake = FakeApi()
     await fake.start()
     yield fake
+    fake.closing.set()
     await fake.runner.cleanup()
 
 
