@@ -6,6 +6,7 @@ target_load with the autoscaler's windows, GPU limits. No cluster runs here (see
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ CHART = ROOT / "deploy" / "helm" / "herd"
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes the chart promises beyond its kubeVersion floor
 NAMESPACE = "llm"
 SETS = ["default", "cpu", "gpu", "keda"]
-CRD_KINDS = {"ServiceMonitor", "ScaledObject"}  # no schema in kubernetes-validate
+CRD_KINDS = {"ServiceMonitor", "ScaledObject"}  # custom: checked by validate_crds.mjs instead
 
 
 def helm_binary() -> str:
@@ -59,6 +60,22 @@ def _merge(into: dict, extra: dict) -> None:
             _merge(into[key], value)
         else:
             into[key] = value
+
+
+def validate_custom(objects: list[dict]) -> subprocess.CompletedProcess:
+    """Run validate_crds.mjs (node) over custom resources."""
+    tools = Path(os.environ.get("HERD_CHART_TOOLS", Path.home() / ".cache/herd/chart-tools"))
+    node = shutil.which("node")
+    if node is None or not (tools / "node_modules").is_dir():
+        pytest.fail("node or the CRD schemas are missing: run `bash scripts/helm.sh`")
+    script = Path(__file__).with_name("validate_crds.mjs")
+    return subprocess.run(
+        [node, str(script), str(tools)],
+        input=json.dumps(objects),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 class Rendered:
@@ -111,6 +128,22 @@ def test_every_object_matches_the_kubernetes_schema(rendered):
         if obj["kind"] in CRD_KINDS:
             continue
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_custom_resources_match_their_crd_schemas(rendered):
+    """ServiceMonitor and ScaledObject against their CRDs' schemas (npm @kubernetes-models/*)."""
+    custom = [o for o in rendered.objects if o["kind"] in CRD_KINDS]
+    if custom:
+        out = validate_custom(custom)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_crd_validator_rejects_a_wrong_type():
+    monitor = _cache("cpu").one("ServiceMonitor", "gateway")
+    broken = json.loads(json.dumps(monitor))
+    broken["spec"]["endpoints"][0]["interval"] = 15  # a duration string in the CRD
+    out = validate_custom([broken])
+    assert out.returncode == 1 and "interval" in out.stdout
 
 
 def test_every_object_is_namespaced_in_the_release(rendered):
