@@ -20,7 +20,9 @@ ENV TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # CUDA's user-space libraries come with the torch wheel (nvidia-* wheels); the base brings
 # the CUDA runtime layout the NVIDIA container toolkit expects, and the driver comes from the node.
 FROM nvidia/cuda:12.8.1-base-ubuntu24.04 AS base-cuda
-ENV TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# The torch wheel's CUDA build; it must match what the node's driver supports.
+ARG CUDA_WHEEL=cu128
+ENV TORCH_INDEX=https://download.pytorch.org/whl/${CUDA_WHEEL}
 # Security updates follow the (pinned) base's repository, so packages are not pinned one by one.
 # hadolint ignore=DL3008
 RUN apt-get update \

@@ -82,7 +82,9 @@ def test_external_bases_are_pinned_to_exact_tags(parsed):
 def test_flavour_chooses_base_and_torch_index(parsed):
     assert ("ARG", "FLAVOUR=cpu") in parsed[""]
     assert {"base-cpu", "base-cuda"} <= set(parsed)
-    assert "/whl/cpu" in str(parsed["base-cpu"]) and "/whl/cu" in str(parsed["base-cuda"])
+    assert "/whl/cpu" in str(parsed["base-cpu"])
+    cuda = dict(parsed["base-cuda"])
+    assert cuda["ARG"].startswith("CUDA_WHEEL=cu") and "/whl/${CUDA_WHEEL}" in cuda["ENV"]
     build = dict((w, r) for w, r in parsed["build"] if w == "RUN" and "torch==" in r)
     assert "$TORCH_INDEX" in build["RUN"], "torch must come from the flavour's wheel index"
 
