@@ -8,6 +8,20 @@ from dataclasses import dataclass, field
 import aiohttp
 from gwtools import sse_events
 
+# Flags every test replica gets: the tiny model in float32 on CPU, quiet, short drains.
+REPLICA_ARGS = [
+    "--dtype",
+    "float32",
+    "--device",
+    "cpu",
+    "--log-level",
+    "warning",
+    "--max-model-len",
+    "1024",
+    "--drain-timeout",
+    "20",
+]
+
 
 @dataclass
 class Load:

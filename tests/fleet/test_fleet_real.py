@@ -8,30 +8,17 @@ import signal
 import aiohttp
 import pytest
 import pytest_asyncio
-from fleettools import Load, read_stream, stream_end
+from fleettools import REPLICA_ARGS, Load, read_stream, stream_end
 from gwtools import fast_config
 
-from herd.fleet.config import FleetConfig
-from herd.fleet.supervisor import Supervisor
+from herd.fleet.config import FleetConfig, ServeConfig
+from herd.fleet.serve import LocalFleet
 from herd.gateway.app import Gateway, serve
 from herd.gateway.routing import make_policy
 from herd.protocol.prometheus import parse_metrics
 from waiting import until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-REPLICA_ARGS = [
-    "--dtype",
-    "float32",
-    "--device",
-    "cpu",
-    "--log-level",
-    "warning",
-    "--max-model-len",
-    "1024",
-    "--drain-timeout",
-    "20",
-]
 
 
 class Fleet:
@@ -70,11 +57,11 @@ async def fleet(tiny_model_dir, tmp_path_factory):
         restart_backoff_base_s=0.2,
         drain_timeout_s=30,
     )
-    supervisor = Supervisor(
-        fleet_config, gateway.replicas, gateway.session, tmp_path_factory.mktemp("fleet-logs")
-    )
-    gateway.rollout = supervisor.rollout
-    await supervisor.start()
+    serve_config = ServeConfig(gateway=config, fleet=fleet_config)
+    local = LocalFleet(serve_config, gateway, tmp_path_factory.mktemp("fleet-logs"))
+    gateway.fleet = local
+    supervisor = local.supervisor
+    await local.start()
     session = aiohttp.ClientSession()
     yield Fleet(gateway, supervisor, f"http://127.0.0.1:{config.port}", session)
     await session.close()
@@ -134,7 +121,7 @@ async def test_rolling_restart_under_load(fleet):
     async with fleet.session.post(
         fleet.url + "/admin/rollout?wait=1", headers={"Authorization": "Bearer adm"}
     ) as resp:
-        assert await resp.json() == {"status": "done", "replaced": 3}
+        assert await resp.json() == {"status": "done", "replaced": 3, "version": "v1"}
     await fleet.wait_ready(3, exclude_pids=before)
     statuses = await load.stop()
     assert load.failures() == [], load.bodies[:3]

@@ -78,7 +78,7 @@ async def test_serve_rollout_crash_and_drain(herd_serve):
         # Rollout by the admin API, under load: every old pid replaced, nothing fails.
         load = Load(session, url + "/v1/completions", payload, concurrency=4).start()
         async with session.post(url + "/admin/rollout?wait=1", headers=ADMIN) as resp:
-            assert (await resp.json()) == {"status": "done", "replaced": 2}
+            assert (await resp.json()) == {"status": "done", "replaced": 2, "version": "v1"}
         old = {r["pid"] for r in before}
         await until(lambda: all_ready(exclude=old), 20, "every replica replaced")
         # Rollout by SIGHUP.

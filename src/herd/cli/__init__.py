@@ -14,6 +14,8 @@ COMMAND_MODULES = [
     "herd.cli.gateway_cmds",
     "herd.cli.bench_cmds",
     "herd.cli.plan_cmds",
+    "herd.cli.autoscale_cmds",
+    "herd.cli.top_cmds",
 ]
 
 

@@ -38,6 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--replicas", type=int, help="replicas to run (default 2)")
     p.add_argument("--replica-args", default="", help="extra `herd replica` flags, one string")
     p.add_argument("--log-dir", help="replica logs go here (default: a new temp directory)")
+    _autoscale_flags(p)
     _common(p)
     add_config_args(
         p.add_argument_group("engine (handed to every replica)"),
@@ -60,6 +61,28 @@ def register(subparsers) -> None:
     )
     _common(g)
     g.set_defaults(func=handle_gateway)
+
+
+def _autoscale_flags(parser: argparse.ArgumentParser) -> None:
+    from herd.cli.autoscale_cmds import add_autoscale_args
+
+    parser.add_argument("--autoscale", action="store_true", default=None,
+                        help="size the fleet to its load (off: --replicas stays fixed)")  # fmt: skip
+    parser.add_argument("--interruptible", action="store_true", default=None,
+                        help="replicas run on spot capacity: replace an interrupted one at once")  # fmt: skip
+    add_autoscale_args(parser)
+
+
+def _apply_autoscale(args: argparse.Namespace, config) -> None:
+    import dataclasses
+
+    from herd.cli.autoscale_cmds import autoscale_config
+
+    config.autoscale = autoscale_config(args, config.autoscale)
+    if args.autoscale:
+        config.autoscale = dataclasses.replace(config.autoscale, enabled=True)
+    if args.interruptible:
+        config.fleet.interruptible = True
 
 
 def _load(args: argparse.Namespace):
@@ -121,6 +144,7 @@ def handle_serve(args: argparse.Namespace) -> int:
     from herd.fleet.serve import run_fleet
 
     config = _load(args)
+    _apply_autoscale(args, config)
     fleet = config.fleet
     if args.replicas is not None:
         if args.replicas < 1:

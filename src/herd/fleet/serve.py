@@ -1,6 +1,7 @@
-"""`herd serve` in one process: the gateway plus a supervisor of local replicas.
+"""`herd serve` in one process: the gateway plus a supervisor of local replicas, their rollouts
+and (with `--autoscale`) the autoscaler.
 
-Signals: SIGHUP rolls every replica; SIGTERM or SIGINT stops in order — the gateway refuses
+Signals: SIGHUP restarts every replica; SIGTERM or SIGINT stops in order — the gateway refuses
 new requests and finishes those in flight, then each replica drains and exits."""
 
 from __future__ import annotations
@@ -9,10 +10,52 @@ import asyncio
 import signal
 import tempfile
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from herd.fleet.config import ServeConfig
+from herd.fleet.rollout import Rollouts
 from herd.fleet.supervisor import Supervisor
 from herd.gateway.app import Gateway, serve
+
+if TYPE_CHECKING:
+    from herd.fleet.autoscaler import Autoscaler
+
+
+class LocalFleet:
+    """The gateway's `FleetControl` for replicas on this machine: rollouts through `Rollouts`,
+    the autoscaler's state when there is one."""
+
+    def __init__(self, config: ServeConfig, gateway: Gateway, log_dir: str):
+        self.supervisor = Supervisor(config.fleet, gateway.replicas, gateway.session, log_dir)
+        self.rollouts = Rollouts(self.supervisor, gateway.dispatcher)
+        self.scaler: Autoscaler | None = None
+        if config.autoscale.enabled:
+            from herd.fleet.autoscaler import Autoscaler  # only autoscaled fleets need the policy
+
+            self.scaler = Autoscaler(config.autoscale, self.supervisor, gateway, self.rollouts)
+
+    async def rollout(self, spec: dict[str, Any] | None) -> dict:
+        return await self.rollouts.rollout(spec)
+
+    async def promote(self) -> dict:
+        return await self.rollouts.promote()
+
+    async def abort(self) -> dict:
+        return await self.rollouts.abort()
+
+    def autoscaler(self) -> dict | None:
+        return self.scaler.view() if self.scaler is not None else None
+
+    async def start(self) -> None:
+        await self.supervisor.start()
+        if self.scaler is not None:
+            self.supervisor.spawn(self.scaler.run())
+
+
+def start_size(config: ServeConfig) -> int:
+    """Replicas to start with: fleet.replicas, kept within the autoscaler's bounds."""
+    a, n = config.autoscale, config.fleet.replicas
+    return min(max(n, a.min_replicas), a.max_replicas) if a.enabled else n
 
 
 async def run_fleet(
@@ -22,23 +65,20 @@ async def run_fleet(
 ) -> int:
     gateway = Gateway(config.gateway)
     runner = await serve(gateway, config.gateway.host, config.gateway.port)
-    log_dir = log_dir or tempfile.mkdtemp(prefix="herd-fleet-")
-    supervisor = Supervisor(config.fleet, gateway.replicas, gateway.session, log_dir)
-    gateway.rollout = supervisor.rollout
+    config.fleet.replicas = start_size(config)
+    fleet = LocalFleet(config, gateway, log_dir or tempfile.mkdtemp(prefix="herd-fleet-"))
+    gateway.fleet = fleet
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    rollouts: set[asyncio.Task] = set()
 
     def hup() -> None:
-        task = loop.create_task(supervisor.rollout())
-        rollouts.add(task)
-        task.add_done_callback(rollouts.discard)
+        fleet.supervisor.spawn(fleet.rollout(None))
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hup)
     try:
-        start = asyncio.create_task(supervisor.start())
+        start = asyncio.create_task(fleet.start())
         done, _ = await asyncio.wait({start, asyncio.create_task(stop.wait())},
                                      return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
         if start in done:
@@ -51,7 +91,9 @@ async def run_fleet(
         await gateway.drain(config.fleet.drain_timeout_s)
         return 0
     finally:
-        await supervisor.stop()  # signals stay handled: a second SIGTERM must not cut the drain
+        await (
+            fleet.supervisor.stop()
+        )  # signals stay handled: a second SIGTERM must not cut the drain
         await runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)

@@ -7,15 +7,16 @@ one answer, and `_finish` runs for every request however it ended."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 
+from herd.gateway.admin import Admin, FleetControl
 from herd.gateway.audit import AuditLog
 from herd.gateway.auth import ANONYMOUS, ApiKey, Authenticator, load_keys
 from herd.gateway.cache import BYPASS_HEADER, ResponseCache
@@ -23,10 +24,11 @@ from herd.gateway.config import GatewayConfig
 from herd.gateway.dispatch import Dispatcher
 from herd.gateway.errors import GatewayError
 from herd.gateway.health import HealthChecker
+from herd.gateway.load import LoadTracker
 from herd.gateway.metrics import GatewayMetrics
 from herd.gateway.proxy import Outcome, Proxy
 from herd.gateway.ratelimit import Limiter, MemoryLimiter, RedisLimiter, Reservation
-from herd.gateway.replicas import ReplicaSet, ReplicaState
+from herd.gateway.replicas import ReplicaSet
 from herd.gateway.request_info import RequestInfo, parse_request
 from herd.gateway.routing import make_policy
 from herd.gateway.stream import replay
@@ -68,11 +70,11 @@ class Gateway:
         keys = load_keys(config.api_keys) if config.api_keys else None
         self.auth = Authenticator(keys, config.admin_key)
         self.dispatcher = Dispatcher(self.replicas, self.policy, config.proxy)
-        # Set by the fleet supervisor; None when the gateway runs alone.
-        self.rollout: Callable[[], Awaitable[dict]] | None = None
+        self.fleet: FleetControl | None = None  # set by `herd serve`; None for a lone gateway
+        self.admin = Admin(self)
+        self.load = LoadTracker()  # what an autoscaler reads: arrivals, first-token latencies
         self.draining = False
         self.in_flight = 0
-        self._rollout_task: asyncio.Task | None = None
         self.session: aiohttp.ClientSession | None = None
         self.redis = None
         self.limiter: Limiter = MemoryLimiter()
@@ -102,10 +104,7 @@ class Gateway:
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/openapi.json", self._openapi)
-        app.router.add_get("/admin/replicas", self._admin_list)
-        app.router.add_post("/admin/replicas", self._admin_add)
-        app.router.add_delete("/admin/replicas", self._admin_remove)
-        app.router.add_post("/admin/rollout", self._admin_rollout)
+        self.admin.add_routes(app)
         return app
 
     async def _start(self, _app: web.Application) -> None:
@@ -131,8 +130,7 @@ class Gateway:
 
     async def _stop(self, _app: web.Application) -> None:
         await self.health.stop()
-        if self._rollout_task:
-            self._rollout_task.cancel()
+        self.admin.stop()
         if self.audit:
             await self.audit.stop()
         await self.session.close()
@@ -168,6 +166,7 @@ class Gateway:
         key, info, reservation = ANONYMOUS, None, None
         self.in_flight += 1
         self.metrics.in_flight.inc()
+        self.load.arrived()
         try:
             if self.draining:
                 raise GatewayError(
@@ -182,6 +181,7 @@ class Gateway:
                     413, f"request body larger than {limit} bytes", code="request_too_large"
                 ) from None
             info = parse_request(endpoint, body, request.headers, self.config.affinity.prefix_chars)
+            info.route = dataclasses.replace(info.route, version=self.dispatcher.pick_version())
             self.auth.authorize_model(key, info.model)
             reservation = await self._admit(key, info, headers)
             response = await self._from_cache(request, key, info, headers, outcome)
@@ -261,6 +261,8 @@ class Gateway:
         self.metrics.requests.labels(replica, str(outcome.status), key.id).inc()
         if outcome.status == 200 and outcome.replica:
             self.metrics.added_latency.observe(outcome.added_s)
+        if outcome.ttft_s is not None:
+            self.load.first_token(outcome.ttft_s)
         if self.audit is not None:
             await self.audit.record(**self._audit_fields(key, info, outcome, headers, replica))
 
@@ -314,7 +316,8 @@ class Gateway:
         # The replica's shape (`Status` in herd.protocol): one document describes both.
         if self.draining:
             return web.json_response({"status": "draining"}, status=503)
-        if not self.replicas.ready():
+        # An autoscaled fleet at zero still takes requests: it holds them while a replica starts.
+        if not self.replicas.ready() and self.dispatcher.cold_wait_s is None:
             return web.json_response({"status": "starting"}, status=503)
         return web.json_response({"status": "ready"})
 
@@ -326,60 +329,6 @@ class Gateway:
         if self._openapi_doc is None:  # built once: the models and statuses never change
             self._openapi_doc = build_openapi("herd gateway", None, None, GATEWAY_ERRORS)
         return web.json_response(self._openapi_doc)
-
-    async def _admin_list(self, request: web.Request) -> web.Response:
-        return await _admin(request, self.auth, self._list)
-
-    async def _list(self, _request: web.Request) -> web.Response:
-        return web.json_response({"replicas": [r.to_json() for r in self.replicas.all()]})
-
-    async def _admin_add(self, request: web.Request) -> web.Response:
-        async def add(req: web.Request) -> web.Response:
-            url = await _json_url(req)
-            self.replicas.add(url, ReplicaState.LOADING)
-            await self.health.check(self.replicas.get(url))
-            return web.json_response(self.replicas.get(url).to_json(), status=201)
-
-        return await _admin(request, self.auth, add)
-
-    async def _admin_remove(self, request: web.Request) -> web.Response:
-        async def remove(req: web.Request) -> web.Response:
-            url = req.query.get("url") or await _json_url(req)
-            if self.replicas.get(url) is None:
-                raise GatewayError(404, f"no replica {url!r}", param="url")
-            self.replicas.remove(url)
-            return web.json_response({"removed": url})
-
-        return await _admin(request, self.auth, remove)
-
-    async def _admin_rollout(self, request: web.Request) -> web.Response:
-        async def rollout(req: web.Request) -> web.Response:
-            if self.rollout is None:
-                raise GatewayError(404, "no fleet: this gateway does not manage its replicas")
-            if self._rollout_task and not self._rollout_task.done():
-                raise GatewayError(429, "a rollout is already running", code="rollout_running")
-            self._rollout_task = asyncio.create_task(self.rollout())
-            if req.query.get("wait") in ("1", "true"):
-                return web.json_response(await asyncio.shield(self._rollout_task))
-            return web.json_response({"status": "started"}, status=202)
-
-        return await _admin(request, self.auth, rollout)
-
-
-async def _admin(request: web.Request, auth: Authenticator, handler) -> web.Response:
-    auth.check_admin(request.headers)  # a refusal leaves through the error middleware
-    return await handler(request)
-
-
-async def _json_url(request: web.Request) -> str:
-    try:
-        data = await request.json()
-    except ValueError:
-        raise GatewayError(400, 'body must be JSON: {"url": ...}') from None
-    url = data.get("url") if isinstance(data, dict) else None
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise GatewayError(400, "'url' must be an http(s) URL", param="url")
-    return url.rstrip("/")
 
 
 def _answer_text(answer: dict | None) -> str | None:

@@ -25,7 +25,11 @@ def cache_key(tenant: str, revision: str, info: RequestInfo, shared: bool) -> st
     canonical = {k: v for k, v in info.payload.items() if k not in DELIVERY_FIELDS}
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     scope = "*" if shared else tenant
-    digest = hashlib.sha256(f"{scope}\0{revision}\0{info.endpoint}\0{text}".encode()).hexdigest()
+    # The fleet version that will answer is part of the key: no answer crosses a rollout.
+    version = info.route.version or ""
+    digest = hashlib.sha256(
+        f"{scope}\0{revision}\0{version}\0{info.endpoint}\0{text}".encode()
+    ).hexdigest()
     return f"herd:rc:{digest}"
 
 

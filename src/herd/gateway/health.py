@@ -33,6 +33,7 @@ METRIC_NAMES = {
         "vllm:prefix_cache_hits_total",
         "vllm:gpu_prefix_cache_hits_total",
     ),
+    "generation_tokens": ("herd_generation_tokens_total", "vllm:generation_tokens_total"),
 }
 
 

@@ -58,6 +58,13 @@ class GatewayMetrics:
             registry=r,
         )
         self.replicas = Gauge("herd_gateway_replicas", "Replicas by state", ["state"], registry=r)
+        # The queue-to-compute signal autoscalers (herd's, an HPA, KEDA) scale on.
+        self.load_per_replica = Gauge(
+            "herd_gateway_load_per_replica",
+            "Requests at replicas plus queued in the gateway, per ready replica (all of it when "
+            "none is ready)",
+            registry=r,
+        )
 
     def render(self, replicas: ReplicaSet, queued: int) -> bytes:
         counts = {s: 0 for s in ReplicaState}
@@ -66,4 +73,6 @@ class GatewayMetrics:
         for state, n in counts.items():
             self.replicas.labels(state.value).set(n)
         self.queued.set(queued)
+        at_replicas = sum(r.observed.in_flight for r in replicas.all())
+        self.load_per_replica.set((at_replicas + queued) / max(counts[ReplicaState.READY], 1))
         return generate_latest(self.registry)

@@ -18,6 +18,7 @@ class ReplicaState(enum.StrEnum):
     LOADING = "loading"  # started, not ready yet: no traffic
     READY = "ready"  # takes traffic
     DRAINING = "draining"  # finishing its requests before it stops: no new traffic
+    STANDBY = "standby"  # loaded and ready but unrouted: the fleet promotes it at once when needed
     EJECTED = "ejected"  # failed too often: no traffic until a probe succeeds after backoff
     DOWN = "down"  # its process is gone (local replicas)
 
@@ -30,6 +31,7 @@ class Observed:
 
     in_flight: int = 0  # requests the gateway has sent and not finished
     requests: int = 0  # requests sent in total
+    last_request_at: float = 0.0  # monotonic time the last request was routed here
     failures: int = 0  # failed attempts in total
     consecutive_failures: int = 0  # reset by any success; ejects at HealthConfig.eject_after
     ewma_latency_s: float = 0.0  # smoothed time to first byte
@@ -48,6 +50,7 @@ class Reported:
     kv_usage: float = 0.0  # KV cache use in [0, 1]
     prefix_queries: float = 0.0  # prefix-cache lookups (counter; tokens or blocks)
     prefix_hits: float = 0.0  # prefix-cache hits (counter)
+    generation_tokens: float = 0.0  # tokens generated (counter): tokens/s from two scrapes
     has_metrics: bool | None = None  # None: not scraped yet; False: no /metrics, stop asking
     scraped_at: float = 0.0  # monotonic time of the last scrape
 
@@ -61,6 +64,7 @@ class Replica:
     url: str  # base URL, no trailing slash
     state: ReplicaState = ReplicaState.LOADING
     pid: int | None = None  # local replicas only
+    version: str = ""  # the fleet's name for what it runs (model + arguments); "" when unmanaged
     locked: bool = False  # state set by the fleet (draining, down): health checks leave it
     observed: Observed = field(default_factory=Observed)
     reported: Reported = field(default_factory=Reported)
@@ -71,12 +75,14 @@ class Replica:
             "state": self.state.value,
             "in_flight": self.observed.in_flight,
             "pid": self.pid,
+            "version": self.version,
             "requests": self.observed.requests,
             "failures": self.observed.failures,
             "num_waiting": self.reported.num_waiting,
             "num_running": self.reported.num_running,
             "kv_usage": self.reported.kv_usage,
             "prefix_hits": self.reported.prefix_hits,
+            "generation_tokens": self.reported.generation_tokens,
         }
 
 
@@ -94,14 +100,18 @@ class ReplicaSet:
         self.on_eject = None  # callback(url) for metrics
 
     def add(
-        self, url: str, state: ReplicaState = ReplicaState.LOADING, pid: int | None = None
+        self,
+        url: str,
+        state: ReplicaState = ReplicaState.LOADING,
+        pid: int | None = None,
+        version: str = "",
     ) -> Replica:
         url = url.rstrip("/")
         replica = self._replicas.get(url)
         if replica is None:
-            replica = self._replicas[url] = Replica(url=url, state=state, pid=pid)
+            replica = self._replicas[url] = Replica(url=url, state=state, pid=pid, version=version)
         else:
-            replica.state, replica.pid = state, pid
+            replica.state, replica.pid, replica.version = state, pid, version
         self._notify()
         return replica
 
@@ -115,8 +125,16 @@ class ReplicaSet:
     def all(self) -> list[Replica]:
         return list(self._replicas.values())
 
-    def ready(self) -> list[Replica]:
-        return [r for r in self._replicas.values() if r.state is ReplicaState.READY]
+    def ready(self, version: str | None = None) -> list[Replica]:
+        """Replicas taking traffic (of `version` only, when given)."""
+        return [
+            r
+            for r in self._replicas.values()
+            if r.state is ReplicaState.READY and (version is None or r.version == version)
+        ]
+
+    def count(self, *states: ReplicaState) -> int:
+        return sum(1 for r in self._replicas.values() if r.state in states)
 
     def set_state(self, url: str, state: ReplicaState) -> None:
         replica = self.get(url)
@@ -134,6 +152,7 @@ class ReplicaSet:
     def begin(self, replica: Replica) -> None:
         replica.observed.in_flight += 1
         replica.observed.requests += 1
+        replica.observed.last_request_at = time.monotonic()
 
     def end(self, replica: Replica) -> None:
         replica.observed.in_flight -= 1

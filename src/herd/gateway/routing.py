@@ -24,6 +24,7 @@ class RouteRequest:
     model: str  # requested model name
     session_key: str | None = None  # `user` field or x-session-id header
     prefix_key: str | None = None  # leading prompt characters
+    version: str | None = None  # fleet version chosen for it (canary split); None: any
 
 
 class RoutingPolicy(ABC):

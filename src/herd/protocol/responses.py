@@ -198,9 +198,11 @@ class ErrorResponse(_Out):
 
 
 class Status(_Out):
-    """/health and /ready: {"status": "ok" | "ready" | "starting" | "draining"}."""
+    """/health and /ready: {"status": "ok" | "ready" | "starting" | "draining"}; a ready replica
+    also says how long each start-up phase took (seconds by phase), for cold-start accounting."""
 
     status: str
+    startup: dict[str, float] | None = None
 
 
 def dump(model: BaseModel) -> dict[str, Any]:

@@ -265,7 +265,7 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     state, engine = request.app[STATE], request.app[ENGINE]
     if state.phase == "ready" and engine.dead is None:
-        return web.json_response({"status": "ready"})
+        return web.json_response({"status": "ready", "startup": state.phases})
     return web.json_response({"status": state.phase}, status=503, headers={"Retry-After": "1"})
 
 
