@@ -374,3 +374,27 @@ def test_bad_values_fail_the_render():
             [helm_binary(), "template", "rel", str(CHART), *bad], capture_output=True, text=True
         )
         assert out.returncode != 0, bad
+
+
+def _dashboard_metrics() -> set[str]:
+    import re
+
+    dashboard = json.loads((CHART / "dashboards" / "herd.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    return {re.sub(r"_(bucket|total)$", "", m) for e in exprs for m in re.findall(r"herd_\w+", e)}
+
+
+def test_dashboard_and_autoscalers_read_metrics_herd_exports():
+    """Every series the dashboard and the autoscalers query is one herd really exports: the
+    gateway's from a live render of its registry, the replica's from herd.server.metrics."""
+    from herd.gateway.metrics import GatewayMetrics
+    from herd.gateway.replicas import ReplicaSet
+
+    gateway = GatewayMetrics().render(ReplicaSet(), 0).decode()
+    replica_source = (ROOT / "src" / "herd" / "server" / "metrics.py").read_text()
+    names = _dashboard_metrics()
+    assert {"herd_time_to_first_token_seconds", "herd_inter_token_latency_seconds"} <= names
+    assert {"herd_generation_tokens", "herd_kv_cache_usage_ratio", "herd_gateway_replicas"} <= names
+    for name in names | {"herd_gateway_load_per_replica"}:
+        where = gateway if name.startswith("herd_gateway_") else replica_source
+        assert f"{name}" in where, f"{name} is not exported by herd"
