@@ -224,6 +224,31 @@ async def test_errors_back_off_and_reconnect_with_a_fresh_token(api, credentials
         await d.stop()
 
 
+async def test_large_events_split_across_reads(api, credentials):
+    """One watch event of ~1 MB (100 endpoints, large managedFields): aiohttp's readline fails
+    on it (checked), the discovery's own line splitter must not."""
+    big = json.loads(json.dumps(RECORDED["watch_events"][0]))
+    template = big["object"]["endpoints"][0]
+    big["object"]["endpoints"] = [
+        {**template, "addresses": [f"10.9.{i // 250}.{i % 250 + 1}"]} for i in range(100)
+    ]
+    big["object"]["metadata"]["managedFields"] = [{"manager": "x" * 1_000_000}]
+    api.lists = [RECORDED["list_first"]]
+    stream = asyncio.Queue()
+    api.watches = [stream]
+    replicas = ReplicaSet()
+    d = make_discovery(FAST, replicas, api_url=api.url, credentials=credentials)
+    d.start()
+    try:
+        await until(lambda: len(replicas.all()) == 1)
+        await stream.put(big)
+        await stream.put(RECORDED["watch_events"][1])
+        await until(lambda: len(replicas.all()) == 101, what="100 endpoints + the IPv6 one")
+        assert d.failures == 0
+    finally:
+        await d.stop()
+
+
 async def test_named_port_comes_from_the_slice(api, credentials):
     api.lists = [RECORDED["list_first"]]
     replicas = ReplicaSet()
