@@ -224,6 +224,24 @@ async def test_errors_back_off_and_reconnect_with_a_fresh_token(api, credentials
         await d.stop()
 
 
+async def test_a_malformed_event_is_retried_not_fatal(api, credentials):
+    api.lists = [RECORDED["list_first"]]
+    first, second = asyncio.Queue(), asyncio.Queue()
+    api.watches = [first, second]
+    replicas = ReplicaSet()
+    d = make_discovery(FAST, replicas, api_url=api.url, credentials=credentials)
+    d.start()
+    try:
+        await until(lambda: len(replicas.all()) == 1)
+        await first.put({"type": "MODIFIED", "object": {"kind": "EndpointSlice"}})  # no metadata
+        await until(lambda: len(api.calls(watch=True)) == 2, what="a new watch after the error")
+        assert d.failures == 1
+        await second.put(RECORDED["watch_events"][0])
+        await until(lambda: len(replicas.all()) == 2 and d.failures == 0)
+    finally:
+        await d.stop()
+
+
 async def test_large_events_split_across_reads(api, credentials):
     """One watch event of ~1 MB (100 endpoints, large managedFields): aiohttp's readline fails
     on it (checked), the discovery's own line splitter must not."""

@@ -105,10 +105,13 @@ class Discovery:
         while True:
             try:
                 await self._sync()
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError, ApiError) as exc:
+            # KeyError / TypeError: a malformed object from the API; retry, never end the task.
+            except (
+                aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError, ApiError
+            ) as exc:  # fmt: skip
                 self.failures += 1
                 delay = min(
-                    self.config.backoff_base_s * 2 ** (self.failures - 1),
+                    self.config.backoff_base_s * 2 ** min(self.failures - 1, 30),
                     self.config.backoff_max_s,
                 )
                 log.warning("discovery: %s; retrying in %.1f s", exc or type(exc).__name__, delay)
