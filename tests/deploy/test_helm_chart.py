@@ -157,8 +157,8 @@ def test_replica_probes_hit_herd_routes(rendered):
     assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert c["livenessProbe"]["httpGet"]["path"] == "/health"
     startup = c["startupProbe"]
-    assert startup["httpGet"]["path"] == "/health"
-    # Loading weights takes minutes: at least five of them before liveness may kill the pod.
+    # Liveness starts once the model is loaded and warmed; loading may take minutes (five at least).
+    assert startup["httpGet"]["path"] == "/ready"
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert c[probe]["httpGet"]["port"] == "http"
