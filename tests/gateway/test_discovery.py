@@ -339,3 +339,19 @@ async def test_gateway_cli_discovers_a_replica_over_dns(fakes):
     finally:
         proc.terminate()
         await proc.wait()
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("consul://x:1", "unknown scheme"),
+        ("dns://nohost", "expected dns://HOST:PORT"),
+        ("k8s://llm/svc:8000", "KUBERNETES_SERVICE_HOST"),
+    ],
+)
+def test_gateway_cli_refuses_a_bad_discovery_url(url, message, capsys, monkeypatch):
+    from herd.cli import main
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert main(["gateway", "--port", "0", "--discover", url]) == 2
+    assert message in capsys.readouterr().err
