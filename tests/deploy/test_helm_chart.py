@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from herd.fleet.config import AutoscaleConfig
+from herd.gateway.config import GatewayConfig
 from herd.server.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,15 +177,17 @@ def test_grace_period_outlasts_prestop_plus_drain(rendered):
     assert pod["terminationGracePeriodSeconds"] > sleep + drain
     gw = rendered.one("Deployment", "gateway")["spec"]["template"]["spec"]
     gw_sleep = int(gw["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert (
-        gw["terminationGracePeriodSeconds"] > gw_sleep + rendered.values["gateway"]["drain_timeout"]
-    )
+    config = yaml.safe_load(rendered.one("ConfigMap", "gateway")["data"]["gateway.yaml"])
+    gw_drain = config["gateway"]["drain_timeout_s"]
+    assert gw_drain == rendered.values["gateway"]["drain_timeout"]
+    assert gw["terminationGracePeriodSeconds"] > gw_sleep + gw_drain
 
 
 def test_default_drain_timeout_is_herds_own():
     # The chart's default must be what `herd replica` does without the flag (one fact, two places).
     default = ServerConfig.__dataclass_fields__["drain_timeout"].default
     assert values("default")["replica"]["drain_timeout"] == default
+    assert values("default")["gateway"]["drain_timeout"] == GatewayConfig().drain_timeout_s
 
 
 def test_replica_service_is_headless_and_gateway_discovers_it(rendered):

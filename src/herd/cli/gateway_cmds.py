@@ -246,7 +246,7 @@ async def _run_gateway(gateway, discovery=None) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
-        await gateway.drain(30.0)
+        await gateway.drain(c.drain_timeout_s)
     finally:
         if discovery is not None:
             await discovery.stop()

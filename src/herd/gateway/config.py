@@ -123,6 +123,7 @@ class GatewayConfig:
     admin_key: str | None = None  # guards /admin/*; none: admin routes are off
     redis: str | None = None  # redis://host:port/db shared by gateway instances
     model_revision: str = ""  # part of the cache key: change it when weights change
+    drain_timeout_s: float = 30.0  # herd gateway on SIGTERM: in-flight requests get this long
     health: HealthConfig = field(default_factory=HealthConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
