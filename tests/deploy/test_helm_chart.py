@@ -305,6 +305,9 @@ def test_autoscaler_uses_herds_signal_target_and_windows(rendered):
         assert "herd_gateway_load_per_replica" in trigger["metadata"]["query"]
         assert float(trigger["metadata"]["threshold"]) == a["target_load"]
         assert spec["cooldownPeriod"] == a["idle_timeout_s"]
+        if a["min_replicas"] == 0:  # requests must outwait a cold start in the gateway's queue
+            gw = yaml.safe_load(rendered.one("ConfigMap", "gateway")["data"]["gateway.yaml"])
+            assert gw["gateway"]["proxy"]["queue_timeout_s"] >= 120
         _behavior_matches(spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"], a)
         target = spec["scaleTargetRef"]
     assert target["name"] == deployment["metadata"]["name"]
