@@ -57,6 +57,12 @@ def register(subparsers) -> None:
     g = subparsers.add_parser("gateway", help="run the gateway alone in front of given replicas")
     g.add_argument("--upstream", action="append", default=[], help="replica base URL (repeatable)")
     g.add_argument(
+        "--discover",
+        metavar="URL",
+        help="find replicas that come and go: k8s://NAMESPACE/SERVICE:PORT (EndpointSlice watch "
+        "from inside a pod) or dns://HOST:PORT (a headless Service's addresses)",
+    )
+    g.add_argument(
         "--hash-key", metavar="KEY", help="print the SHA-256 of KEY for a keys file; exit"
     )
     _common(g)
@@ -222,17 +228,33 @@ def handle_gateway(args: argparse.Namespace) -> int:
         return 0
     config = _load(args).gateway
     config.upstreams = [*config.upstreams, *args.upstream]
-    if not config.upstreams:
+    if args.discover:
+        config.discovery.url = args.discover
+    if not config.upstreams and not config.discovery.url:
         print("herd gateway: no upstreams yet; add some with POST /admin/replicas", file=sys.stderr)
     gateway = _gateway_or_error(config)
+    discovery = _discovery_or_error(gateway)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        return asyncio.run(_run_gateway(gateway))
+        return asyncio.run(_run_gateway(gateway, discovery))
     except OSError as exc:
         raise CliError(f"cannot listen on {config.host}:{config.port}: {exc}") from None
 
 
-async def _run_gateway(gateway) -> int:
+def _discovery_or_error(gateway):
+    """The discovery task for --discover / [gateway.discovery] (not started), or None."""
+    from herd.gateway.config import ConfigError
+    from herd.gateway.discovery import make_discovery
+
+    if not gateway.config.discovery.url:
+        return None
+    try:
+        return make_discovery(gateway.config.discovery, gateway.replicas)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+async def _run_gateway(gateway, discovery=None) -> int:
     import signal
 
     from herd.gateway.app import serve
@@ -241,13 +263,18 @@ async def _run_gateway(gateway) -> int:
     runner = await serve(gateway, c.host, c.port)
     print(f"herd gateway: listening on http://{c.host}:{c.port} in front of "
           f"{len(c.upstreams)} upstream(s), policy {c.policy}", flush=True)  # fmt: skip
+    if discovery is not None:
+        discovery.start()
+        print(f"herd gateway: discovering replicas at {c.discovery.url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
-        await gateway.drain(30.0)
+        await gateway.drain(c.drain_timeout_s)
     finally:
+        if discovery is not None:
+            await discovery.stop()
         await runner.cleanup()
     return 0
