@@ -168,29 +168,39 @@ def _renderer(engine, req: GenerateRequest, request_id: str, model: str, parser:
 
 
 async def _merge_streams(streams: list) -> AsyncIterator[Any]:
-    """Deltas from several engine streams as they come; closing it aborts them all."""
+    """Deltas from several engine streams as they come; closing it aborts them all. Nothing is
+    yielded until every stream has been accepted by the engine (its first delta, or its end), so
+    one refused prompt still refuses the whole batch before a streamed response starts."""
     queue: asyncio.Queue = asyncio.Queue()
 
-    async def pump(stream) -> None:
+    async def pump(i: int, stream) -> None:
         try:
             async with contextlib.aclosing(stream):
                 async for out in stream:
-                    queue.put_nowait((out, None))
+                    queue.put_nowait((i, out, None))
         except Exception as exc:  # noqa: BLE001 - re-raised by the consumer
-            queue.put_nowait((None, exc))
-        queue.put_nowait((None, None))
+            queue.put_nowait((i, None, exc))
+        queue.put_nowait((i, None, None))
 
-    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
     try:
-        remaining = len(tasks)
+        remaining, unheard, held = len(tasks), set(range(len(tasks))), []
         while remaining:
-            out, exc = await queue.get()
+            i, out, exc = await queue.get()
+            unheard.discard(i)
             if exc is not None:
                 raise exc
             if out is None:
                 remaining -= 1
+            else:
+                held.append(out)
+            if unheard:
                 continue
-            yield out
+            for item in held:
+                yield item
+            held.clear()
+        for item in held:
+            yield item
     finally:
         for task in tasks:
             task.cancel()
