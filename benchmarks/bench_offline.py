@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--hf-single-prompts", type=int, default=4)
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--enforce-eager", action="store_true", help="herd without torch.compile")
     ap.add_argument("--model-dir", help="reuse a model directory (default: write one)")
     ap.add_argument(
         "--prompts", help="prompts.json from shared/peers/workload.py (default: random ids)"
@@ -92,7 +93,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
     }
     for dtype in args.dtype:
-        r = {"herd": bench_herd(model_dir, prompts, args.output_len, dtype)}
+        kw = {"enforce_eager": True} if args.enforce_eager else {}
+        r = {"herd": bench_herd(model_dir, prompts, args.output_len, dtype, **kw)}
         if not args.skip_hf:
             r["hf_batch"] = bench_hf(model_dir, prompts, args.output_len, dtype, batch=True)
             single = prompts[: args.hf_single_prompts]
