@@ -59,6 +59,7 @@ def test_replica_flags_build_the_engine_config():
         quantization="int8",
         kv_cache_dtype="fp8",
         enable_prefix_caching=False,
+        attention_backend="torch",
         scheduler=SchedulerConfig(max_num_seqs=3),
     )
     # The server declares only its own settings; none of them repeats an engine setting.
@@ -136,7 +137,9 @@ def test_quantization_none_means_no_quantization():
 
 
 def test_declared_attention_backends_are_the_real_ones():
-    assert engine_config_module.ATTENTION_BACKENDS == tuple(BACKENDS)
+    import herd.engine.flex_attention  # noqa: F401 - registers itself, as get_backend imports it
+
+    assert engine_config_module.ATTENTION_BACKENDS == ("auto", *BACKENDS)
 
 
 def test_model_may_be_a_directory_or_a_gguf_file(tmp_path):

@@ -6,7 +6,7 @@ The runner packs the step's tokens decodes first, then prefill chunks, and build
 """
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,8 @@ class AttentionMetadata:
     prefill_block_ids: list[torch.Tensor]
     decode_block_table: torch.Tensor | None  # [num_decodes, max_blocks], padded with block 0
     decode_seq_lens: torch.Tensor | None  # [num_decodes]
+    # what a backend derives once per step and reuses in every layer (FlexAttention's mask)
+    backend_state: dict = field(default_factory=dict)
 
 
 class AttentionBackend(ABC):
@@ -128,7 +130,17 @@ def gather(cache: torch.Tensor, block_ids: torch.Tensor, dtype: torch.dtype) -> 
 BACKENDS: dict[str, type[AttentionBackend]] = {"torch": TorchAttention}
 
 
-def get_backend(name: str, block_size: int) -> AttentionBackend:
+def register_backend(name: str, cls: type[AttentionBackend]) -> None:
+    BACKENDS[name] = cls
+
+
+def get_backend(name: str, block_size: int, device: torch.device) -> AttentionBackend:
+    """`auto`: FlexAttention on CUDA (one call per step, no gathered context), TorchAttention
+    elsewhere (on CPU eager flex is unfused and measured far slower; fast-path.md)."""
+    import herd.engine.flex_attention  # noqa: F401 - registers "flex"
+
+    if name == "auto":
+        name = "flex" if device.type == "cuda" else "torch"
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(BACKENDS)}")
     return BACKENDS[name](block_size)

@@ -22,35 +22,16 @@ _current = threading.local()
 
 
 @torch.library.custom_op("herd::paged_decode", mutates_args=())
-def paged_decode(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    layer: int,
-    slots: torch.Tensor,
-    table: torch.Tensor,
-    lens: torch.Tensor,
-) -> torch.Tensor:
-    """Stores this step's K/V of `layer` and attends every row (query length 1) to its context.
-    The cache is written in place; the compiler sees only q, k, v in and the output out."""
-    backend: AttentionBackend = _current.backend
-    cache: torch.Tensor = _current.kv_cache
-    bs = backend.block_size
-    width = -(-int(lens.max()) // bs)  # the table is padded to the longest context the graph takes
-    meta = AttentionMetadata(
-        slot_mapping=slots,
-        num_decodes=q.shape[0],
-        query_lens=[],
-        seq_lens=[],
-        prefill_block_ids=[],
-        decode_block_table=table[:, :width],
-        decode_seq_lens=lens,
-    )
-    return backend.forward(q, k, v, cache[layer, 0], cache[layer, 1], meta)
+def paged_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int) -> torch.Tensor:
+    """Stores this step's K/V of `layer` and attends every row (query length 1) to its context,
+    through the backend and step metadata `DecodeGraphs.run` set. The cache is written in place;
+    the compiler sees only q, k, v in and the output out."""
+    cache = _current.kv_cache
+    return _current.backend.forward(q, k, v, cache[layer, 0], cache[layer, 1], _current.meta)
 
 
 @paged_decode.register_fake
-def _(q, k, v, layer, slots, table, lens):
+def _(q, k, v, layer):
     return torch.empty_like(q)
 
 
@@ -61,9 +42,9 @@ class _DecodeStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, positions, slots, table, lens):
+    def forward(self, input_ids, positions):
         def attend(layer, q, k, v):
-            return paged_decode(q, k, v, layer, slots, table, lens)
+            return paged_decode(q, k, v, layer)
 
         return self.model.compute_logits(self.model(input_ids, positions, attend))
 
@@ -79,14 +60,12 @@ class DecodeGraphs:
         model: nn.Module,
         backend: AttentionBackend,
         buckets: list[int],
-        max_blocks: int,
         scratch_block: int,
         device: torch.device,
     ) -> None:
         self.step = _DecodeStep(model)
         self.backend = backend
         self.buckets = sorted(buckets)
-        self.max_blocks = max_blocks
         self.scratch_slot = scratch_block * backend.block_size
         self.scratch_block = scratch_block
         self.device = device
@@ -115,17 +94,13 @@ class DecodeGraphs:
         if b is None:
             return None
         pad = b - n
-        rows = [t + [self.scratch_block] * (self.max_blocks - len(t)) for t in tables]
-        rows += [[self.scratch_block] * self.max_blocks] * pad
         to = dict(device=self.device, dtype=torch.long)
         args = (
             torch.tensor(input_ids + [0] * pad, **to),
             torch.tensor(positions + [0] * pad, **to),
-            torch.tensor(slots + [self.scratch_slot] * pad, **to),
-            torch.tensor(rows, **to),
-            torch.tensor(lens + [1] * pad, **to),
         )
         _current.backend, _current.kv_cache = self.backend, kv_cache
+        _current.meta = self._metadata(slots, tables, lens, pad)
         first = b not in self.compiled
         t0 = time.perf_counter()
         try:
@@ -147,6 +122,25 @@ class DecodeGraphs:
                 describe_backend(self.device),
             )
         return logits[:n]
+
+    def _metadata(
+        self, slots: list[int], tables: list[list[int]], lens: list[int], pad: int
+    ) -> AttentionMetadata:
+        """The step's attention metadata with `pad` rows that own only the scratch block."""
+        width = max(len(t) for t in tables)
+        rows = [t + [self.scratch_block] * (width - len(t)) for t in tables]
+        rows += [[self.scratch_block] * width] * pad
+        to = dict(device=self.device, dtype=torch.long)
+        lens = lens + [1] * pad
+        return AttentionMetadata(
+            slot_mapping=torch.tensor(slots + [self.scratch_slot] * pad, **to),
+            num_decodes=len(lens),
+            query_lens=[1] * len(lens),
+            seq_lens=lens,
+            prefill_block_ids=[],
+            decode_block_table=torch.tensor(rows, **to),
+            decode_seq_lens=torch.tensor(lens, **to),
+        )
 
 
 def describe_backend(device: torch.device) -> str:

@@ -10,7 +10,8 @@ from typing import Any
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int8", "int4", "fp8")
 KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8")
-ATTENTION_BACKENDS = ("torch",)  # herd.engine.attention.BACKENDS; checked by a test
+# "auto" + herd.engine.attention.BACKENDS; checked by a test
+ATTENTION_BACKENDS = ("auto", "torch", "flex")
 
 
 def setting(default: Any = MISSING, help: str = "", choices: tuple | None = None) -> Any:
@@ -70,7 +71,9 @@ class EngineConfig:
     )
     max_model_len: int | None = setting(None, "context length (default: the model's)")
     enable_prefix_caching: bool = setting(True, "reuse KV blocks of shared prompt prefixes")
-    attention_backend: str = setting("torch", "attention implementation", ATTENTION_BACKENDS)
+    attention_backend: str = setting(
+        "auto", "attention implementation (auto: flex on CUDA, torch elsewhere)", ATTENTION_BACKENDS
+    )
     seed: int = setting(0, "seed of requests that give none")
     # Default from the environment so a test suite (tests/conftest.py) and the replicas it starts
     # skip compiling without naming the setting everywhere.

@@ -119,11 +119,12 @@ class ModelRunner:
         )
         self.kv_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
         log.info("allocated %d KV blocks of %d tokens", self.num_blocks, self.block_size)
-        self.backend = get_backend(config.attention_backend, self.block_size)
+        self.backend = get_backend(config.attention_backend, self.block_size, self.device)
+        log.info("attention backend %s", type(self.backend).__name__)
         self.sampler = Sampler(model_config.eos_token_ids, config.seed)
-        self.graphs = self._decode_graphs(max_model_len)
+        self.graphs = self._decode_graphs()
 
-    def _decode_graphs(self, max_model_len: int) -> DecodeGraphs | None:
+    def _decode_graphs(self) -> DecodeGraphs | None:
         if self.config.enforce_eager:
             log.info("enforce_eager: every step runs eagerly")
             return None
@@ -139,7 +140,6 @@ class ModelRunner:
             self.model,
             self.backend,
             buckets,
-            max_blocks=-(-max_model_len // self.block_size),
             scratch_block=self.num_blocks,
             device=self.device,
         )
