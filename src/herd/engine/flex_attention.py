@@ -72,7 +72,8 @@ def _tables(meta: AttentionMetadata, block_size: int) -> list[torch.Tensor]:
     out = []
     if meta.num_decodes:
         lens = meta.seq_lens[: meta.num_decodes]
-        out = [row[: -(-n // block_size)] for row, n in zip(meta.decode_block_table, lens)]
+        rows = zip(meta.decode_block_table, lens, strict=True)
+        out = [row[: -(-n // block_size)] for row, n in rows]
     return out + list(meta.prefill_block_ids)
 
 
