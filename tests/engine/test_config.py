@@ -12,7 +12,7 @@ from herd.cli import build_parser
 from herd.cli.config_args import config_values
 from herd.cli.gateway_cmds import replica_engine_flags
 from herd.cli.server_cmds import check_model_path, engine_config
-from herd.engine.attention import BACKENDS
+from herd.engine.backends import BACKENDS
 from herd.engine.config import EngineConfig, SchedulerConfig, flat_fields, setting
 from herd.engine.errors import InvalidRequestError
 from herd.engine.llm import LLM
@@ -137,8 +137,6 @@ def test_quantization_none_means_no_quantization():
 
 
 def test_declared_attention_backends_are_the_real_ones():
-    import herd.engine.flex_attention  # noqa: F401 - registers itself, as get_backend imports it
-
     assert engine_config_module.ATTENTION_BACKENDS == ("auto", *BACKENDS)
 
 

@@ -24,8 +24,9 @@ def _step(dtype):
     for t, q, n in zip(tables, query_lens, seq_lens, strict=True):
         slots += [t[p // BS] * BS + p % BS for p in range(n - q, n)]
     width = max(len(t) for t in tables[:2])
-    meta = (
-        lambda: AttentionMetadata(  # noqa: E731 - a fresh one per backend (state is cached)
+
+    def meta() -> AttentionMetadata:  # a fresh one per backend: FlexAttention caches its mask
+        return AttentionMetadata(
             slot_mapping=torch.tensor(slots),
             num_decodes=2,
             query_lens=query_lens,
@@ -34,7 +35,7 @@ def _step(dtype):
             decode_block_table=torch.tensor([t + [0] * (width - len(t)) for t in tables[:2]]),
             decode_seq_lens=torch.tensor(seq_lens[:2]),
         )
-    )
+
     t = sum(query_lens)
     q, k, v = (torch.randn(t, h, D, generator=g, dtype=dtype) for h in (HQ, HKV, HKV))
     cache = torch.randn(2, BLOCKS, BS, HKV, D, generator=g, dtype=dtype)

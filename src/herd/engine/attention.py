@@ -125,22 +125,3 @@ def gather(cache: torch.Tensor, block_ids: torch.Tensor, dtype: torch.dtype) -> 
     raw = cache.view(torch.uint8).index_select(0, block_ids).view(FP8)
     wide, factor = fp8_widen(raw, dtype)
     return wide.mul_(factor) if factor != 1.0 else wide
-
-
-BACKENDS: dict[str, type[AttentionBackend]] = {"torch": TorchAttention}
-
-
-def register_backend(name: str, cls: type[AttentionBackend]) -> None:
-    BACKENDS[name] = cls
-
-
-def get_backend(name: str, block_size: int, device: torch.device) -> AttentionBackend:
-    """`auto`: FlexAttention on CUDA (one call per step, no gathered context), TorchAttention
-    elsewhere (on CPU eager flex is unfused and measured far slower; fast-path.md)."""
-    import herd.engine.flex_attention  # noqa: F401 - registers "flex"
-
-    if name == "auto":
-        name = "flex" if device.type == "cuda" else "torch"
-    if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(BACKENDS)}")
-    return BACKENDS[name](block_size)

@@ -10,7 +10,7 @@ from typing import Any
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int8", "int4", "fp8")
 KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8")
-# "auto" + herd.engine.attention.BACKENDS; checked by a test
+# "auto" + herd.engine.backends.BACKENDS; checked by a test
 ATTENTION_BACKENDS = ("auto", "torch", "flex")
 
 

@@ -8,7 +8,7 @@ unfused (eager flex materialises scores over the cache), so TorchAttention stays
 import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from herd.engine.attention import AttentionBackend, AttentionMetadata, register_backend, store
+from herd.engine.attention import AttentionBackend, AttentionMetadata, store
 from herd.model.quant import FP8, fp8_widen
 
 _compiled_flex = None
@@ -62,9 +62,6 @@ class FlexAttention(AttentionBackend):
         return create_block_mask(
             mask_mod, None, None, len(seq_of), num_blocks * bs, device=dev, BLOCK_SIZE=128
         )
-
-
-register_backend("flex", FlexAttention)
 
 
 def _tables(meta: AttentionMetadata, block_size: int) -> list[torch.Tensor]:

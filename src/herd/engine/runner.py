@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from herd.engine.attention import AttentionMetadata, get_backend
+from herd.engine.attention import AttentionMetadata
+from herd.engine.backends import get_backend
 from herd.engine.compiled import DecodeGraphs, describe_backend
 from herd.engine.config import EngineConfig
 from herd.engine.request import Request
