@@ -69,7 +69,7 @@ class DecodeGraphs:
         self.scratch_slot = scratch_block * backend.block_size
         self.scratch_block = scratch_block
         self.device = device
-        self.compiled: dict[int, object] = {}
+        self.compiled: set[int] = set()
         self.failed: set[int] = set()
         torch._dynamo.config.recompile_limit = max(8, 2 * len(self.buckets))
         self.fn = torch.compile(self.step, dynamic=False)
@@ -114,7 +114,7 @@ class DecodeGraphs:
             self.failed.add(b)
             return None
         if first:
-            self.compiled[b] = True
+            self.compiled.add(b)
             log.info(
                 "compiled decode batch bucket %d in %.1fs (torch.compile inductor, %s)",
                 b,
