@@ -39,7 +39,8 @@ def bench_herd(model_dir: Path, prompts, out_len: int, dtype: str, **kw) -> dict
 
     llm = LLM(model_dir, dtype=dtype, max_num_seqs=len(prompts), **kw)
     params = SamplingParams(temperature=0, max_tokens=out_len, ignore_eos=True)
-    llm.generate([{"prompt_token_ids": prompts[0]}], SamplingParams(max_tokens=4))  # warm-up
+    # Warm-up at the run's batch size, so compiled decode graphs are built before the clock starts.
+    llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(max_tokens=4))
     t0 = time.perf_counter()
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=True)
     elapsed = time.perf_counter() - t0
@@ -73,6 +74,8 @@ def main() -> None:
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--hf-single-prompts", type=int, default=4)
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--enforce-eager", action="store_true", help="herd without torch.compile")
+    ap.add_argument("--compile-max-batch", type=int, help="herd's compile_max_batch")
     ap.add_argument("--model-dir", help="reuse a model directory (default: write one)")
     ap.add_argument(
         "--prompts", help="prompts.json from shared/peers/workload.py (default: random ids)"
@@ -92,7 +95,10 @@ def main() -> None:
         "threads": torch.get_num_threads(),
     }
     for dtype in args.dtype:
-        r = {"herd": bench_herd(model_dir, prompts, args.output_len, dtype)}
+        kw = {"enforce_eager": True} if args.enforce_eager else {}
+        if args.compile_max_batch:
+            kw["compile_max_batch"] = args.compile_max_batch
+        r = {"herd": bench_herd(model_dir, prompts, args.output_len, dtype, **kw)}
         if not args.skip_hf:
             r["hf_batch"] = bench_hf(model_dir, prompts, args.output_len, dtype, batch=True)
             single = prompts[: args.hf_single_prompts]

@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Engines (and the replicas tests start) run eagerly unless a test asks for compiling: a compile
+# costs seconds per batch bucket, and tests/engine/test_compiled.py checks the compiled path.
+os.environ.setdefault("HERD_ENFORCE_EAGER", "1")
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from herd.cli import build_parser
 from herd.cli.config_args import config_values
 from herd.cli.gateway_cmds import replica_engine_flags
 from herd.cli.server_cmds import check_model_path, engine_config
-from herd.engine.attention import BACKENDS
+from herd.engine.backends import BACKENDS
 from herd.engine.config import EngineConfig, SchedulerConfig, flat_fields, setting
 from herd.engine.errors import InvalidRequestError
 from herd.engine.llm import LLM
@@ -59,6 +59,7 @@ def test_replica_flags_build_the_engine_config():
         quantization="int8",
         kv_cache_dtype="fp8",
         enable_prefix_caching=False,
+        attention_backend="torch",
         scheduler=SchedulerConfig(max_num_seqs=3),
     )
     # The server declares only its own settings; none of them repeats an engine setting.
@@ -136,7 +137,7 @@ def test_quantization_none_means_no_quantization():
 
 
 def test_declared_attention_backends_are_the_real_ones():
-    assert engine_config_module.ATTENTION_BACKENDS == tuple(BACKENDS)
+    assert engine_config_module.ATTENTION_BACKENDS == ("auto", *BACKENDS)
 
 
 def test_model_may_be_a_directory_or_a_gguf_file(tmp_path):

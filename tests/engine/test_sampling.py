@@ -148,3 +148,18 @@ def test_siblings_are_right_when_the_first_finishes_before_they_start(tiny_model
         [{"prompt_token_ids": list(range(10, 19))}], SamplingParams(temperature=0, max_tokens=1)
     )[0]
     assert [c.token_ids for c in out.outputs] == [single.outputs[0].token_ids] * 3
+
+
+def test_device_noise_is_exponential_and_keyed_by_seed_and_position():
+    from herd.engine.sampler import exponential_noise, noise_keys
+
+    keys = noise_keys(torch.tensor([7, 7, 8]), torch.tensor([3, 3, 3]))
+    assert keys[0] == keys[1] != keys[2]
+    noise = exponential_noise(keys, 50_000)
+    assert torch.equal(noise[0], noise[1])
+    # Against the exponential CDF (1 - e^-x): Kolmogorov-Smirnov distance of one row.
+    x = noise[2].double().sort().values
+    n = x.numel()
+    cdf = 1 - torch.exp(-x)
+    ks = torch.maximum(torch.arange(1, n + 1) / n - cdf, cdf - torch.arange(n) / n).max()
+    assert ks < 1.95 / n**0.5  # p = 0.001

@@ -6,7 +6,7 @@ The runner packs the step's tokens decodes first, then prefill chunks, and build
 """
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,8 @@ class AttentionMetadata:
     prefill_block_ids: list[torch.Tensor]
     decode_block_table: torch.Tensor | None  # [num_decodes, max_blocks], padded with block 0
     decode_seq_lens: torch.Tensor | None  # [num_decodes]
+    # what a backend derives once per step and reuses in every layer (FlexAttention's mask)
+    backend_state: dict = field(default_factory=dict)
 
 
 class AttentionBackend(ABC):
@@ -123,12 +125,3 @@ def gather(cache: torch.Tensor, block_ids: torch.Tensor, dtype: torch.dtype) -> 
     raw = cache.view(torch.uint8).index_select(0, block_ids).view(FP8)
     wide, factor = fp8_widen(raw, dtype)
     return wide.mul_(factor) if factor != 1.0 else wide
-
-
-BACKENDS: dict[str, type[AttentionBackend]] = {"torch": TorchAttention}
-
-
-def get_backend(name: str, block_size: int) -> AttentionBackend:
-    if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(BACKENDS)}")
-    return BACKENDS[name](block_size)

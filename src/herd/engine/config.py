@@ -3,13 +3,15 @@ carries its default, help text and choices; `LLM(**kwargs)` and the `herd replic
 `generate` / `chat` flags are derived from these declarations, so a new setting is written here only.
 A bad value is a `ValueError` naming the setting."""
 
+import os
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from typing import Any
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int8", "int4", "fp8")
 KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8")
-ATTENTION_BACKENDS = ("torch",)  # herd.engine.attention.BACKENDS; checked by a test
+# "auto" + herd.engine.backends.BACKENDS; checked by a test
+ATTENTION_BACKENDS = ("auto", "torch", "flex")
 
 
 def setting(default: Any = MISSING, help: str = "", choices: tuple | None = None) -> Any:
@@ -69,8 +71,23 @@ class EngineConfig:
     )
     max_model_len: int | None = setting(None, "context length (default: the model's)")
     enable_prefix_caching: bool = setting(True, "reuse KV blocks of shared prompt prefixes")
-    attention_backend: str = setting("torch", "attention implementation", ATTENTION_BACKENDS)
+    attention_backend: str = setting(
+        "auto", "attention implementation (auto: flex on CUDA, torch elsewhere)", ATTENTION_BACKENDS
+    )
     seed: int = setting(0, "seed of requests that give none")
+    # Default from the environment so a test suite (tests/conftest.py) and the replicas it starts
+    # skip compiling without naming the setting everywhere.
+    enforce_eager: bool = setting(
+        os.environ.get("HERD_ENFORCE_EAGER", "") == "1",
+        "never torch.compile: every step runs eagerly, as vLLM's enforce_eager "
+        "(default: false, or true when HERD_ENFORCE_EAGER=1)",
+    )
+    # 64: bench_offline's 64 prompts ran 2.4x faster compiled (benchmarks/RESULTS.md).
+    compile_max_batch: int = setting(
+        64,
+        "largest decode batch run through a compiled graph: batches are padded up to a power of "
+        "two no larger, each compiled on first use; larger batches and prefill run eagerly",
+    )
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
@@ -81,6 +98,7 @@ class EngineConfig:
         _at_least(self, "num_kv_blocks", 1)
         _at_least(self, "kv_cache_memory", 1)
         _at_least(self, "max_model_len", 1)
+        _at_least(self, "compile_max_batch", 1)
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from herd.engine.attention import AttentionMetadata, get_backend
+from herd.engine.attention import AttentionMetadata
+from herd.engine.backends import get_backend
+from herd.engine.compiled import DecodeGraphs, describe_backend
 from herd.engine.config import EngineConfig
 from herd.engine.request import Request
 from herd.engine.sampler import Sampler, rank_logprobs
@@ -112,16 +114,38 @@ class ModelRunner:
         shape = (
             model_config.num_hidden_layers,
             2,
-            self.num_blocks,
+            self.num_blocks + 1,  # the last block is scratch: compiled graphs' padding rows
             self.block_size,
             model_config.num_key_value_heads,
             model_config.head_dim,
         )
         self.kv_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
         log.info("allocated %d KV blocks of %d tokens", self.num_blocks, self.block_size)
-        self.backend = get_backend(config.attention_backend, self.block_size)
+        self.backend = get_backend(config.attention_backend, self.block_size, self.device)
+        log.info("attention backend %s", type(self.backend).__name__)
         self.sampler = Sampler(model_config.eos_token_ids, config.seed)
         self.structured: StructuredOutputs | None = None  # set by LLMEngine
+        self.graphs = self._decode_graphs()
+
+    def _decode_graphs(self) -> DecodeGraphs | None:
+        if self.config.enforce_eager:
+            log.info("enforce_eager: every step runs eagerly")
+            return None
+        top = min(self.config.compile_max_batch, self.config.scheduler.max_num_seqs)
+        buckets = [1 << i for i in range(top.bit_length()) if 1 << i < top] + [top]
+        log.info(
+            "decode batches up to %d compiled on first use, buckets %s (%s)",
+            top,
+            buckets,
+            describe_backend(self.device),
+        )
+        return DecodeGraphs(
+            self.model,
+            self.backend,
+            buckets,
+            scratch_block=self.num_blocks,
+            device=self.device,
+        )
 
     def kv_bytes_per_block(self) -> int:
         m = self.model_config
@@ -168,6 +192,17 @@ class ModelRunner:
             positions.extend(pos)
             bs = self.block_size
             slots.extend(s.block_ids[p // bs] * bs + p % bs for p in pos)
+        if self.graphs is not None and _all_plain_decodes(items):
+            logits = self.graphs.run(
+                input_ids,
+                positions,
+                slots,
+                [s.block_ids for s in items],
+                [s.start + 1 for s in items],
+                self.kv_cache,
+            )
+            if logits is not None:
+                return self._sample_logits([s.req for s in items], logits, RunnerOutput())
         meta = self._metadata(items, slots)
         to = dict(device=self.device, dtype=torch.long)
         hidden = self.model(
@@ -216,17 +251,23 @@ class ModelRunner:
             start = end
         if rows:
             logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
-            # Structured outputs: the one place grammar masks touch logits (rows without a
-            # grammar are left alone), before every sampling transform.
-            if self.structured is not None:
-                logits = self.structured.mask_logits(logits, samplers)
-            result = self.sampler(logits, samplers)
-            for i, req in enumerate(samplers):
-                out.sampled[req.request_id] = result.token_ids[i]
-                out.logprobs[req.request_id] = result.logprobs[i]
-                out.sampled_logprobs[req.request_id] = result.sampled_logprobs[i]
+            self._sample_logits(samplers, logits, out)
         for s, a, b in prompt_rows:
             out.prompt_logprobs[s.req.request_id] = self._prompt_logprobs(s, hidden[a:b])
+        return out
+
+    def _sample_logits(
+        self, reqs: list[Request], logits: torch.Tensor, out: RunnerOutput
+    ) -> RunnerOutput:
+        # Structured outputs: the one place grammar masks touch logits (rows without a grammar
+        # are left alone), before every sampling transform, on the eager and compiled paths.
+        if self.structured is not None:
+            logits = self.structured.mask_logits(logits, reqs)
+        result = self.sampler(logits, reqs)
+        for i, req in enumerate(reqs):
+            out.sampled[req.request_id] = result.token_ids[i]
+            out.logprobs[req.request_id] = result.logprobs[i]
+            out.sampled_logprobs[req.request_id] = result.sampled_logprobs[i]
         return out
 
     def _prompt_logprobs(self, s: ScheduledRequest, hidden: torch.Tensor) -> list[dict[int, float]]:
@@ -240,3 +281,14 @@ class ModelRunner:
         targets = req.all_token_ids[s.start + 1 : last + 1]
         k = req.params.prompt_logprobs or 0
         return [rank_logprobs(logprobs[i], tok, k) for i, tok in enumerate(targets)]
+
+
+def _all_plain_decodes(items: list[ScheduledRequest]) -> bool:
+    """Every row computes one token and samples it, and none asks for prompt logprobs: the shape
+    a compiled decode graph takes."""
+    return all(
+        s.num_new_tokens == 1
+        and s.samples
+        and (s.req.params.prompt_logprobs is None or s.start >= s.req.num_prompt_tokens)
+        for s in items
+    )

@@ -3,9 +3,10 @@
 Order of logit transforms: logit_bias, repetition penalty (prompt + output), frequency and
 presence penalties (output), min_tokens (stop tokens masked), then temperature, top-k, top-p, min-p.
 Greedy rows take the argmax. Sampled rows draw by the exponential race
-(argmax p / E, E ~ Exp(1)), exact for the categorical distribution; a seeded row's noise comes
-from a generator keyed by (seed, absolute position) alone, so its tokens do not depend on the
-batch, on preemption, or on where a stream is resumed. Logprobs are those of the raw model
+(argmax p / E, E ~ Exp(1)), exact for the categorical distribution. The noise is a counter-based
+hash of (row key, token id) computed on the logits' device for all rows at once; a seeded row's
+key is (seed, absolute position) alone, so its tokens do not depend on the batch, on preemption,
+or on where a stream is resumed. Logprobs are those of the raw model
 distribution (before any transform), as in vLLM.
 """
 
@@ -17,6 +18,10 @@ from herd.engine.outputs import Logprob
 from herd.engine.request import Request
 
 MASK_MIN = float("-inf")
+# splitmix64's constants as signed int64 (torch has no uint64 arithmetic; products wrap alike).
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
+_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_MIX2 = 0x94D049BB133111EB - (1 << 64)
 
 
 @dataclass
@@ -29,8 +34,29 @@ class SamplerOutput:
     sampled_logprobs: list[float]  # logprob of each sampled token (raw distribution)
 
 
-def noise_key(seed: int, position: int) -> int:
-    return hash((seed, position)) & 0x7FFF_FFFF_FFFF_FFFF
+def _shr(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> n) & ((1 << (64 - n)) - 1)
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser, elementwise on int64."""
+    x = (x ^ _shr(x, 30)) * _MIX1
+    x = (x ^ _shr(x, 27)) * _MIX2
+    return x ^ _shr(x, 31)
+
+
+def noise_keys(seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """One key per row from (seed, absolute position): the whole identity of a seeded draw."""
+    return _mix(_mix(seeds * _GOLDEN + 1) + positions * _GOLDEN)
+
+
+def exponential_noise(keys: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[rows, vocab] Exp(1) noise, entry (r, t) a function of (keys[r], t) only, computed where
+    `keys` live: uniform from 24 hash bits (never 0 or 1), then -log."""
+    ids = torch.arange(vocab, device=keys.device, dtype=torch.int64)
+    bits = _shr(_mix(keys[:, None] * _GOLDEN + ids), 40)
+    return -torch.log((bits.float() + 0.5) * (1.0 / (1 << 24)))
 
 
 class Sampler:
@@ -103,15 +129,21 @@ class Sampler:
         logits = _top_p(logits, [r.params.top_p for r in reqs])
         probs = torch.softmax(logits, dim=-1)
         probs = _min_p(probs, [r.params.min_p for r in reqs])
-        noise = torch.stack([self._noise(r, logits.shape[1]) for r in reqs]).to(logits.device)
-        return (probs / noise).argmax(dim=-1)
+        keys = self._row_keys(reqs).to(logits.device, non_blocking=True)
+        return (probs / exponential_noise(keys, logits.shape[1])).argmax(dim=-1)
 
-    def _noise(self, req: Request, vocab: int) -> torch.Tensor:
-        gen = self.generator
-        if req.seed is not None:
-            gen = torch.Generator(device="cpu")
-            gen.manual_seed(noise_key(req.seed, req.num_tokens))
-        return torch.empty(vocab).exponential_(generator=gen)
+    def _row_keys(self, reqs: list[Request]) -> torch.Tensor:
+        """Unseeded rows: fresh keys from the engine's generator (one call for the batch);
+        seeded rows: their (seed, position) key."""
+        keys = torch.randint(-(1 << 62), 1 << 62, (len(reqs),), generator=self.generator)
+        seeded = [i for i, r in enumerate(reqs) if r.seed is not None]
+        if seeded:
+            # Any Python int seed, folded into int64 (two's complement, as the hash works).
+            wrap = [(reqs[i].seed + (1 << 63)) % (1 << 64) - (1 << 63) for i in seeded]
+            seeds = torch.tensor(wrap, dtype=torch.int64)
+            positions = torch.tensor([reqs[i].num_tokens for i in seeded], dtype=torch.int64)
+            keys[seeded] = noise_keys(seeds, positions)
+        return keys
 
 
 @dataclass

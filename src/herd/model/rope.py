@@ -48,15 +48,11 @@ class RotaryEmbedding(torch.nn.Module):
         return cos, self.sin[positions].unsqueeze(1).to(dtype)
 
 
-def apply_rotary(
-    q: torch.Tensor, k: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate q [T, Hq, D] and k [T, Hkv, D] (half-split layout, as transformers does)."""
+def apply_rotary(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate x [T, H, D] (half-split layout, as transformers does). The decoder passes q and k
+    heads together ([T, Hq + Hkv, D], one slice of the fused projection): one set of ops a layer.
+    """
     cos, sin = cos_sin
-    return _rotate(q, cos, sin), _rotate(k, cos, sin)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin

@@ -1,0 +1,206 @@
+"""The GPU suite, one command (< 8 min on an H100): Llama-3.1-8B shapes with random bf16 weights,
+bf16 and fp8 weights; batch-1 decode tok/s, offline 128/128 throughput at 256 prompts, TTFT and
+ITL at 4 requests/s (engine-level arrivals, no HTTP), weight and KV memory; transformers' batch-1
+decode on the same GPU beside it. Writes one JSON.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/gpu_suite.py --out gpu_suite.json
+    PYTHONPATH=src .venv/bin/python benchmarks/gpu_suite.py --tiny   # the same logic, CPU, seconds
+"""
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+LLAMA_8B = dict(
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=128256,
+    max_position_embeddings=8192,
+)
+TINY = dict(LLAMA_8B, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+TINY.update(num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=512)
+TINY.update(max_position_embeddings=1024)
+
+
+def write_random_checkpoint(path: Path, shape: dict, seed: int = 0) -> Path:
+    """A Llama checkpoint of `shape` with random bf16 weights, written tensor by tensor (an 8B
+    model never exists in float32): the demo tokenizer and config, then our own safetensors."""
+    from safetensors.torch import save_file
+
+    from herd.model.demo import write_demo_model
+
+    write_demo_model(path, num_hidden_layers=1, hidden_size=64, intermediate_size=64)
+    config = json.loads((path / "config.json").read_text())
+    config.update(shape, torch_dtype="bfloat16", tie_word_embeddings=False)
+    (path / "config.json").write_text(json.dumps(config))
+    gen = torch.Generator().manual_seed(seed)
+    h, i, d = shape["hidden_size"], shape["intermediate_size"], shape["head_dim"]
+    q, kv = shape["num_attention_heads"] * d, shape["num_key_value_heads"] * d
+
+    def rand(*dims):
+        return (torch.randn(*dims, generator=gen) * 0.02).to(torch.bfloat16)
+
+    for old in path.glob("*.safetensors*"):
+        old.unlink()
+    weight_map = {}
+
+    def save(tensors: dict, name: str) -> None:
+        save_file(tensors, path / name)
+        weight_map.update(dict.fromkeys(tensors, name))
+
+    save(
+        {
+            "model.embed_tokens.weight": rand(shape["vocab_size"], h),
+            "lm_head.weight": rand(shape["vocab_size"], h),
+            "model.norm.weight": torch.ones(h, dtype=torch.bfloat16),
+        },
+        "model-embed.safetensors",
+    )
+    for n in range(shape["num_hidden_layers"]):
+        p = f"model.layers.{n}."
+        layer = {
+            p + "self_attn.q_proj.weight": rand(q, h),
+            p + "self_attn.k_proj.weight": rand(kv, h),
+            p + "self_attn.v_proj.weight": rand(kv, h),
+            p + "self_attn.o_proj.weight": rand(h, q),
+            p + "mlp.gate_proj.weight": rand(i, h),
+            p + "mlp.up_proj.weight": rand(i, h),
+            p + "mlp.down_proj.weight": rand(h, i),
+            p + "input_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
+            p + "post_attention_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
+        }
+        save(layer, f"model-layer{n:03d}.safetensors")
+    index = {"metadata": {}, "weight_map": weight_map}  # transformers reads shards by this
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    return path
+
+
+def prompts(n: int, length: int, vocab: int) -> list[list[int]]:
+    rng = random.Random(0)
+    return [[rng.randrange(10, vocab) for _ in range(length)] for _ in range(n)]
+
+
+def greedy(max_tokens: int):
+    from herd.engine.sampling_params import SamplingParams
+
+    return SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+
+
+def generate_tok_s(llm, ids: list[list[int]], out_len: int) -> float:
+    t0 = time.perf_counter()
+    outs = llm.generate([{"prompt_token_ids": p} for p in ids], greedy(out_len))
+    return sum(len(o.outputs[0].token_ids) for o in outs) / (time.perf_counter() - t0)
+
+
+def arrivals(engine, ids: list[list[int]], rate: float, out_len: int) -> dict:
+    """Requests arriving at `rate`/s (evenly spaced) into the engine's step loop: TTFT and ITL."""
+    start, pending = time.perf_counter(), list(enumerate(ids))
+    first, last, gaps = {}, {}, []
+    while pending or engine.has_unfinished_requests():
+        now = time.perf_counter() - start
+        while pending and pending[0][0] / rate <= now:
+            i, p = pending.pop(0)
+            engine.add_request(str(i), p, greedy(out_len), arrival_time=None)
+            first[str(i)] = [start + i / rate, None]
+        for out in engine.step():
+            t = time.perf_counter()
+            if first[out.request_id][1] is None:
+                first[out.request_id][1] = t
+            elif out.request_id in last:
+                gaps.append((t - last[out.request_id]) / max(1, len(out.outputs[0].token_ids)))
+            last[out.request_id] = t
+    ttft = [b - a for a, b in first.values()]
+    return {
+        "ttft_ms_p50": 1e3 * statistics.median(ttft),
+        "ttft_ms_p99": 1e3 * sorted(ttft)[int(0.99 * (len(ttft) - 1))],
+        "itl_ms_p50": 1e3 * statistics.median(gaps),
+        "itl_ms_p99": 1e3 * sorted(gaps)[int(0.99 * (len(gaps) - 1))],
+    }
+
+
+def memory(llm) -> dict:
+    runner = llm.engine.runner
+    weights = sum(t.numel() * t.element_size() for t in runner.model.state_dict().values())
+    kv = runner.kv_cache.numel() * runner.kv_cache.element_size()
+    return {"weight_gib": weights / 2**30, "kv_gib": kv / 2**30, "kv_blocks": runner.num_blocks}
+
+
+def run_herd(model_dir: Path, quantization: str | None, a: argparse.Namespace, vocab: int) -> dict:
+    from herd.engine.llm import LLM
+
+    kw = dict(dtype="bfloat16", quantization=quantization, max_num_seqs=a.num_prompts)
+    if a.tiny:
+        kw.update(num_kv_blocks=512, enforce_eager=True)
+    llm = LLM(model_dir, **kw)
+    one = prompts(1, a.input_len, vocab)
+    generate_tok_s(llm, one, 8)  # warm-up
+    r = {"batch1_tok_s": generate_tok_s(llm, one, a.output_len)}
+    many = prompts(a.num_prompts, a.input_len, vocab)
+    r["offline_tok_s"] = generate_tok_s(llm, many, a.output_len)
+    r["at_rate"] = arrivals(llm.engine, many[: a.rate_prompts], a.rate, a.output_len)
+    r.update(memory(llm))
+    del llm
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return r
+
+
+def run_transformers(model_dir: Path, a: argparse.Namespace, vocab: int, device: str) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to(device)
+    ids = torch.tensor(prompts(1, a.input_len, vocab), device=device)
+    kw = dict(do_sample=False, pad_token_id=0)
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=4, **kw)
+        t0 = time.perf_counter()
+        model.generate(ids, max_new_tokens=a.output_len, min_new_tokens=a.output_len, **kw)
+        elapsed = time.perf_counter() - t0
+    return {"batch1_tok_s": a.output_len / elapsed}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="a tiny model on CPU: checks the logic")
+    ap.add_argument("--out", default="gpu_suite.json")
+    ap.add_argument("--model-dir", help="reuse a checkpoint written by an earlier run")
+    ap.add_argument("--quantizations", nargs="+", default=["none", "fp8"])
+    args = ap.parse_args()
+    shape = TINY if args.tiny else LLAMA_8B
+    sizes = (4, 8, 8, 4, 4.0) if args.tiny else (256, 128, 128, 64, 4.0)
+    args.num_prompts, args.input_len, args.output_len, args.rate_prompts, args.rate = sizes
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    t0 = time.perf_counter()
+    model_dir = Path(args.model_dir or tempfile.mkdtemp(prefix="herd-gpu-suite-"))
+    if not (model_dir / "config.json").exists():
+        write_random_checkpoint(model_dir, shape)
+    result = {
+        "shape": "tiny" if args.tiny else "llama-3.1-8b",
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
+        "torch": torch.__version__,
+        "checkpoint_s": time.perf_counter() - t0,
+        "workload": dict(zip(["prompts", "in", "out", "rate_prompts", "rate"], sizes, strict=True)),
+    }
+    for q in args.quantizations:
+        result[f"herd_{q}"] = run_herd(
+            model_dir, None if q == "none" else q, args, shape["vocab_size"]
+        )
+    result["transformers_bf16"] = run_transformers(model_dir, args, shape["vocab_size"], device)
+    result["total_s"] = time.perf_counter() - t0
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""The attention backends by name, and the choice `attention_backend=auto` makes."""
+
+import torch
+
+from herd.engine.attention import AttentionBackend, TorchAttention
+from herd.engine.flex_attention import FlexAttention
+
+BACKENDS: dict[str, type[AttentionBackend]] = {"torch": TorchAttention, "flex": FlexAttention}
+
+
+def get_backend(name: str, block_size: int, device: torch.device) -> AttentionBackend:
+    """`auto`: FlexAttention on CUDA (one call per step, no gathered context), TorchAttention
+    elsewhere (on CPU eager flex is unfused and measured far slower; fast-path.md)."""
+    if name == "auto":
+        name = "flex" if device.type == "cuda" else "torch"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(BACKENDS)}")
+    return BACKENDS[name](block_size)

@@ -1,0 +1,151 @@
+"""`DecodeGraphs`: decode steps through `torch.compile`, one static-shape graph per batch bucket
+(inductor's C++ backend on CPU, with freezing: weights prepacked for oneDNN), as vLLM captures
+CUDA graphs. A decode batch is padded up to its bucket; its padding rows write their K/V into a
+scratch block nobody owns. Attention is an opaque custom op, so one graph covers the whole step
+(embeddings to logits) while the paged cache stays outside the compiler's view.
+"""
+
+import logging
+import threading
+import time
+
+import torch
+from torch import nn
+
+from herd.engine.attention import AttentionBackend, AttentionMetadata
+
+log = logging.getLogger(__name__)
+
+# The cache and backend the attention op reads. Set by `DecodeGraphs.run` before each call, per
+# thread: an engine is driven by one thread, and tests may run several engines in one process.
+_current = threading.local()
+
+
+@torch.library.custom_op("herd::paged_decode", mutates_args=())
+def paged_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int) -> torch.Tensor:
+    """Stores this step's K/V of `layer` and attends every row (query length 1) to its context,
+    through the backend and step metadata `DecodeGraphs.run` set. The cache is written in place;
+    the compiler sees only q, k, v in and the output out."""
+    cache = _current.kv_cache
+    return _current.backend.forward(q, k, v, cache[layer, 0], cache[layer, 1], _current.meta)
+
+
+@paged_decode.register_fake
+def _(q, k, v, layer):
+    return torch.empty_like(q)
+
+
+class _DecodeStep(nn.Module):
+    """Embeddings to logits for a batch of single-token decodes, attention through the op."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, positions):
+        def attend(layer, q, k, v):
+            return paged_decode(q, k, v, layer)
+
+        return self.model.compute_logits(self.model(input_ids, positions, attend))
+
+
+class DecodeGraphs:
+    """Compiled decode steps for batch sizes up to the largest bucket. `run` pads the batch to
+    its bucket, compiles that bucket on first use (logging the time), and returns the real rows'
+    logits, equal to eager's within the dtype's rounding. A bucket whose compilation fails is
+    logged and left eager (`run` returns None): compiling is an optimisation, never a failure."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        backend: AttentionBackend,
+        buckets: list[int],
+        scratch_block: int,
+        device: torch.device,
+    ) -> None:
+        self.step = _DecodeStep(model)
+        self.backend = backend
+        self.buckets = sorted(buckets)
+        self.scratch_slot = scratch_block * backend.block_size
+        self.scratch_block = scratch_block
+        self.device = device
+        self.compiled: set[int] = set()
+        self.failed: set[int] = set()
+        torch._dynamo.config.recompile_limit = max(8, 2 * len(self.buckets))
+        self.fn = torch.compile(self.step, dynamic=False)
+
+    def bucket_for(self, n: int) -> int | None:
+        for b in self.buckets:
+            if b >= n:
+                return None if b in self.failed else b
+        return None
+
+    def run(
+        self,
+        input_ids: list[int],
+        positions: list[int],
+        slots: list[int],
+        tables: list[list[int]],
+        lens: list[int],
+        kv_cache: torch.Tensor,
+    ) -> torch.Tensor | None:
+        n = len(input_ids)
+        b = self.bucket_for(n)
+        if b is None:
+            return None
+        pad = b - n
+        to = dict(device=self.device, dtype=torch.long)
+        args = (
+            torch.tensor(input_ids + [0] * pad, **to),
+            torch.tensor(positions + [0] * pad, **to),
+        )
+        _current.backend, _current.kv_cache = self.backend, kv_cache
+        _current.meta = self._metadata(slots, tables, lens, pad)
+        first = b not in self.compiled
+        t0 = time.perf_counter()
+        try:
+            if first:  # compiles now; freezing is read outside inductor's per-compile options
+                with torch._inductor.config.patch(freezing=self.device.type == "cpu"):
+                    logits = self.fn(*args)
+            else:
+                logits = self.fn(*args)
+        except Exception:  # noqa: BLE001 - any compiler failure leaves this bucket eager
+            log.exception("compiling the decode step for batch %d failed; it stays eager", b)
+            self.failed.add(b)
+            return None
+        if first:
+            self.compiled.add(b)
+            log.info(
+                "compiled decode batch bucket %d in %.1fs (torch.compile inductor, %s)",
+                b,
+                time.perf_counter() - t0,
+                describe_backend(self.device),
+            )
+        return logits[:n]
+
+    def _metadata(
+        self, slots: list[int], tables: list[list[int]], lens: list[int], pad: int
+    ) -> AttentionMetadata:
+        """The step's attention metadata with `pad` rows that own only the scratch block."""
+        width = max(len(t) for t in tables)
+        rows = [t + [self.scratch_block] * (width - len(t)) for t in tables]
+        rows += [[self.scratch_block] * width] * pad
+        to = dict(device=self.device, dtype=torch.long)
+        lens = lens + [1] * pad
+        return AttentionMetadata(
+            slot_mapping=torch.tensor(slots + [self.scratch_slot] * pad, **to),
+            num_decodes=len(lens),
+            query_lens=[1] * len(lens),
+            seq_lens=lens,
+            prefill_block_ids=[],
+            decode_block_table=torch.tensor(rows, **to),
+            decode_seq_lens=torch.tensor(lens, **to),
+        )
+
+
+def describe_backend(device: torch.device) -> str:
+    """What the compiled graphs run on, for the startup log."""
+    if device.type == "cpu":
+        isa = torch.backends.cpu.get_cpu_capability()
+        return f"C++/OpenMP kernels {isa}, freezing: linears as prepacked oneDNN"
+    return "Triton kernels"

@@ -1,0 +1,49 @@
+"""Compiled decode steps (`herd.engine.compiled`) give the eager engine's greedy tokens, and
+padding a batch up to its bucket changes nothing for the real rows."""
+
+import logging
+
+import pytest
+
+from herd.engine.llm import LLM
+from herd.engine.sampling_params import SamplingParams
+from tests.engine.conftest import PROMPTS
+
+GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+
+
+def _tokens(llm: LLM, prompts: list[str]) -> list[list[int]]:
+    return [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY)]
+
+
+@pytest.fixture(scope="module")
+def engines(model_dirs):
+    d = model_dirs["gqa"]
+    compiled = LLM(d, enforce_eager=False, compile_max_batch=4, num_kv_blocks=64)
+    eager = LLM(d, enforce_eager=True, num_kv_blocks=64)
+    return compiled, eager
+
+
+def test_compiled_matches_eager_in_a_padded_batch(engines, caplog):
+    compiled, eager = engines
+    prompts = PROMPTS[:3]  # three rows: padded to bucket 4
+    with caplog.at_level(logging.INFO, logger="herd.engine.compiled"):
+        got = _tokens(compiled, prompts)
+    assert got == _tokens(eager, prompts)
+    assert 4 in compiled.engine.runner.graphs.compiled  # the compiled path really ran
+    assert "compiled decode batch bucket 4" in caplog.text
+
+
+def test_padding_does_not_change_a_row(engines):
+    compiled, eager = engines
+    alone = _tokens(compiled, PROMPTS[1:2])  # bucket 1, no padding
+    padded = _tokens(compiled, PROMPTS[1:4])  # bucket 4, one padding row
+    assert alone[0] == padded[0] == _tokens(eager, PROMPTS[1:2])[0]
+    assert 1 in compiled.engine.runner.graphs.compiled
+
+
+def test_batches_past_the_largest_bucket_run_eagerly(engines):
+    compiled, eager = engines
+    prompts = PROMPTS[:5]  # five rows: more than compile_max_batch
+    assert _tokens(compiled, prompts) == _tokens(eager, prompts)
+    assert set(compiled.engine.runner.graphs.compiled) <= {1, 2, 4}

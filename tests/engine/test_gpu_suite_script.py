@@ -1,0 +1,32 @@
+"""benchmarks/gpu_suite.py runs whole with --tiny (its logic on CPU, a tiny model) and writes one
+JSON with every figure the GPU run reports."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_suite_tiny_writes_every_figure(tmp_path):
+    out = tmp_path / "suite.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    script = ROOT / "benchmarks" / "gpu_suite.py"
+    subprocess.run(
+        [sys.executable, str(script), "--tiny", "--out", str(out)],
+        env=env,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    result = json.loads(out.read_text())
+    for key in ("herd_none", "herd_fp8"):
+        r = result[key]
+        assert r["batch1_tok_s"] > 0 and r["offline_tok_s"] > 0
+        assert r["at_rate"]["ttft_ms_p50"] > 0 and r["at_rate"]["itl_ms_p50"] > 0
+        assert r["kv_gib"] > 0
+    # fp8 weights take fewer bytes than bf16 ones (the decoder linears halve)
+    assert result["herd_fp8"]["weight_gib"] < result["herd_none"]["weight_gib"]
+    assert result["transformers_bf16"]["batch1_tok_s"] > 0
