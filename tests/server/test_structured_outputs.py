@@ -19,7 +19,7 @@ PERSON = {
     "properties": {
         "name": {"type": "string", "maxLength": 12},
         "age": {"type": "integer", "minimum": 0, "maximum": 130},
-        "email": {"type": "string", "format": "email"},
+        "email": {"type": "string", "format": "email", "maxLength": 24},
         "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 3},
         "address": {
             "type": "object",
