@@ -123,6 +123,15 @@ class DecodeGraphs:
             )
         return logits[:n]
 
+    @torch.inference_mode()  # as the runner's steps: the graphs are guarded on the grad mode
+    def compile_all(self, kv_cache: torch.Tensor) -> None:
+        """Compile every bucket now (a server's start-up), so no request ever waits for the
+        compiler; the dummy rows write only to the scratch block."""
+        for b in self.buckets:
+            if b not in self.compiled and b not in self.failed:
+                self.run([0] * b, [0] * b, [self.scratch_slot] * b, [[self.scratch_block]] * b,
+                         [1] * b, kv_cache)  # fmt: skip
+
     def _metadata(
         self, slots: list[int], tables: list[list[int]], lens: list[int], pad: int
     ) -> AttentionMetadata:

@@ -209,6 +209,12 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return bool(self.parents)
 
+    def compile_decode(self) -> None:
+        """Compile every decode batch bucket now (no-op with enforce_eager): a server calls it
+        before it reports ready, so no request waits for the compiler."""
+        if self.runner.graphs is not None:
+            self.runner.graphs.compile_all(self.runner.kv_cache)
+
     def stats(self) -> dict:
         s = self.scheduler
         return {

@@ -134,7 +134,7 @@ class ModelRunner:
         top = min(self.config.compile_max_batch, self.config.scheduler.max_num_seqs)
         buckets = [1 << i for i in range(top.bit_length()) if 1 << i < top] + [top]
         log.info(
-            "decode batches up to %d compiled on first use, buckets %s (%s)",
+            "decode batches up to %d compiled (servers: at start-up; offline: on first use), buckets %s (%s)",
             top,
             buckets,
             describe_backend(self.device),

@@ -231,18 +231,21 @@ class Supervisor:
     def _became_ready(self, slot: Slot, startup: dict) -> None:
         total = time.monotonic() - slot.started_at
         weights, warm = float(startup.get("load_engine", 0)), float(startup.get("warm_up", 0))
+        compiled = float(startup.get("compile", 0))
         slot.phases = {
-            "process": max(total - weights - warm, 0.0),
+            "process": max(total - weights - warm - compiled, 0.0),
             "weights": weights,
             "warm_up": warm,
+            "compile": compiled,
         }
         slot.ready = True
         if not slot.standby and not slot.retiring:
             self.replicas.set_state(slot.url, ReplicaState.READY)
         log.info(
-            "cold start of %s (%s%s): %.1f s = process %.1f + weights %.1f + warm-up %.1f",
+            "cold start of %s (%s%s): %.1f s = process %.1f + weights %.1f + warm-up %.1f"
+            " + compile %.1f",
             slot.url, slot.version.name, ", standby" if slot.standby else "", total,
-            slot.phases["process"], weights, warm,
+            slot.phases["process"], weights, warm, compiled,
         )  # fmt: skip
         if self.on_ready is not None:
             self.on_ready(slot, total)

@@ -102,6 +102,9 @@ class AsyncEngine:
             while self._engine.has_unfinished_requests():
                 self._engine.step()
             self.phases["warm_up"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self._engine.compile_decode()
+            self.phases["compile"] = time.perf_counter() - t0
         self.stats = self._engine.stats()
         self.baseline = dict(self.stats)
 
