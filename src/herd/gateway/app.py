@@ -32,8 +32,11 @@ from herd.gateway.replicas import ReplicaSet
 from herd.gateway.request_info import RequestInfo, parse_request
 from herd.gateway.routing import make_policy
 from herd.gateway.stream import replay
+from herd.protocol import fleet_auth
+from herd.protocol.deadlines import apply_head_deadline
 from herd.protocol.errors import OpenAIError, error_middleware, log_refusal
 from herd.protocol.openapi import build_openapi
+from herd.protocol.tls import client_context, maybe_server_context
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +112,17 @@ class Gateway:
 
     async def _start(self, _app: web.Application) -> None:
         p = self.config.proxy
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+        ssl = client_context(self.config.upstream_ca) if self.config.upstream_ca else True
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ssl=ssl)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=p.connect_timeout_s)
+        # The fleet token rides on every request to a replica (completions, probes, scrapes);
+        # it is never taken from the client, whose headers are not forwarded.
+        token = self.config.fleet_token
         self.session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            headers={fleet_auth.HEADER: token} if token else None,
         )
         if self.config.redis:
             import redis.asyncio as aioredis
@@ -174,7 +184,12 @@ class Gateway:
                 )
             key = self.auth.authenticate(request.headers)
             try:
-                body = await request.read()
+                async with asyncio.timeout(self.config.proxy.body_timeout_s):
+                    body = await request.read()
+            except TimeoutError:
+                raise GatewayError(
+                    408, "request body not received in time", code="request_timeout"
+                ) from None
             except web.HTTPRequestEntityTooLarge:
                 limit = self.config.proxy.max_body_bytes
                 raise GatewayError(
@@ -341,8 +356,12 @@ def _answer_text(answer: dict | None) -> str | None:
 
 
 async def serve(gateway: Gateway, host: str, port: int) -> web.AppRunner:
-    """Start the gateway on host:port; the caller cleans up with `await runner.cleanup()`."""
+    """Start the gateway on host:port (HTTPS with a certificate configured); the caller cleans
+    up with `await runner.cleanup()`. `TLSConfigError` for unusable certificate files."""
+    c = gateway.config
+    ssl_context = maybe_server_context(c.tls_cert, c.tls_key, c.tls_client_ca)
     runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    apply_head_deadline(runner, c.proxy.head_timeout_s)
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     return runner
