@@ -183,18 +183,7 @@ class Gateway:
                     503, "the gateway is shutting down", headers={"Retry-After": "1"}
                 )
             key = self.auth.authenticate(request.headers)
-            try:
-                async with asyncio.timeout(self.config.proxy.body_timeout_s):
-                    body = await request.read()
-            except TimeoutError:
-                raise GatewayError(
-                    408, "request body not received in time", code="request_timeout"
-                ) from None
-            except web.HTTPRequestEntityTooLarge:
-                limit = self.config.proxy.max_body_bytes
-                raise GatewayError(
-                    413, f"request body larger than {limit} bytes", code="request_too_large"
-                ) from None
+            body = await self._read_body(request)
             info = parse_request(endpoint, body, request.headers, self.config.affinity.prefix_chars)
             info.route = dataclasses.replace(info.route, version=self.dispatcher.pick_version())
             self.auth.authorize_model(key, info.model)
@@ -212,6 +201,25 @@ class Gateway:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
             await self._finish(key, info, reservation, outcome, headers)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body within `body_timeout_s` (408) and `max_body_bytes` (413, at once when the
+        announced Content-Length is already too large)."""
+        limit = self.config.proxy.max_body_bytes
+        too_large = GatewayError(
+            413, f"request body larger than {limit} bytes", code="request_too_large"
+        )
+        if (request.content_length or 0) > limit:
+            raise too_large
+        try:
+            async with asyncio.timeout(self.config.proxy.body_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            raise GatewayError(
+                408, "request body not received in time", code="request_timeout"
+            ) from None
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
 
     async def _admit(self, key: ApiKey, info: RequestInfo, headers: dict) -> Reservation | None:
         if not key.limited:

@@ -60,6 +60,10 @@ async def _echo_request_id(request: web.Request, response: web.StreamResponse) -
 
 
 async def _read_json(request: web.Request) -> Any:
+    if (request.content_length or 0) > request.app[CONFIG].max_request_bytes:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=request.app[CONFIG].max_request_bytes, actual_size=request.content_length
+        )
     try:
         async with asyncio.timeout(request.app[CONFIG].body_timeout):
             body = await request.read()  # read() raises 413 past client_max_size
