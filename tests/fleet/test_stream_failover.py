@@ -6,13 +6,17 @@ request cannot be resumed (stop strings) still ends with an error event."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
+import urllib.request
 
 import aiohttp
 import pytest
 from fleettools import REPLICA_ARGS
 from gwtools import fast_config
+from prometheus_client.parser import text_string_to_metric_families
 
 from herd.gateway.app import Gateway, serve
 from herd.protocol.sse import SSEParser
@@ -142,3 +146,64 @@ async def test_unresumable_stream_still_ends_with_an_error_event(replicas):
         await asyncio.sleep(0)
     finally:
         await runner.cleanup()
+
+
+def replica_metrics(replica) -> dict[str, float]:
+    """Samples by name, the request counter by finish reason ("...:abort")."""
+    with urllib.request.urlopen(replica.url + "/metrics") as resp:
+        text = resp.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            reason = sample.labels.get("finish_reason")
+            out[sample.name + (f":{reason}" if reason else "")] = sample.value
+    return out
+
+
+async def replica_idle_aborts(replica) -> tuple[float] | None:
+    """(aborted requests so far,) once nothing runs and no KV block is held; else None."""
+    m = await asyncio.to_thread(replica_metrics, replica)
+    idle = m.get("herd_num_requests_running") == 0 and m.get("herd_kv_cache_usage_ratio") == 0
+    return (m.get("herd_request_success_total:abort", 0.0),) if idle else None
+
+
+async def test_client_gone_or_not_reading_frees_the_replicas_blocks(replicas):
+    replica = replicas[0]
+    config = fast_config([replica.url], cache__enabled=False, proxy__client_write_timeout_s=1.0)
+    gateway = Gateway(config)
+    runner = await serve(gateway, "127.0.0.1", config.port)
+    url = f"http://127.0.0.1:{config.port}"
+    try:
+        await until(lambda: gateway.replicas.ready(), 20, "replica ready")
+        (before,) = await until(lambda: replica_idle_aborts(replica), 20, "replica idle")
+        # 1. The client goes away mid-stream.
+        async with aiohttp.ClientSession() as s:
+            resp = await s.post(url + "/v1/completions", json=payload(False, max_tokens=900))
+            await resp.content.readline()
+            resp.close()
+        await until(
+            lambda: _aborts_reached(replica, before + 1), 30, "disconnect aborted on the replica"
+        )
+        # 2. The client keeps its connection but stops reading: the gateway's writes block, it
+        # gives up after client_write_timeout_s and the replica aborts (blocks freed) while the
+        # client is still connected. Big events (top logprobs) fill the socket buffers fast.
+        body = payload(True, max_tokens=900, logprobs=True, top_logprobs=20, n=8)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", config.port))
+        data = json.dumps(body).encode()
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+        )  # fmt: skip
+        try:
+            await until(lambda: _aborts_reached(replica, before + 2), 60, "stalled client aborted")
+        finally:
+            sock.close()
+    finally:
+        await runner.cleanup()
+
+
+async def _aborts_reached(replica, want: float) -> bool:
+    got = await replica_idle_aborts(replica)
+    return got is not None and got[0] >= want

@@ -52,6 +52,15 @@ class StreamResume:
         """The replica reported token ids: a break can be resumed."""
         return self.prompt_ids is not None
 
+    def rewrites(self, obj: dict[str, Any]) -> bool:
+        """Whether `render` changes this event (else it may be forwarded byte for byte)."""
+        if self.continuing:
+            return True
+        has_ids = "prompt_token_ids" in obj or any(
+            "token_ids" in c for c in obj.get("choices") or () if isinstance(c, dict)
+        )
+        return has_ids and not self.wants_ids
+
     def render(self, obj: dict[str, Any]) -> dict[str, Any]:
         """An upstream event as the client should see it; notes ids and text on the way."""
         if self.continuing:

@@ -318,7 +318,13 @@ def _render(events: list[Event], resume: StreamResume | None) -> bytes:
             out.append(e.raw)
             continue
         obj = e.json()
-        out.append(encode_json(resume.render(obj)) if isinstance(obj, dict) else e.raw)
+        if not isinstance(obj, dict):
+            out.append(e.raw)
+            continue
+        # Re-encoded only when rewritten: otherwise the replica's framing passes unchanged.
+        rewrite = resume.rewrites(obj)
+        obj = resume.render(obj)
+        out.append(encode_json(obj) if rewrite else e.raw)
     return b"".join(out)
 
 
