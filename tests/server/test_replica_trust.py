@@ -86,6 +86,14 @@ async def test_gateway_reaches_a_tls_replica_with_the_token(tls_replica, caplog)
             headers = {HEADER: "smuggled", "Authorization": "Bearer tenant-key"}
             async with s.post(url + "/v1/completions", json=body, headers=headers) as r:
                 assert r.status == 200, await r.text()
+            # Context overflow through the gateway: the replica's 400 with the numbers.
+            ids = list(range(10, 110)) * 5  # 500 prompt token ids
+            over = {"model": "tiny", "prompt": ids, "max_tokens": 2000}
+            async with s.post(url + "/v1/completions", json=over) as r:
+                err = (await r.json())["error"]
+                assert r.status == 400 and err["param"] == "max_tokens", err
+                assert "maximum context length is 2048" in err["message"]
+                assert "2500 tokens (500 in the prompt, 2000 for the completion)" in err["message"]
             async with s.get(url + "/v1/models") as r:
                 assert r.status == 200 and (await r.json())["data"][0]["id"] == "tiny"
             async with s.get(url + "/metrics") as r:
