@@ -277,6 +277,8 @@ class Proxy:
             if continuation is None:  # every token was sent; only the ending was lost
                 return GatewayError(502, "replica failed before the stream ended")
             endpoint, body = continuation
+            if not self.dispatcher.retry_budget.try_spend():  # a resume is a retry
+                return error
             try:
                 replica = await self.dispatcher.acquire(info.route, tried)
             except GatewayError as exc:

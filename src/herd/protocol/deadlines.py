@@ -16,8 +16,8 @@ DEFAULT_HEAD_TIMEOUT_S = 10.0
 
 class HeadDeadlineHandler(RequestHandler):
     """aiohttp's connection handler plus one timer: armed by the first byte of a request head
-    (while no request is being handled), it closes the connection unless a request is in
-    progress or parsed by then."""
+    (while no request is being handled), disarmed when the head is complete; if it fires, the
+    connection is closed."""
 
     def __init__(self, *args, head_timeout_s: float, **kwargs):
         super().__init__(*args, **kwargs)
@@ -27,11 +27,19 @@ class HeadDeadlineHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._head_timer is None and not self._request_in_progress:
             self._head_timer = self._loop.call_later(self._head_timeout_s, self._head_expired)
+        heads = self._request_count
         super().data_received(data)
+        if self._request_count != heads and self._head_timer is not None:
+            # A whole head arrived: disarm, so a keep-alive connection idle between requests
+            # is never taken for a slow one.
+            self._head_timer.cancel()
+            self._head_timer = None
 
     def _head_expired(self) -> None:
+        # Armed by a head's first byte and disarmed when a head completes: firing means a
+        # request head has been incomplete for the whole deadline.
         self._head_timer = None
-        if not self._request_in_progress and not self._messages:
+        if not self._request_in_progress:
             self.force_close()
             if self.transport is not None:
                 self.transport.close()
