@@ -122,3 +122,9 @@ def test_cli_errors_are_one_line(tmp_path):
         [*cmd, "gateway", "--policy", "fastest"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 2 and "least_outstanding" in out.stderr
+    out = subprocess.run(
+        [*cmd, "gateway", "--tls-cert", str(tmp_path / "c.pem"), "--tls-key", "k.pem"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "TLS certificate file not found" in out.stderr
+    assert "Traceback" not in out.stderr

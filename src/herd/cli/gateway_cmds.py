@@ -24,6 +24,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-keys", help="keys file (hashed keys, tenants, models, limits)")
     p.add_argument("--admin-key", help="key that guards /admin/* (off without one)")
     p.add_argument("--redis", help="redis://host:port/db shared by gateway instances")
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: serve HTTPS")
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    p.add_argument("--tls-client-ca", metavar="FILE",
+                   help="require client certificates signed by this CA (mutual TLS)")  # fmt: skip
+    p.add_argument("--upstream-ca", metavar="FILE",
+                   help="trust replicas' HTTPS certificates signed by this CA")  # fmt: skip
 
 
 def register(subparsers) -> None:
@@ -100,15 +106,29 @@ def _load(args: argparse.Namespace):
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     gw = config.gateway
-    for name in ("host", "port", "policy", "api_keys", "admin_key", "redis"):
+    names = ("host", "port", "policy", "api_keys", "admin_key", "redis")
+    for name in (*names, "tls_cert", "tls_key", "tls_client_ca", "upstream_ca"):
         value = getattr(args, name)
         if value is not None:
             setattr(gw, name, value)
+    _check_tls(gw)
     if gw.policy not in POLICIES:
         raise CliError(f"unknown policy {gw.policy!r}; choose one of {sorted(POLICIES)}")
     if gw.api_keys and not Path(gw.api_keys).is_file():
         raise CliError(f"keys file not found: {gw.api_keys}")
     return config
+
+
+def _check_tls(gw) -> None:
+    """Certificate, key and CA files are loaded now: a bad one is one line, not a traceback."""
+    from herd.protocol.tls import client_context, maybe_server_context
+
+    try:
+        maybe_server_context(gw.tls_cert, gw.tls_key, gw.tls_client_ca)
+        if gw.upstream_ca:
+            client_context(gw.upstream_ca)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def default_model() -> Path:
@@ -202,7 +222,7 @@ def banner(gateway, model: str) -> None:
     """Where it listens, and requests ready to paste."""
     c = gateway.config
     host = "127.0.0.1" if c.host in ("0.0.0.0", "::") else c.host
-    url = f"http://{host}:{c.port}"
+    url = f"{'https' if c.tls_cert else 'http'}://{host}:{c.port}"
     key = "YOUR_KEY" if c.api_keys else "none"
     auth = f" -H 'Authorization: Bearer {key}'" if c.api_keys else ""
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
@@ -261,7 +281,8 @@ async def _run_gateway(gateway, discovery=None) -> int:
 
     c = gateway.config
     runner = await serve(gateway, c.host, c.port)
-    print(f"herd gateway: listening on http://{c.host}:{c.port} in front of "
+    scheme = "https" if c.tls_cert else "http"
+    print(f"herd gateway: listening on {scheme}://{c.host}:{c.port} in front of "
           f"{len(c.upstreams)} upstream(s), policy {c.policy}", flush=True)  # fmt: skip
     if discovery is not None:
         discovery.start()

@@ -55,7 +55,15 @@ def handle(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     check_model_path(engine.model)
+    from herd.protocol.fleet_auth import read_token
+    from herd.protocol.tls import maybe_server_context
     from herd.server.main import run_replica
+
+    try:  # refused here, before the engine loads
+        maybe_server_context(config.tls_cert, config.tls_key, config.tls_client_ca)
+        read_token(config.fleet_token_file)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
     try:
         return run_replica(config)

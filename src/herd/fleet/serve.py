@@ -7,6 +7,7 @@ new requests and finishes those in flight, then each replica drains and exits.""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 import tempfile
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from herd.fleet.config import ServeConfig
 from herd.fleet.rollout import Rollouts
 from herd.fleet.supervisor import Supervisor, Version
 from herd.gateway.app import Gateway, serve
+from herd.protocol import fleet_auth
 
 if TYPE_CHECKING:
     from herd.fleet.autoscaler import Autoscaler
@@ -27,7 +29,12 @@ class LocalFleet:
 
     def __init__(self, config: ServeConfig, gateway: Gateway, log_dir: str):
         self.gateway = gateway
-        self.supervisor = Supervisor(config.fleet, gateway.replicas, gateway.session, log_dir)
+        # The fleet token reaches replicas through their environment, never their command line.
+        token = config.gateway.fleet_token
+        env = {fleet_auth.ENV_VAR: token} if token else None
+        self.supervisor = Supervisor(
+            config.fleet, gateway.replicas, gateway.session, log_dir, env=env
+        )
         self.rollouts = Rollouts(self.supervisor, gateway.dispatcher)
         self.scaler: Autoscaler | None = None
         if config.autoscale.enabled:
@@ -79,6 +86,8 @@ async def run_fleet(
     on_ready: Callable[[Gateway], object] | None = None,
     log_dir: str | None = None,
 ) -> int:
+    if config.gateway.fleet_token is None:  # replicas trust only this fleet's gateway
+        config.gateway.fleet_token = secrets.token_urlsafe(32)
     gateway = Gateway(config.gateway)
     runner = await serve(gateway, config.gateway.host, config.gateway.port)
     config.fleet.replicas = start_size(config)

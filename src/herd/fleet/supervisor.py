@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import signal
 import socket
 import sys
@@ -91,8 +92,10 @@ class Supervisor:
         replicas: ReplicaSet,
         session: aiohttp.ClientSession,
         log_dir: str | Path,
+        env: dict[str, str] | None = None,
     ):
         self.config = config
+        self.env = env or {}  # added to each replica's environment (the fleet token)
         self.replicas = replicas
         self.session = session
         self.log_dir = Path(log_dir)
@@ -180,7 +183,7 @@ class Supervisor:
                 *self.command(port, slot.version), stdout=logfile,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which drains in order
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent, env={**os.environ, **self.env},
             )  # fmt: skip
         finally:
             logfile.close()

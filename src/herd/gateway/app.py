@@ -32,8 +32,11 @@ from herd.gateway.replicas import ReplicaSet
 from herd.gateway.request_info import RequestInfo, parse_request
 from herd.gateway.routing import make_policy
 from herd.gateway.stream import replay
+from herd.protocol import fleet_auth
+from herd.protocol.deadlines import apply_head_deadline
 from herd.protocol.errors import OpenAIError, error_middleware, log_refusal
 from herd.protocol.openapi import build_openapi
+from herd.protocol.tls import client_context, maybe_server_context
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +112,17 @@ class Gateway:
 
     async def _start(self, _app: web.Application) -> None:
         p = self.config.proxy
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+        ssl = client_context(self.config.upstream_ca) if self.config.upstream_ca else True
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ssl=ssl)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=p.connect_timeout_s)
+        # The fleet token rides on every request to a replica (completions, probes, scrapes);
+        # it is never taken from the client, whose headers are not forwarded.
+        token = self.config.fleet_token
         self.session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            headers={fleet_auth.HEADER: token} if token else None,
         )
         if self.config.redis:
             import redis.asyncio as aioredis
@@ -173,13 +183,7 @@ class Gateway:
                     503, "the gateway is shutting down", headers={"Retry-After": "1"}
                 )
             key = self.auth.authenticate(request.headers)
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                limit = self.config.proxy.max_body_bytes
-                raise GatewayError(
-                    413, f"request body larger than {limit} bytes", code="request_too_large"
-                ) from None
+            body = await self._read_body(request)
             info = parse_request(endpoint, body, request.headers, self.config.affinity.prefix_chars)
             info.route = dataclasses.replace(info.route, version=self.dispatcher.pick_version())
             self.auth.authorize_model(key, info.model)
@@ -197,6 +201,25 @@ class Gateway:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
             await self._finish(key, info, reservation, outcome, headers)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body within `body_timeout_s` (408) and `max_body_bytes` (413, at once when the
+        announced Content-Length is already too large)."""
+        limit = self.config.proxy.max_body_bytes
+        too_large = GatewayError(
+            413, f"request body larger than {limit} bytes", code="request_too_large"
+        )
+        if (request.content_length or 0) > limit:
+            raise too_large
+        try:
+            async with asyncio.timeout(self.config.proxy.body_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            raise GatewayError(
+                408, "request body not received in time", code="request_timeout"
+            ) from None
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
 
     async def _admit(self, key: ApiKey, info: RequestInfo, headers: dict) -> Reservation | None:
         if not key.limited:
@@ -344,8 +367,12 @@ def _answer_text(answer: dict | None) -> str | None:
 
 
 async def serve(gateway: Gateway, host: str, port: int) -> web.AppRunner:
-    """Start the gateway on host:port; the caller cleans up with `await runner.cleanup()`."""
+    """Start the gateway on host:port (HTTPS with a certificate configured); the caller cleans
+    up with `await runner.cleanup()`. `TLSConfigError` for unusable certificate files."""
+    c = gateway.config
+    ssl_context = maybe_server_context(c.tls_cert, c.tls_key, c.tls_client_ca)
     runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    apply_head_deadline(runner, c.proxy.head_timeout_s)
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     return runner

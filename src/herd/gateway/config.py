@@ -53,10 +53,17 @@ class ProxyConfig:
     queue_timeout_s: float = 10.0  # longest wait for a replica; then 429 (503 if none ready)
     chars_per_token: float = 3.0  # prompt-size estimate used to reserve tokens at admission
     default_max_tokens: int = 256  # reserved when a request gives no max_tokens
+    head_timeout_s: float = 10.0  # a client's request head must arrive within this (slowloris)
+    body_timeout_s: float = 30.0  # a client's request body must arrive within this; then 408
+    client_write_timeout_s: float = 30.0  # a client not reading its stream this long: abort it
+    resume_streams: bool = True  # continue a herd replica's broken stream on another replica
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1 or self.max_in_flight_per_replica < 1 or self.queue_size < 0:
             raise ConfigError("proxy: max_attempts, max_in_flight_per_replica >= 1")
+        for name in ("head_timeout_s", "body_timeout_s", "client_write_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"proxy: {name} must be > 0")
 
 
 @dataclass
@@ -124,6 +131,13 @@ class GatewayConfig:
     redis: str | None = None  # redis://host:port/db shared by gateway instances
     model_revision: str = ""  # part of the cache key: change it when weights change
     drain_timeout_s: float = 30.0  # herd gateway on SIGTERM: in-flight requests get this long
+    tls_cert: str | None = None  # PEM certificate chain: the gateway speaks HTTPS
+    tls_key: str | None = None  # the certificate's private key (PEM)
+    tls_client_ca: str | None = None  # clients must present a certificate from this CA (mTLS)
+    upstream_ca: str | None = None  # trust replicas' certificates signed by this CA (https://)
+    # Sent to replicas as x-herd-fleet-token; `herd serve` makes a random one per fleet. Never
+    # logged or shown: repr=False keeps it out of any printed config.
+    fleet_token: str | None = field(default=None, repr=False)
     health: HealthConfig = field(default_factory=HealthConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)

@@ -2,7 +2,10 @@
 
 Until the client has received a byte, any replica failure (connect error, 5xx, reset, an
 invalid body, silence) is retried on another replica within `max_attempts` and the retry
-budget. Once a stream has begun, a failure ends it with an SSE error event, never silently."""
+budget. Once a stream has begun, a herd replica's failure is resumed on another replica
+(`herd.gateway.failover`); any other replica's failure ends it with an SSE error event, never
+silently. A client that stops reading its stream for `client_write_timeout_s` is dropped and
+the upstream request closed, so the replica frees its blocks."""
 
 from __future__ import annotations
 
@@ -18,9 +21,15 @@ from aiohttp import web
 from herd.gateway.config import ProxyConfig
 from herd.gateway.dispatch import Dispatcher
 from herd.gateway.errors import GatewayError
+from herd.gateway.failover import StreamResume, resumable
 from herd.gateway.replicas import Replica
 from herd.gateway.request_info import RequestInfo
 from herd.gateway.stream import StreamAssembler
+from herd.protocol.sse import Event, SSEParser, encode_json
+
+
+class ClientGone(Exception):
+    """The client stopped reading (write timed out) or closed its connection."""
 
 
 @dataclass
@@ -98,11 +107,16 @@ class Proxy:
         replicas = self.dispatcher.replicas
         sent_at = time.perf_counter()
         outcome.added_s += sent_at - outcome.received_at if outcome.attempts == 1 else 0.0
+        resume = None
+        if self.config.resume_streams and resumable(info.payload):
+            resume = StreamResume(info.endpoint, info.payload)
         try:
             async with asyncio.timeout(self.config.first_byte_timeout_s):
                 resp = await self.session.post(
                     f"{replica.url}/v1/{info.endpoint}",
-                    data=info.body_for(replica.fallback_model),
+                    data=resume.upstream_body()
+                    if resume
+                    else info.body_for(replica.fallback_model),
                     headers={
                         "Content-Type": "application/json",
                         "X-Request-Id": headers["x-request-id"],
@@ -121,7 +135,9 @@ class Proxy:
                     replicas.record_failure(replica)
                 raise Retryable(resp.status, f"replica answered {resp.status}")
             if info.stream and resp.status == 200:
-                return await self._stream(request, info, replica, resp, outcome, headers, sent_at)
+                return await self._stream(
+                    request, info, replica, resp, outcome, headers, sent_at, resume
+                )
             return await self._unary(info, replica, resp, outcome, headers, sent_at)
         finally:
             resp.close()
@@ -159,7 +175,7 @@ class Proxy:
         outcome.added_s += time.perf_counter() - got_at
         return web.Response(body=body, content_type="application/json", headers=headers)
 
-    async def _stream(self, request, info, replica, resp, outcome, headers, sent_at):
+    async def _stream(self, request, info, replica, resp, outcome, headers, sent_at, resume):
         replicas = self.dispatcher.replicas
         assembler = StreamAssembler(info.endpoint)
         # Hold the client's response until the first complete event arrived and parsed:
@@ -171,7 +187,7 @@ class Proxy:
                     chunk = await resp.content.readany()
                     if not chunk:
                         raise aiohttp.ClientPayloadError("stream ended before the first event")
-                    first = assembler.feed(chunk)
+                    first = _render(assembler.feed_events(chunk), resume)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             replicas.record_failure(replica)
             raise Retryable(502, _describe(exc)) from None
@@ -183,30 +199,44 @@ class Proxy:
         outcome.status = 200
         try:
             await response.prepare(request)
-            await response.write(first)
+            await self._write(response, first)
             outcome.ttft_s = time.perf_counter() - outcome.received_at
             outcome.added_s += time.perf_counter() - got_at
-            error = await self._pump(resp, response, assembler)
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            outcome.status, outcome.error = 499, "client closed the connection"
+            error = await self._pump(resp, response, assembler, resume)
+            if error is not None:
+                replicas.record_failure(replica)
+            if error is not None and resume is not None and resume.ready:
+                error = await self._resume(info, resume, assembler, response, {replica.url})
+            if error is not None:
+                outcome.status, outcome.error = error.status, error.message
+                await self._write(response, error.sse_event())
+        except (ClientGone, ConnectionResetError, aiohttp.ClientConnectionResetError):
+            outcome.status, outcome.error = 499, "client closed the connection or stopped reading"
             return response
-        if error is not None:
-            replicas.record_failure(replica)
-            outcome.status, outcome.error = error.status, error.message
-            try:
-                await response.write(error.sse_event())
-            except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-                return response
-        elif assembler.upstream_error is not None:
+        if error is None and assembler.upstream_error is not None:
             outcome.status, outcome.error = 502, str(assembler.upstream_error.get("message"))
-        else:
+        elif error is None:
             outcome.response = assembler.response()
         outcome.prompt_tokens, outcome.completion_tokens = assembler.usage()
         await response.write_eof()
         return response
 
-    async def _pump(self, resp, response, assembler: StreamAssembler) -> GatewayError | None:
-        """Copy events until [DONE]; a broken, silent or garbled upstream returns an error."""
+    async def _write(self, response: web.StreamResponse, data: bytes) -> None:
+        """Write within `client_write_timeout_s`: a client that stops reading must not hold the
+        replica's blocks (the caller closes the upstream request)."""
+        try:
+            async with asyncio.timeout(self.config.client_write_timeout_s):
+                await response.write(data)
+        except TimeoutError:
+            raise ClientGone() from None
+
+    async def _pump(
+        self, resp, response, assembler: StreamAssembler, resume: StreamResume | None,
+        parser: SSEParser | None = None,
+    ) -> GatewayError | None:  # fmt: skip
+        """Copy events until [DONE]; a broken, silent or garbled upstream returns an error.
+        With `parser` (a continuation) events are parsed there and rewritten before the
+        assembler accounts them; otherwise the assembler parses what the replica sent."""
         content = resp.content
         idle = self.config.idle_timeout_s
         while not assembler.done:
@@ -222,7 +252,13 @@ class Proxy:
                     504, f"replica silent for {idle:g}s mid-stream", code="replica_timeout"
                 )
             try:
-                out = assembler.feed(chunk) if chunk else assembler.close()
+                if parser is not None:
+                    events = parser.feed(chunk) if chunk else parser.close()
+                    out = _render(events, resume)
+                    assembler.feed(out)
+                else:
+                    events = assembler.feed_events(chunk) if chunk else assembler.close_events()
+                    out = _render(events, resume)
                 if not chunk and not assembler.done:
                     return GatewayError(502, "replica ended the stream early", code="replica_error")
             except ValueError as exc:
@@ -230,8 +266,70 @@ class Proxy:
                     502, f"replica sent an invalid event: {exc}", code="replica_error"
                 )
             if out:
-                await response.write(out)
+                await self._write(response, out)
         return None
+
+    async def _resume(
+        self, info: RequestInfo, resume: StreamResume, assembler, response, tried: set[str]
+    ) -> GatewayError | None:
+        """Continue a broken herd stream on other replicas (up to `max_attempts`)."""
+        error = GatewayError(502, "replica failed mid-stream", code="replica_error")
+        for _ in range(self.config.max_attempts):
+            continuation = resume.continuation()
+            if continuation is None:  # every token was sent; only the ending was lost
+                return GatewayError(502, "replica failed before the stream ended")
+            endpoint, body = continuation
+            if not self.dispatcher.retry_budget.try_spend():  # a resume is a retry
+                return error
+            try:
+                replica = await self.dispatcher.acquire(info.route, tried)
+            except GatewayError as exc:
+                return exc
+            tried.add(replica.url)
+            self.on_retry()
+            try:
+                async with asyncio.timeout(self.config.first_byte_timeout_s):
+                    resp = await self.session.post(
+                        f"{replica.url}/v1/{endpoint}", data=body,
+                        headers={"Content-Type": "application/json"},
+                    )  # fmt: skip
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                self.dispatcher.release(replica)
+                self.dispatcher.replicas.record_failure(replica)
+                error = GatewayError(502, f"resume failed: {_describe(exc)}", code="replica_error")
+                continue
+            try:
+                if resp.status != 200:
+                    error = GatewayError(502, f"resume answered {resp.status}")
+                    continue
+                error = await self._pump(resp, response, assembler, resume, SSEParser())
+                if error is None:
+                    return None
+                self.dispatcher.replicas.record_failure(replica)
+            finally:
+                resp.close()
+                self.dispatcher.release(replica)
+        return error
+
+
+def _render(events: list[Event], resume: StreamResume | None) -> bytes:
+    """Events for the client: as the replica framed them, or rewritten by the resume state."""
+    if resume is None:
+        return b"".join(e.raw for e in events)
+    out = []
+    for e in events:
+        if e.data is None or e.is_done:
+            out.append(e.raw)
+            continue
+        obj = e.json()
+        if not isinstance(obj, dict):
+            out.append(e.raw)
+            continue
+        # Re-encoded only when rewritten: otherwise the replica's framing passes unchanged.
+        rewrite = resume.rewrites(obj)
+        obj = resume.render(obj)
+        out.append(encode_json(obj) if rewrite else e.raw)
+    return b"".join(out)
 
 
 def _describe(exc: BaseException) -> str:

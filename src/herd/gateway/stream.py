@@ -30,18 +30,25 @@ class StreamAssembler:
     def feed(self, chunk: bytes) -> bytes:
         """Add bytes; return the complete events among them, byte for byte as the replica framed
         them (LF, CRLF or CR), ready to forward. ValueError on garbage."""
+        return b"".join(e.raw for e in self.feed_events(chunk))
+
+    def feed_events(self, chunk: bytes) -> list[Event]:
+        """`feed`, returning the parsed events (each keeps its raw bytes)."""
         events = self._parser.feed(chunk)
         for event in events:
             self._event(event)
-        return b"".join(e.raw for e in events)
+        return events
 
     def close(self) -> bytes:
         """End of the upstream stream: the held-back tail (a last block that ended in a CR), if
         it completes an event."""
+        return b"".join(e.raw for e in self.close_events())
+
+    def close_events(self) -> list[Event]:
         events = self._parser.close()
         for event in events:
             self._event(event)
-        return b"".join(e.raw for e in events)
+        return events
 
     def _event(self, event: Event) -> None:
         if event.unknown:

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from herd.engine.errors import InvalidRequestError
+from herd.protocol import fleet_auth
 from herd.protocol.errors import OpenAIError, error_middleware, log_refusal
 from herd.protocol.openapi import build_openapi
 from herd.protocol.requests import parse_body
@@ -61,7 +62,31 @@ async def _echo_request_id(request: web.Request, response: web.StreamResponse) -
 
 
 async def _read_json(request: web.Request) -> Any:
-    return parse_body(await request.read())  # read() raises 413 past client_max_size
+    if (request.content_length or 0) > request.app[CONFIG].max_request_bytes:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=request.app[CONFIG].max_request_bytes, actual_size=request.content_length
+        )
+    try:
+        async with asyncio.timeout(request.app[CONFIG].body_timeout):
+            body = await request.read()  # read() raises 413 past client_max_size
+    except TimeoutError:
+        raise APIError(408, "request body not received in time", code="request_timeout") from None
+    return parse_body(body)
+
+
+def fleet_token_middleware(token: str):
+    """Every route but /health and /ready requires the fleet's token (401 otherwise). The
+    exact path is compared, so `//health` or `/health/../v1/models` need the token too."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler) -> web.StreamResponse:
+        if request.path not in fleet_auth.OPEN_PATHS and not fleet_auth.accepts(
+            token, request.headers
+        ):
+            raise APIError(401, "this replica serves its fleet's gateway only", code="unauthorized")
+        return await handler(request)
+
+    return middleware
 
 
 def _prompt_ids(engine, req: GenerateRequest) -> list[int]:
@@ -300,7 +325,9 @@ def create_app(engine, config: ServerConfig) -> web.Application:
     errors = error_middleware(
         refused, config.max_request_bytes, "internal server error", log, _engine_error
     )
-    app = web.Application(middlewares=[errors], client_max_size=config.max_request_bytes)
+    token = fleet_auth.read_token(config.fleet_token_file)
+    middlewares = [errors] + ([fleet_token_middleware(token)] if token else [])
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_request_bytes)
     app[ENGINE] = engine
     app[CONFIG] = config
     app[STATE] = ServerState()

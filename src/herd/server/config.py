@@ -34,11 +34,25 @@ class ServerConfig:
     )
     warmup: bool = setting(True, "generate one token before /ready turns true")
     log_level: str = setting("info", "logging level", ("debug", "info", "warning", "error"))
+    tls_cert: str | None = setting(None, "PEM certificate chain: serve HTTPS")
+    tls_key: str | None = setting(None, "the certificate's private key (PEM)")
+    tls_client_ca: str | None = setting(
+        None, "require client certificates signed by this CA (mutual TLS)"
+    )
+    fleet_token_file: str | None = setting(
+        None,
+        "file holding the fleet's internal token; every route but /health and /ready then "
+        "requires it (default: $HERD_FLEET_TOKEN if set)",
+    )
+    head_timeout: float = setting(10.0, "seconds a client may take to send a request head")
+    body_timeout: float = setting(30.0, "seconds a client may take to send a request body")
 
     def __post_init__(self) -> None:
         check_settings(self)
         if self.max_n < 1:
             raise ValueError(f"max_n must be >= 1, got {self.max_n}")
+        if self.head_timeout <= 0 or self.body_timeout <= 0:
+            raise ValueError("head_timeout and body_timeout must be > 0")
         for name in ("max_queued_requests", "max_queued_tokens", "max_logprobs", "drain_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from herd.protocol.deadlines import apply_head_deadline
+from herd.protocol.tls import maybe_server_context
 from herd.server.errors import APIError
 
 log = logging.getLogger("herd.server")
@@ -106,13 +108,16 @@ async def serve(app, engine, config) -> int:
     state: ServerState = app[STATE]
     admission: Admission = app[ADMISSION]
     t0 = time.perf_counter()
+    ssl_context = maybe_server_context(config.tls_cert, config.tls_key, config.tls_client_ca)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    apply_head_deadline(runner, config.head_timeout)
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
     await site.start()
     port = runner.addresses[0][1] if runner.addresses else config.port
     state.phase_done("bind", time.perf_counter() - t0)
-    log.info("herd replica listening on http://%s:%d", config.host, port)
+    scheme = "https" if ssl_context else "http"
+    log.info("herd replica listening on %s://%s:%d", scheme, config.host, port)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
