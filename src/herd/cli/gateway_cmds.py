@@ -24,6 +24,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-keys", help="keys file (hashed keys, tenants, models, limits)")
     p.add_argument("--admin-key", help="key that guards /admin/* (off without one)")
     p.add_argument("--redis", help="redis://host:port/db shared by gateway instances")
+    p.add_argument("--max-tokens-default", type=int,
+                   help="max_tokens forwarded when a request and its QoS class give none")  # fmt: skip
 
 
 def register(subparsers) -> None:
@@ -88,7 +90,7 @@ def _load(args: argparse.Namespace):
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     gw = config.gateway
-    for name in ("host", "port", "policy", "api_keys", "admin_key", "redis"):
+    for name in ("host", "port", "policy", "api_keys", "admin_key", "redis", "max_tokens_default"):
         value = getattr(args, name)
         if value is not None:
             setattr(gw, name, value)

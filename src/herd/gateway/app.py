@@ -27,6 +27,7 @@ from herd.gateway.health import HealthChecker
 from herd.gateway.load import LoadTracker
 from herd.gateway.metrics import GatewayMetrics
 from herd.gateway.proxy import Outcome, Proxy
+from herd.gateway.qos import QosClasses, apply_class, load_classes
 from herd.gateway.ratelimit import Limiter, MemoryLimiter, RedisLimiter, Reservation
 from herd.gateway.replicas import ReplicaSet
 from herd.gateway.request_info import RequestInfo, parse_request
@@ -70,6 +71,8 @@ class Gateway:
         keys = load_keys(config.api_keys) if config.api_keys else None
         self.auth = Authenticator(keys, config.admin_key)
         self.dispatcher = Dispatcher(self.replicas, self.policy, config.proxy)
+        self.classes = load_classes(config.api_keys) if config.api_keys else QosClasses.builtin()
+        self.dispatcher.shares = self.classes.shares()
         self.fleet: FleetControl | None = None  # set by `herd serve`; None for a lone gateway
         self.admin = Admin(self)
         self.load = LoadTracker()  # what an autoscaler reads: arrivals, first-token latencies
@@ -183,6 +186,7 @@ class Gateway:
             info = parse_request(endpoint, body, request.headers, self.config.affinity.prefix_chars)
             info.route = dataclasses.replace(info.route, version=self.dispatcher.pick_version())
             self.auth.authorize_model(key, info.model)
+            apply_class(info, self.classes.of(key.qos_class), self.config.max_tokens_default)
             reservation = await self._admit(key, info, headers)
             response = await self._from_cache(request, key, info, headers, outcome)
             if response is None:

@@ -21,8 +21,8 @@ def hash_key(key: str) -> str:
 @dataclass(frozen=True)
 class ApiKey:
     """One API key's identity and limits: its id (used in logs and metrics; never the secret),
-    tenant (the unit caches are isolated by), allowed models, and requests/tokens per minute and
-    concurrency caps (0: unlimited)."""
+    tenant (the unit caches are isolated by), allowed models, requests/tokens per minute and
+    concurrency caps (0: unlimited), and its QoS class."""
 
     id: str  # names the key in logs and metrics (never the key itself)
     tenant: str  # isolation unit: caches are never shared across tenants
@@ -30,6 +30,7 @@ class ApiKey:
     rpm: int = 0  # requests per minute; 0: unlimited
     tpm: int = 0  # tokens (prompt + completion) per minute; 0: unlimited
     concurrency: int = 0  # requests at once; 0: unlimited
+    qos_class: str = ""  # its QoS class (herd.gateway.qos); "": the default class
 
     def allows(self, model: str) -> bool:
         return "*" in self.models or model in self.models
@@ -76,6 +77,7 @@ def load_keys(path: str | Path) -> dict[str, ApiKey]:
                 rpm=int(entry.get("rpm", 0)),
                 tpm=int(entry.get("tpm", 0)),
                 concurrency=int(entry.get("concurrency", 0)),
+                qos_class=str(entry.get("class") or ""),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None

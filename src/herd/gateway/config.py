@@ -104,6 +104,7 @@ class GatewayConfig:
     admin_key: str | None = None  # guards /admin/*; none: admin routes are off
     redis: str | None = None  # redis://host:port/db shared by gateway instances
     model_revision: str = ""  # part of the cache key: change it when weights change
+    max_tokens_default: int | None = None  # forwarded when a request and its class give none
     health: HealthConfig = field(default_factory=HealthConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
