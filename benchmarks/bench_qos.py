@@ -71,7 +71,7 @@ async def start_replica(model: Path, max_num_seqs: int) -> tuple[subprocess.Pope
     port = free_port()
     cmd = [sys.executable, "-m", "herd.cli", "replica", "--model", str(model), "--port", str(port),
            "--dtype", "float32", "--device", "cpu", "--max-num-seqs", str(max_num_seqs),
-           "--log-level", "warning", "--max-model-len", "1024"]  # fmt: skip
+           "--log-level", "warning", "--max-model-len", "1024", "--served-model-name", "m"]  # fmt: skip
     proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as s:

@@ -1,6 +1,6 @@
 """The gateway's admin API (`/admin/*`, admin key only): list, add and remove replicas, rollouts
-(a restart, or a new version with a canary share, then promote or abort), and the autoscaler's
-state. What a managed fleet must offer is the `FleetControl` protocol; the gateway alone has none."""
+(a restart, or a new version with a canary share, then promote or abort), the autoscaler's
+state, and the deny list (keys by id, client addresses or networks). What a managed fleet must offer is the `FleetControl` protocol; the gateway alone has none."""
 
 from __future__ import annotations
 
@@ -44,6 +44,9 @@ class Admin:
         r.add_post("/admin/rollout/promote", self._guard(self._promote))
         r.add_post("/admin/rollout/abort", self._guard(self._abort))
         r.add_get("/admin/autoscaler", self._guard(self._autoscaler))
+        r.add_get("/admin/deny", self._guard(self._deny_list))
+        r.add_post("/admin/deny", self._guard(self._deny_add))
+        r.add_delete("/admin/deny", self._guard(self._deny_remove))
 
     def stop(self) -> None:
         if self._task:
@@ -105,6 +108,19 @@ class Admin:
             raise GatewayError(404, "autoscaling is off: start with herd serve --autoscale")
         return web.json_response(view)
 
+    async def _deny_list(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.gw.deny.to_json())
+
+    async def _deny_add(self, request: web.Request) -> web.Response:
+        kind, value = await _deny_entry(request)
+        await self.gw.deny.add(kind, value)
+        return web.json_response(self.gw.deny.to_json(), status=201)
+
+    async def _deny_remove(self, request: web.Request) -> web.Response:
+        kind, value = await _deny_entry(request)
+        await self.gw.deny.remove(kind, value)
+        return web.json_response(self.gw.deny.to_json())
+
     def _fleet(self) -> FleetControl:
         if self.gw.fleet is None:
             raise GatewayError(404, "no fleet: this gateway does not manage its replicas")
@@ -119,6 +135,15 @@ async def _json_object(request: web.Request) -> dict:
     if data is not None and not isinstance(data, dict):
         raise GatewayError(400, "body must be a JSON object")
     return data or {}
+
+
+async def _deny_entry(request: web.Request) -> tuple[str, str]:
+    """("key", id) or ("address", IP or network) from the query or a JSON body."""
+    data = dict(request.query) if request.query else await _json_object(request)
+    found = [(k, data[k]) for k in ("key", "address") if k in data]
+    if len(found) != 1 or not isinstance(found[0][1], str) or not found[0][1]:
+        raise GatewayError(400, "give exactly one of 'key' (an id) or 'address'", param="key")
+    return found[0]
 
 
 async def _json_url(request: web.Request) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import time
 import uuid
 
@@ -17,10 +16,13 @@ import aiohttp
 from aiohttp import web
 
 from herd.gateway.admin import Admin, FleetControl
+from herd.gateway.admission import Admission, Admitted
 from herd.gateway.audit import AuditLog
 from herd.gateway.auth import ANONYMOUS, ApiKey, Authenticator, load_keys
+from herd.gateway.budgets import Budgets
 from herd.gateway.cache import BYPASS_HEADER, ResponseCache
 from herd.gateway.config import GatewayConfig
+from herd.gateway.denylist import DenyList
 from herd.gateway.dispatch import Dispatcher
 from herd.gateway.errors import GatewayError
 from herd.gateway.health import HealthChecker
@@ -28,7 +30,7 @@ from herd.gateway.load import LoadTracker
 from herd.gateway.metrics import GatewayMetrics
 from herd.gateway.proxy import Outcome, Proxy
 from herd.gateway.qos import QosClasses, apply_class, load_classes
-from herd.gateway.ratelimit import Limiter, MemoryLimiter, RedisLimiter, Reservation
+from herd.gateway.ratelimit import MemoryLimiter, RedisLimiter
 from herd.gateway.replicas import ReplicaSet
 from herd.gateway.request_info import RequestInfo, parse_request
 from herd.gateway.routing import make_policy
@@ -80,12 +82,22 @@ class Gateway:
         self.in_flight = 0
         self.session: aiohttp.ClientSession | None = None
         self.redis = None
-        self.limiter: Limiter = MemoryLimiter()
+        self.deny = DenyList()
+        self.budgets = Budgets()
+        self.admission = Admission(config, MemoryLimiter(), self.budgets, self.deny)
+        self.admission.on_refused = lambda k, limit: self.metrics.rate_limited.labels(
+            k, limit
+        ).inc()
         self.cache: ResponseCache | None = None
         self.audit: AuditLog | None = None
         self.health: HealthChecker | None = None
         self.proxy: Proxy | None = None
         self._openapi_doc: dict | None = None
+
+    @property
+    def limiter(self):
+        """The rate limiter (in memory, or Redis once started with one)."""
+        return self.admission.limiter
 
     # --- lifecycle ---
 
@@ -121,7 +133,10 @@ class Gateway:
             import redis.asyncio as aioredis
 
             self.redis = aioredis.Redis.from_url(self.config.redis)
-            self.limiter = RedisLimiter(self.redis)
+            self.admission.limiter = RedisLimiter(self.redis)
+            self.budgets.redis = self.deny.redis = self.redis
+            await self.deny.refresh()
+            self.deny.start()
         self.cache = ResponseCache(self.config.cache, self.config.model_revision, self.redis)
         if self.config.audit.path:
             self.audit = AuditLog(self.config.audit.path, self.config.audit.include_text)
@@ -134,6 +149,7 @@ class Gateway:
     async def _stop(self, _app: web.Application) -> None:
         await self.health.stop()
         self.admin.stop()
+        await self.deny.stop()
         if self.audit:
             await self.audit.stop()
         await self.session.close()
@@ -166,7 +182,7 @@ class Gateway:
     async def _completion(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         outcome = Outcome()
         headers = {"x-request-id": request.headers.get("x-request-id") or uuid.uuid4().hex}
-        key, info, reservation = ANONYMOUS, None, None
+        key, info, admitted = ANONYMOUS, None, None
         self.in_flight += 1
         self.metrics.in_flight.inc()
         self.load.arrived()
@@ -187,7 +203,7 @@ class Gateway:
             info.route = dataclasses.replace(info.route, version=self.dispatcher.pick_version())
             self.auth.authorize_model(key, info.model)
             apply_class(info, self.classes.of(key.qos_class), self.config.max_tokens_default)
-            reservation = await self._admit(key, info, headers)
+            admitted = await self.admission.admit(key, request.remote, info, headers)
             response = await self._from_cache(request, key, info, headers, outcome)
             if response is None:
                 response = await self.proxy.forward(request, info, outcome, headers)
@@ -200,26 +216,7 @@ class Gateway:
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
-            await self._finish(key, info, reservation, outcome, headers)
-
-    async def _admit(self, key: ApiKey, info: RequestInfo, headers: dict) -> Reservation | None:
-        if not key.limited:
-            return None
-        p = self.config.proxy
-        decision = await self.limiter.admit(
-            key, info.reserve_tokens(p.chars_per_token, p.default_max_tokens)
-        )
-        headers.update(decision.headers)
-        if decision.reservation is None:
-            self.metrics.rate_limited.labels(key.id, decision.limit).inc()
-            retry = {"Retry-After": str(max(1, math.ceil(decision.retry_after_s)))}
-            raise GatewayError(
-                429,
-                f"rate limit reached for {decision.limit} on key {key.id!r}",
-                code="rate_limit_exceeded",
-                headers=retry,
-            )
-        return decision.reservation
+            await self._finish(key, info, admitted, outcome, headers)
 
     async def _from_cache(self, request, key: ApiKey, info: RequestInfo, headers: dict, outcome):
         if request.headers.get(BYPASS_HEADER, "").lower() == "bypass":
@@ -255,12 +252,13 @@ class Gateway:
         if all(c.get("finish_reason") for c in answer.get("choices", [])):
             await self.cache.put(outcome.cache_key, answer)
 
-    async def _finish(self, key, info, reservation, outcome: Outcome, headers: dict) -> None:
+    async def _finish(
+        self, key, info, admitted: Admitted | None, outcome: Outcome, headers: dict
+    ) -> None:
         if outcome.prompt_tokens == 0 and info is not None and outcome.status == 200:
             outcome.prompt_tokens = info.reserve_tokens(self.config.proxy.chars_per_token, 0)
-        if reservation is not None:
-            used = outcome.prompt_tokens + outcome.completion_tokens if outcome.status == 200 else 0
-            await self.limiter.settle(key, reservation, used)
+        used = outcome.prompt_tokens + outcome.completion_tokens if outcome.status == 200 else 0
+        await self.admission.settle(admitted, used)
         replica = outcome.replica or ("cache" if headers.get(BYPASS_HEADER) == "hit" else "none")
         self.metrics.requests.labels(replica, str(outcome.status), key.id).inc()
         if outcome.status == 200 and outcome.replica:
@@ -295,6 +293,7 @@ class Gateway:
     async def _models(self, request: web.Request) -> web.Response:
         try:
             key = self.auth.authenticate(request.headers)
+            self.admission.check_denied(key, request.remote)
             for replica in self.replicas.ready():
                 try:
                     timeout = aiohttp.ClientTimeout(total=self.config.health.timeout_s)

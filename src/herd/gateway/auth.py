@@ -22,7 +22,7 @@ def hash_key(key: str) -> str:
 class ApiKey:
     """One API key's identity and limits: its id (used in logs and metrics; never the secret),
     tenant (the unit caches are isolated by), allowed models, requests/tokens per minute and
-    concurrency caps (0: unlimited), and its QoS class."""
+    concurrency caps (0: unlimited), its QoS class and its daily / monthly token budgets."""
 
     id: str  # names the key in logs and metrics (never the key itself)
     tenant: str  # isolation unit: caches are never shared across tenants
@@ -31,6 +31,8 @@ class ApiKey:
     tpm: int = 0  # tokens (prompt + completion) per minute; 0: unlimited
     concurrency: int = 0  # requests at once; 0: unlimited
     qos_class: str = ""  # its QoS class (herd.gateway.qos); "": the default class
+    tokens_per_day: int = 0  # token budget per UTC day (herd.gateway.budgets); 0: none
+    tokens_per_month: int = 0  # token budget per calendar month (UTC); 0: none
 
     def allows(self, model: str) -> bool:
         return "*" in self.models or model in self.models
@@ -78,6 +80,8 @@ def load_keys(path: str | Path) -> dict[str, ApiKey]:
                 tpm=int(entry.get("tpm", 0)),
                 concurrency=int(entry.get("concurrency", 0)),
                 qos_class=str(entry.get("class") or ""),
+                tokens_per_day=int(entry.get("tokens_per_day", 0)),
+                tokens_per_month=int(entry.get("tokens_per_month", 0)),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None

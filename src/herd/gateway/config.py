@@ -81,6 +81,16 @@ class AuditConfig:
 
 
 @dataclass
+class AnonymousConfig:
+    """Limits on traffic without a keys file, per client address (the TCP peer's), with the same
+    sliding-window semantics as a key's (0: unlimited)."""
+
+    rpm: int = 0  # requests per minute per address
+    tpm: int = 0  # tokens per minute per address
+    concurrency: int = 0  # requests at once per address
+
+
+@dataclass
 class AffinityConfig:
     """Prefix-affinity routing: how many leading prompt characters key a request, how far above the
     mean load a replica may go before requests spill over, and the hash ring's virtual nodes per
@@ -110,6 +120,7 @@ class GatewayConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
+    anonymous: AnonymousConfig = field(default_factory=AnonymousConfig)
 
 
 def build_config(cls: type, data: dict[str, Any], where: str) -> Any:
