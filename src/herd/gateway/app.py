@@ -28,6 +28,7 @@ from herd.gateway.errors import GatewayError
 from herd.gateway.health import HealthChecker
 from herd.gateway.load import LoadTracker
 from herd.gateway.metrics import GatewayMetrics
+from herd.gateway.policy import ContentPolicy
 from herd.gateway.proxy import Outcome, Proxy
 from herd.gateway.qos import QosClasses, apply_class, load_classes
 from herd.gateway.ratelimit import MemoryLimiter, RedisLimiter
@@ -75,6 +76,7 @@ class Gateway:
         self.dispatcher = Dispatcher(self.replicas, self.policy, config.proxy)
         self.classes = load_classes(config.api_keys) if config.api_keys else QosClasses.builtin()
         self.dispatcher.shares = self.classes.shares()
+        self.policy_rules = ContentPolicy(config.content_policy)
         self.fleet: FleetControl | None = None  # set by `herd serve`; None for a lone gateway
         self.admin = Admin(self)
         self.load = LoadTracker()  # what an autoscaler reads: arrivals, first-token latencies
@@ -141,6 +143,7 @@ class Gateway:
         if self.config.audit.path:
             self.audit = AuditLog(self.config.audit.path, self.config.audit.include_text)
             self.audit.start()
+        self.policy_rules.session = self.session
         self.proxy = Proxy(self.session, self.dispatcher, p)
         self.proxy.on_retry = self.metrics.retries.inc
         self.health = HealthChecker(self.replicas, self.session, self.config.health)
@@ -202,7 +205,10 @@ class Gateway:
             info = parse_request(endpoint, body, request.headers, self.config.affinity.prefix_chars)
             info.route = dataclasses.replace(info.route, version=self.dispatcher.pick_version())
             self.auth.authorize_model(key, info.model)
-            apply_class(info, self.classes.of(key.qos_class), self.config.max_tokens_default)
+            qos_class = self.classes.of(key.qos_class)
+            apply_class(info, qos_class, self.config.max_tokens_default)
+            await self.policy_rules.check_prompt(info.prompt_text, qos_class)
+            info.screen = self.policy_rules.screen()
             admitted = await self.admission.admit(key, request.remote, info, headers)
             response = await self._from_cache(request, key, info, headers, outcome)
             if response is None:
@@ -283,6 +289,8 @@ class Gateway:
             "attempts": outcome.attempts,
             "error": outcome.error,
         }
+        if outcome.filtered:
+            fields["content_filter"] = True  # the answer was cut by the content policy
         if info is not None:
             fields["prompt"] = info.prompt_text
             fields["completion"] = _answer_text(outcome.response)

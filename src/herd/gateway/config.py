@@ -81,6 +81,23 @@ class AuditConfig:
 
 
 @dataclass
+class ContentPolicyConfig:
+    """The content policy (herd.gateway.policy): deny patterns, an optional classifier endpoint,
+    and whether answers are checked as well as prompts."""
+
+    deny_patterns: list[str] = field(default_factory=list)  # regexes, case-insensitive
+    check_output: bool = True  # also check answers (streams as they flow)
+    classifier_url: str | None = (
+        None  # an OpenAI-compatible .../moderations or .../chat/completions
+    )
+    classifier_model: str = ""  # the model named in classifier requests
+    classifier_api_key: str | None = None  # sent as a bearer token to the classifier
+    classifier_timeout_s: float = 5.0  # one classifier call may take this long
+    classifier_every_chars: int = 256  # a stream is classified each time this much text arrived
+    fail_closed: bool = False  # classifier unreachable: refuse (503) instead of allowing
+
+
+@dataclass
 class AnonymousConfig:
     """Limits on traffic without a keys file, per client address (the TCP peer's), with the same
     sliding-window semantics as a key's (0: unlimited)."""
@@ -121,6 +138,7 @@ class GatewayConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
     anonymous: AnonymousConfig = field(default_factory=AnonymousConfig)
+    content_policy: ContentPolicyConfig = field(default_factory=ContentPolicyConfig)
 
 
 def build_config(cls: type, data: dict[str, Any], where: str) -> Any:

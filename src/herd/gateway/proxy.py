@@ -18,6 +18,7 @@ from aiohttp import web
 from herd.gateway.config import ProxyConfig
 from herd.gateway.dispatch import Dispatcher
 from herd.gateway.errors import GatewayError
+from herd.gateway.policy import screen_answer
 from herd.gateway.replicas import Replica
 from herd.gateway.request_info import RequestInfo
 from herd.gateway.stream import StreamAssembler
@@ -38,6 +39,7 @@ class Outcome:
     response: dict[str, Any] | None = None  # the whole answer as one JSON object (cacheable)
     cache_key: str | None = None  # set on a cache miss: store the answer under it
     error: str | None = None
+    filtered: bool = False  # the content policy cut the answer (finish_reason content_filter)
 
 
 class Retryable(Exception):
@@ -150,6 +152,10 @@ class Proxy:
             replicas.record_failure(replica)
             raise Retryable(502, "a replica returned an invalid response body") from None
         replicas.record_success(replica, got_at - sent_at)
+        if info.screen is not None and await screen_answer(
+            data, info.screen, info.endpoint == "chat/completions"
+        ):
+            body, outcome.filtered = json.dumps(data).encode(), True
         usage = data.get("usage") or {}
         outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         outcome.completion_tokens = int(usage.get("completion_tokens") or 0)
@@ -161,13 +167,13 @@ class Proxy:
 
     async def _stream(self, request, info, replica, resp, outcome, headers, sent_at):
         replicas = self.dispatcher.replicas
-        assembler = StreamAssembler(info.endpoint)
+        assembler = StreamAssembler(info.endpoint, info.screen)
         # Hold the client's response until the first complete event arrived and parsed:
         # until then a failure is invisible to the client and can be retried.
         try:
             async with asyncio.timeout(self.config.first_byte_timeout_s):
                 first = b""
-                while not first:
+                while not first and not assembler.blocked:
                     chunk = await resp.content.readany()
                     if not chunk:
                         raise aiohttp.ClientPayloadError("stream ended before the first event")
@@ -177,13 +183,17 @@ class Proxy:
             raise Retryable(502, _describe(exc)) from None
         got_at = time.perf_counter()
         replicas.record_success(replica, got_at - sent_at)
+        if first and info.screen is not None and not await info.screen.release(assembler.done):
+            assembler.block()
+            first = b""
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
         )
         outcome.status = 200
         try:
             await response.prepare(request)
-            await response.write(first)
+            if first:
+                await response.write(first)
             outcome.ttft_s = time.perf_counter() - outcome.received_at
             outcome.added_s += time.perf_counter() - got_at
             error = await self._pump(resp, response, assembler)
@@ -197,6 +207,9 @@ class Proxy:
                 await response.write(error.sse_event())
             except (ConnectionResetError, aiohttp.ClientConnectionResetError):
                 return response
+        elif assembler.blocked:
+            outcome.filtered = True
+            await response.write(assembler.filtered_end())
         elif assembler.upstream_error is not None:
             outcome.status, outcome.error = 502, str(assembler.upstream_error.get("message"))
         else:
@@ -229,6 +242,10 @@ class Proxy:
                 return GatewayError(
                     502, f"replica sent an invalid event: {exc}", code="replica_error"
                 )
+            screen = assembler.screen
+            if out and screen is not None and not await screen.release(assembler.done):
+                assembler.block()  # the classifier refused what this chunk would have sent
+                return None
             if out:
                 await response.write(out)
         return None

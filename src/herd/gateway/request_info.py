@@ -38,6 +38,7 @@ class RequestInfo:
     completions: int  # sequences the request generates: prompts in a batch x n
     deterministic: bool  # temperature 0 or a seed: the same request gives the same answer
     route: RouteRequest
+    screen: Any = None  # herd.gateway.policy.OutputScreen checking the answer, or None
 
     def reserve_tokens(self, chars_per_token: float, default_max_tokens: int) -> int:
         """Upper-ish estimate of prompt + completion tokens, reserved before the request runs."""
