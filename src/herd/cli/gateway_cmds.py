@@ -24,6 +24,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-keys", help="keys file (hashed keys, tenants, models, limits)")
     p.add_argument("--admin-key", help="key that guards /admin/* (off without one)")
     p.add_argument("--redis", help="redis://host:port/db shared by gateway instances")
+    p.add_argument("--audit-retention-days", type=float,
+                   help="delete rotated audit files older than this (default 90)")  # fmt: skip
     p.add_argument("--max-tokens-default", type=int,
                    help="max_tokens forwarded when a request and its QoS class give none")  # fmt: skip
 
@@ -94,6 +96,8 @@ def _load(args: argparse.Namespace):
         value = getattr(args, name)
         if value is not None:
             setattr(gw, name, value)
+    if args.audit_retention_days is not None:
+        gw.audit.retention_days = args.audit_retention_days
     if gw.policy not in POLICIES:
         raise CliError(f"unknown policy {gw.policy!r}; choose one of {sorted(POLICIES)}")
     if gw.api_keys and not Path(gw.api_keys).is_file():

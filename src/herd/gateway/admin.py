@@ -1,15 +1,18 @@
 """The gateway's admin API (`/admin/*`, admin key only): list, add and remove replicas, rollouts
 (a restart, or a new version with a canary share, then promote or abort), the autoscaler's
-state, and the deny list (keys by id, client addresses or networks). What a managed fleet must offer is the `FleetControl` protocol; the gateway alone has none."""
+state, the deny list (keys by id, client addresses or networks) and a keys file reload. Every
+change (POST / DELETE) is audited with the admin key's id, its body and its answer's status. What a managed fleet must offer is the `FleetControl` protocol; the gateway alone has none."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from herd.gateway.config import ConfigError
 from herd.gateway.errors import GatewayError
 from herd.gateway.replicas import ReplicaState
 
@@ -47,6 +50,7 @@ class Admin:
         r.add_get("/admin/deny", self._guard(self._deny_list))
         r.add_post("/admin/deny", self._guard(self._deny_add))
         r.add_delete("/admin/deny", self._guard(self._deny_remove))
+        r.add_post("/admin/keys/reload", self._guard(self._reload_keys))
 
     def stop(self) -> None:
         if self._task:
@@ -55,9 +59,46 @@ class Admin:
     def _guard(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
         async def guarded(request: web.Request) -> web.StreamResponse:
             self.gw.auth.check_admin(request.headers)  # refusals leave via the error middleware
-            return await handler(request)
+            if request.method == "GET":
+                return await handler(request)
+            status = 500
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except GatewayError as exc:
+                status = exc.status
+                raise
+            finally:
+                await self._audit(request, status)
 
         return guarded
+
+    async def _audit(self, request: web.Request, status: int) -> None:
+        if self.gw.audit is None:
+            return
+        body = None
+        if request.body_exists:
+            try:
+                body = json.loads(await request.read() or b"null")
+            except ValueError:
+                body = "<not JSON>"
+        await self.gw.audit.admin(
+            admin=self.gw.auth.admin_id,
+            action=f"{request.method} {request.path}",
+            query=dict(request.query) or None,
+            body=body,
+            status=status,
+        )
+
+    async def _reload_keys(self, _request: web.Request) -> web.Response:
+        try:
+            count = self.gw.reload_keys()
+        except ConfigError as exc:
+            raise GatewayError(
+                400, f"keys file not reloaded: {exc}", code="bad_keys_file"
+            ) from None
+        return web.json_response({"keys": count, "classes": sorted(self.gw.classes.classes)})
 
     async def _list(self, _request: web.Request) -> web.Response:
         return web.json_response({"replicas": [r.to_json() for r in self.gw.replicas.all()]})

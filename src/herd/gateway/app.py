@@ -71,11 +71,9 @@ class Gateway:
         )
         self.metrics = GatewayMetrics()
         self.replicas.on_eject = lambda url: self.metrics.ejections.labels(url).inc()
-        keys = load_keys(config.api_keys) if config.api_keys else None
-        self.auth = Authenticator(keys, config.admin_key)
+        self.auth = Authenticator(None, config.admin_key)
         self.dispatcher = Dispatcher(self.replicas, self.policy, config.proxy)
-        self.classes = load_classes(config.api_keys) if config.api_keys else QosClasses.builtin()
-        self.dispatcher.shares = self.classes.shares()
+        self.reload_keys()
         self.policy_rules = ContentPolicy(config.content_policy)
         self.fleet: FleetControl | None = None  # set by `herd serve`; None for a lone gateway
         self.admin = Admin(self)
@@ -95,6 +93,16 @@ class Gateway:
         self.health: HealthChecker | None = None
         self.proxy: Proxy | None = None
         self._openapi_doc: dict | None = None
+
+    def reload_keys(self) -> int:
+        """(Re)read the keys file: keys and QoS classes together (ConfigError leaves both as
+        they were). Returns the number of keys."""
+        path = self.config.api_keys
+        keys = load_keys(path) if path else None
+        classes = load_classes(path) if path else QosClasses.builtin()
+        self.auth.keys, self.classes = keys, classes
+        self.dispatcher.shares = classes.shares()
+        return len(keys or {})
 
     @property
     def limiter(self):
@@ -141,7 +149,7 @@ class Gateway:
             self.deny.start()
         self.cache = ResponseCache(self.config.cache, self.config.model_revision, self.redis)
         if self.config.audit.path:
-            self.audit = AuditLog(self.config.audit.path, self.config.audit.include_text)
+            self.audit = AuditLog(self.config.audit)
             self.audit.start()
         self.policy_rules.session = self.session
         self.proxy = Proxy(self.session, self.dispatcher, p)

@@ -105,6 +105,11 @@ class Authenticator:
         else:
             self._admin_hash = hash_key(admin_key) if admin_key else None
 
+    @property
+    def admin_id(self) -> str:
+        """Names the admin key in the audit log (never the key itself)."""
+        return f"admin:{(self._admin_hash or '')[:8]}"
+
     def authenticate(self, headers) -> ApiKey:
         if self.keys is None:
             return ANONYMOUS

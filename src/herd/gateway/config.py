@@ -74,10 +74,17 @@ class CacheConfig:
 
 @dataclass
 class AuditConfig:
-    """Where the audit log goes (none: no log) and whether it includes prompt and completion text."""
+    """The audit log (herd.gateway.audit): where it goes (none: no log), when it rotates and how
+    long rotated files stay, and which tenants' prompt and completion text is kept (in a
+    separate file) and for how long."""
 
-    path: str | None = None  # JSON-lines file; none: no audit log
-    include_text: bool = False  # also log prompt and completion text
+    path: str | None = None  # JSON-lines file, hash-chained; none: no audit log
+    max_bytes: int = 100 * 1024 * 1024  # rotate when the file would grow past this
+    rotate_daily: bool = True  # also rotate when the UTC day changes
+    retention_days: float | None = 90.0  # rotated files older than this are deleted; none: kept
+    include_text: bool = False  # keep prompt and completion text for every tenant
+    text_tenants: list[str] = field(default_factory=list)  # tenants whose text is kept ("*": all)
+    text_retention_days: float = 7.0  # daily text files older than this are deleted
 
 
 @dataclass
