@@ -67,10 +67,12 @@ def keys_file(path: Path, classes: bool) -> str:
     return str(path)
 
 
-async def start_replica(model: Path, max_num_seqs: int) -> tuple[subprocess.Popen, str]:
+async def start_replica(
+    model: Path, max_num_seqs: int, device: str
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "herd.cli", "replica", "--model", str(model), "--port", str(port),
-           "--dtype", "float32", "--device", "cpu", "--max-num-seqs", str(max_num_seqs),
+           "--dtype", "float32", "--device", device, "--max-num-seqs", str(max_num_seqs),
            "--log-level", "warning", "--max-model-len", "1024", "--served-model-name", "m"]  # fmt: skip
     proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}"
@@ -141,7 +143,7 @@ async def scenario(replica: str, tmp: Path, classes: bool, flood: int, n: int) -
 async def part_qos(args) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-qos-"))
     model = write_demo_model(tmp / "model", **MODEL)
-    proc, replica = await start_replica(model, args.max_num_seqs)
+    proc, replica = await start_replica(model, args.max_num_seqs, args.device)
     try:
         flood = 2 * args.max_num_seqs
         rows = [
@@ -163,12 +165,14 @@ async def part_qos(args) -> None:
 # ---- part tpot ------------------------------------------------------------------------------
 
 
-def run_engine(model: Path, max_num_seqs: int, target: float | None, n: int, conc: int) -> dict:
+def run_engine(
+    model: Path, max_num_seqs: int, target: float | None, n: int, conc: int, device: str = "cpu"
+) -> dict:
     from herd.engine.config import EngineConfig, SchedulerConfig
     from herd.engine.llm_engine import LLMEngine
     from herd.engine.sampling_params import SamplingParams
 
-    engine = LLMEngine(EngineConfig(model=str(model), dtype="float32", device="cpu",
+    engine = LLMEngine(EngineConfig(model=str(model), dtype="float32", device=device,
                                     scheduler=SchedulerConfig(max_num_seqs=max_num_seqs,
                                                               target_tpot_ms=target)))  # fmt: skip
     params = SamplingParams(max_tokens=48, ignore_eos=True, temperature=0)
@@ -193,14 +197,14 @@ def run_engine(model: Path, max_num_seqs: int, target: float | None, n: int, con
 def part_tpot(args) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-tpot-"))
     model = write_demo_model(tmp / "model", **MODEL)
-    run_engine(model, 4, None, 8, 4)  # warm-up
+    run_engine(model, 4, None, 8, 4, args.device)  # warm-up
     target = args.target_tpot_ms
     print(f"| batching | TPOT p50 ms | p90 ms | within {target} ms | tok/s | final cap |")
     print("|---|---|---|---|---|---|")
     for label, seqs, tgt in (("fixed max_num_seqs 64", 64, None),
                              ("fixed max_num_seqs 8", 8, None),
                              (f"target_tpot_ms {target} (max 64)", 64, target)):  # fmt: skip
-        r = run_engine(model, seqs, tgt, args.tpot_requests, 64)
+        r = run_engine(model, seqs, tgt, args.tpot_requests, 64, args.device)
         within = f"{sum(x * 1e3 <= target for x in r['tpots']) / len(r['tpots']) * 100:.0f}%"
         print(f"| {label} | {r['p50'] * 1e3:.1f} | {r['p90'] * 1e3:.1f} | {within} | "
               f"{r['tok_s']:.0f} | {r['cap']} |")  # fmt: skip
@@ -210,6 +214,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=("qos", "tpot"), default="qos")
     p.add_argument("--max-num-seqs", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--requests", type=int, default=20, help="interactive requests per scenario")
     p.add_argument("--target-tpot-ms", type=float, default=40.0)
     p.add_argument("--tpot-requests", type=int, default=192)

@@ -39,7 +39,9 @@ def test_high_priority_arrival_takes_a_full_batchs_slot_next_step(tiny_model_dir
     engine.add_request("chat", [7, 8, 9], GREEDY, priority=0)
     first = {o.request_id: o for o in engine.step()}
     assert "chat" in first and first["chat"].outputs[0].token_ids  # its first token, this step
+    assert set(first) == {"chat"}  # that step was its alone: no full batch of decodes to wait on
     assert engine.scheduler.num_preemptions == 1
+    assert {o.request_id for o in engine.step()} == {"chat", "batch-1"}  # then both decode
     # The worst running one (latest of the lowest class) went back to wait, not the other.
     assert [r.request_id for r in engine.scheduler.waiting] == ["batch-2"]
 

@@ -7,7 +7,8 @@ freed, recomputed later — it keeps its place, since waiting requests are order
 then arrival). Prefill of waiting requests is chunked to whatever budget is left. A waiting
 request of a higher priority (a lower value) that finds the batch slots or the blocks taken
 preempts the worst running request of a strictly lower priority, so a class never waits
-behind a lower one.
+behind a lower one; the step that admits a request outranking every running one runs without
+the lower ones' decodes (they resume next step), so its first token costs one small step.
 """
 
 import time
@@ -82,9 +83,12 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         preempted = False
         self.running.sort(key=lambda r: r.sort_key)
+        cutoff = self._outranking_priority()
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
+            if cutoff is not None and req.priority > cutoff:
+                break  # this step is the higher class's: lower ones wait one step (sorted)
             num_new = min(req.num_tokens - req.num_computed_tokens, budget)
             fits, did_preempt = self._allocate_or_preempt(req, num_new)
             preempted = preempted or did_preempt
@@ -126,6 +130,15 @@ class Scheduler:
         req.status = RequestStatus.PREEMPTED
         self.waiting.append(req)
         self.num_preemptions += 1
+
+    def _outranking_priority(self) -> int | None:
+        """The priority of the best waiting request when it outranks every running one: that
+        step runs only it (and its equals), so its first token does not wait on a full batch of
+        lower-class decodes. None otherwise."""
+        if not self.waiting or not self.running:
+            return None
+        best = min(self.waiting, key=lambda r: r.sort_key)
+        return best.priority if best.priority < self.running[0].priority else None
 
     @property
     def max_seqs(self) -> int:
