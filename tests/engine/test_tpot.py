@@ -10,7 +10,7 @@ from herd.engine.tpot import TpotController
 
 def test_cap_follows_a_fitted_line_through_measured_step_times():
     c = TpotController(target_s=0.050, max_seqs=128)
-    assert c.cap() is None  # nothing measured: no cap
+    assert c.cap() == 1  # nothing measured: a slow start
     for n in (1, 2, 4, 8):
         for _ in range(5):
             c.observe(n, 0.010 + 0.002 * n)  # 10 ms fixed + 2 ms per sequence
@@ -40,6 +40,25 @@ def test_cap_stays_within_one_and_max_seqs():
 def test_bad_target_is_refused():
     with pytest.raises(ValueError, match="target_tpot_ms"):
         SchedulerConfig(target_tpot_ms=0)
+
+
+def test_engine_starts_slow_then_opens_the_batch_to_the_target(tiny_model_dir):
+    engine = LLMEngine(
+        EngineConfig(
+            model=str(tiny_model_dir),
+            dtype="float32",
+            scheduler=SchedulerConfig(max_num_seqs=8, target_tpot_ms=60_000),
+        )
+    )
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    for i in range(4):
+        engine.add_request(f"r{i}", [1 + i, 2, 3], params)
+    engine.step()
+    assert len(engine.scheduler.running) == 1  # nothing measured yet: one sequence
+    while engine.scheduler.seq_cap == 1:
+        engine.step()  # the first decode step is measured
+    engine.step()
+    assert engine.scheduler.seq_cap == 8 and len(engine.scheduler.running) == 4
 
 
 def test_engine_admits_no_more_sequences_than_the_target_allows(tiny_model_dir):

@@ -51,6 +51,8 @@ class LLMEngine:
             if sc.target_tpot_ms is not None
             else None
         )
+        if self.tpot is not None:
+            self.scheduler.seq_cap = self.tpot.cap()
         self.outputs = OutputProcessor(
             self.tokenizer, self.model_config.eos_token_ids, self.max_model_len
         )

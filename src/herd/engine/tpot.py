@@ -12,8 +12,9 @@ ALPHA = 0.2  # weight of a new step time in its batch size's EWMA
 
 class TpotController:
     """Learns decode step time as a function of batch size and answers the largest batch size
-    whose predicted step time stays under `target_s`. Promises: `cap()` is None until a step has
-    been measured (no cap), never below 1 and never above `max_seqs`; a batch size whose
+    whose predicted step time stays under `target_s`. Promises: `cap()` is 1 until a decode step
+    has been measured (a slow start: the first measurement, taken as proportional to the batch
+    size, then opens it), never below 1 and never above `max_seqs`; a batch size whose
     measured EWMA is over the target is never allowed, whatever the fitted line says."""
 
     def __init__(self, target_s: float, max_seqs: int):
@@ -39,10 +40,10 @@ class TpotController:
         b = max(0.0, sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx)
         return my - b * mx, b
 
-    def cap(self) -> int | None:
+    def cap(self) -> int:
         line = self.fit()
         if line is None:
-            return None
+            return 1
         a, b = line
         n = self.max_seqs if b <= 0 else int((self.target_s - a) / b + 1e-9)  # 19.9999 is 20
         n = max(1, min(self.max_seqs, n))
