@@ -108,6 +108,9 @@ def test_max_tokens_default_ceiling_and_server_default():
     info = info_of(chat())
     apply_class(info, QosClass("s"), None)
     assert "max_tokens" not in json.loads(info.body)  # nothing to apply: untouched
+    completion = parse_request("completions", b'{"model": "m", "prompt": "x"}', {}, 64)
+    apply_class(completion, QosClass("s", max_tokens=64), None)
+    assert completion.max_tokens is None  # OpenAI's 16 already stays under the ceiling
     for field in ("max_tokens", "max_completion_tokens"):
         with pytest.raises(GatewayError) as over:
             apply_class(info_of(chat(**{field: 65})), cls, None)

@@ -18,6 +18,7 @@ from herd.gateway.errors import GatewayError
 from herd.gateway.request_info import RequestInfo
 
 BUILTIN = "standard"  # the only class when a keys file declares none
+COMPLETIONS_DEFAULT = 16  # OpenAI's max_tokens for /v1/completions when a request gives none
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,11 @@ def apply_class(info: RequestInfo, cls: QosClass, server_default: int | None) ->
             code="max_tokens_too_large",
         )
     if info.max_tokens is None:
-        filled = cls.max_tokens_default or server_default or ceiling
+        filled = cls.max_tokens_default or server_default
+        if filled is None and ceiling is not None:
+            # Chat runs to the context without max_tokens; completions stop at OpenAI's 16.
+            unbounded = info.endpoint == "chat/completions" or ceiling < COMPLETIONS_DEFAULT
+            filled = ceiling if unbounded else None
         if filled is not None:
             filled = min(filled, ceiling) if ceiling is not None else filled
             changes["max_tokens"] = info.max_tokens = filled
