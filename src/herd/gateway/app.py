@@ -1,7 +1,8 @@
 """The gateway's HTTP application: the OpenAI routes, health, metrics and the admin API.
 
-A completion request goes: authenticate → read and check the body → model allowed → limits →
-response cache → proxy to a replica → settle usage, metrics, audit. Every path ends in exactly
+A completion request goes: authenticate → read and check the body → model allowed → QoS class
+(priority, max_tokens) → content policy → deny list, budgets, limits → response cache → proxy to a
+replica (answer screened) → settle usage, budgets, metrics, audit. Every path ends in exactly
 one answer, and `_finish` runs for every request however it ended."""
 
 from __future__ import annotations
