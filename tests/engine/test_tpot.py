@@ -15,6 +15,9 @@ def test_cap_follows_a_fitted_line_through_measured_step_times():
         for _ in range(5):
             c.observe(n, 0.010 + 0.002 * n)  # 10 ms fixed + 2 ms per sequence
     assert c.fit() == pytest.approx((0.010, 0.002))
+    assert c.cap() == 16  # the line allows 20, but 8 is the largest size seen: twice that
+    for _ in range(5):
+        c.observe(16, 0.010 + 0.002 * 16)
     assert c.cap() == 20  # 10 + 2 x 20 = 50 ms
 
 
@@ -33,7 +36,8 @@ def test_cap_stays_within_one_and_max_seqs():
     assert c.cap() == 1
     c = TpotController(target_s=10.0, max_seqs=8)
     c.observe(1, 0.001)
-    c.observe(2, 0.001)
+    assert c.cap() == 2  # slow start: twice what was measured
+    c.observe(4, 0.001)
     assert c.cap() == 8
 
 
@@ -58,7 +62,10 @@ def test_engine_starts_slow_then_opens_the_batch_to_the_target(tiny_model_dir):
     while engine.scheduler.seq_cap == 1:
         engine.step()  # the first decode step is measured
     engine.step()
-    assert engine.scheduler.seq_cap == 8 and len(engine.scheduler.running) == 4
+    assert engine.scheduler.seq_cap == 2 and len(engine.scheduler.running) == 2  # doubled
+    for _ in range(3):  # one more decode step measured at 2: the cap doubles again
+        engine.step()
+    assert engine.scheduler.seq_cap >= 4 and len(engine.scheduler.running) == 4
 
 
 def test_engine_admits_no_more_sequences_than_the_target_allows(tiny_model_dir):

@@ -3,7 +3,7 @@ decode step, the inter-token latency every running request sees, stays under a t
 
 Step times of pure decode steps are measured online (an EWMA per batch size), a line
 `step = a + b x n` is fitted through them, and the cap is the largest n the line keeps under the
-target. Memory-aware, SLA-constrained dynamic batching after Pang et al. 2024."""
+target, growing at most to twice the largest batch measured within it (a slow start). Memory-aware, SLA-constrained dynamic batching after Pang et al. 2024."""
 
 from __future__ import annotations
 
@@ -46,7 +46,10 @@ class TpotController:
             return 1
         a, b = line
         n = self.max_seqs if b <= 0 else int((self.target_s - a) / b + 1e-9)  # 19.9999 is 20
-        n = max(1, min(self.max_seqs, n))
+        # Grow by at most doubling the largest size measured within the target: a line fitted
+        # through small batches (fixed costs dominate) underestimates large ones.
+        proven = max((k for k, t in self.ewma.items() if t <= self.target_s), default=0)
+        n = max(1, min(self.max_seqs, n, 2 * proven or 1))
         # A size measured over the target is over it, whatever the line says.
         while n > 1 and self.ewma.get(n, 0.0) > self.target_s:
             n -= 1
