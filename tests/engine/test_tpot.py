@@ -54,7 +54,7 @@ def test_engine_starts_slow_then_opens_the_batch_to_the_target(tiny_model_dir):
             scheduler=SchedulerConfig(max_num_seqs=8, target_tpot_ms=60_000),
         )
     )
-    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    params = SamplingParams(max_tokens=30, ignore_eos=True)  # none finishes during the test
     for i in range(4):
         engine.add_request(f"r{i}", [1 + i, 2, 3], params)
     engine.step()
