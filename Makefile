@@ -18,6 +18,7 @@ test: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(PY) -m pytest
+	$(PY) -m pytest -m slow  # the slow tier (a real Ray cluster): part of CI all the same
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

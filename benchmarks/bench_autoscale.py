@@ -152,7 +152,7 @@ async def main() -> None:
     autoscale = AutoscaleConfig(
         enabled=True, min_replicas=1, max_replicas=args.max_replicas, target_load=args.target_load,
         scale_up_window_s=5.0 / ts, scale_down_window_s=300.0 / ts, cooldown_s=30.0 / ts,
-        ttft_slo_s=args.ttft_slo, slo_window_s=60.0 / ts,
+        ttft_slo_s=args.ttft_slo, slo_window_s=60.0 / ts, flap_hold_s=1800.0 / ts,
     )  # fmt: skip
     results = []
     for name, config in (("autoscaled", autoscale), ("fixed", None)):

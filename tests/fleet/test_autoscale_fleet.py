@@ -2,6 +2,7 @@
 a burst brings up a second replica and the fleet shrinks back when it stops; idle scales it to
 zero and the next request is served by a cold start; canary, promote and abort lose nothing."""
 
+import asyncio
 import collections
 import os
 import signal
@@ -205,3 +206,38 @@ async def test_interrupted_replica_is_replaced_at_once_without_failures(fixed):
     await until(replaced, 120, "the interrupted replica replaced")
     await load.stop()
     assert load.failures() == [], load.bodies[:3]
+
+
+async def test_fallback_pool_answers_under_its_own_name_when_the_main_pool_is_full(
+    tiny_model_dir, tmp_path
+):
+    gw_config = fast_config([], admin_key="adm")
+    gw_config.proxy.max_in_flight_per_replica = 1
+    gw_config.proxy.queue_timeout_s = 60.0
+    gateway = Gateway(gw_config)
+    runner = await serve(gateway, "127.0.0.1", gw_config.port)
+    fleet_config = FleetConfig(
+        model=str(tiny_model_dir), replicas=1, extra_args=REPLICA_ARGS, drain_timeout_s=30,
+        fallback_model=str(tiny_model_dir), fallback_after_s=0.2,
+        fallback_args=[*REPLICA_ARGS, "--served-model-name", "small-fallback"],
+    )  # fmt: skip
+    fleet = LocalFleet(ServeConfig(gateway=gw_config, fleet=fleet_config), gateway, tmp_path)
+    gateway.fleet = fleet
+    await fleet.start()
+    running = Running(gateway, fleet, f"http://127.0.0.1:{gw_config.port}", aiohttp.ClientSession())
+    try:
+        async with running.session.get(running.url + "/v1/models") as resp:
+            running.model = (await resp.json())["data"][0]["id"]
+        assert running.model != "small-fallback"  # the pool is not listed
+
+        async def one() -> tuple[int, dict]:
+            url = running.url + "/v1/completions"
+            async with running.session.post(url, json=completion(running, 48)) as resp:
+                return resp.status, await resp.json()
+
+        answers = await asyncio.gather(*(one() for _ in range(6)))
+        assert [status for status, _ in answers] == [200] * 6, answers
+        models = collections.Counter(body["model"] for _, body in answers)
+        assert models["small-fallback"] >= 1 and models[running.model] >= 1, models
+    finally:
+        await stop_fleet(running, runner)

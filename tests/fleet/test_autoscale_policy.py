@@ -150,6 +150,35 @@ def test_saturation_counts_only_once_measured_on_the_current_replicas():
     assert decide(sig(ready=3, **missed), arrived.state, c, 130.0).target == 4
 
 
+def test_a_reverted_scale_down_sets_a_floor_for_flap_hold_s():
+    c = cfg(scale_up_window_s=0.0, scale_down_window_s=60.0, cooldown_s=0.0, flap_hold_s=600.0)
+    low = decide(sig(ready=2, in_flight=2), initial_state(2, -100.0), c, 0.0)
+    down = decide(sig(ready=2, in_flight=2), low.state, c, 61.0)  # one down window of low load
+    assert (down.target, down.direction) == (1, "down")
+    # At one replica the same traffic is 16 in flight: the scale-down was wrong.
+    back = decide(sig(ready=1, in_flight=16), down.state, c, 70.0)
+    assert (back.target, back.direction) == (2, "up")
+    assert "reverts a scale-down: floor 2 for 600s" in back.reason
+    state, targets = back.state, []
+    for t in range(71, 800, 10):
+        d = decide(sig(ready=2, in_flight=2), state, c, float(t))
+        state = d.state
+        targets.append((t, d.target, d.reason))
+    assert all(x == 2 for t, x, _ in targets if t < 670)  # held at 2 until the floor expires
+    assert targets[-1][1] == 1
+    assert "flap floor 2 for 369s more" in dict((t, r) for t, _, r in targets)[301]
+    # A scale-up long after the last scale-down sets no floor.
+    late = decide(sig(ready=1, in_flight=16), down.state, c, 500.0)
+    assert late.direction == "up" and late.state.floor_until < 500.0
+
+
+def test_idle_scale_to_zero_ignores_the_flap_floor():
+    c = cfg(min_replicas=0, idle_timeout_s=60.0, cooldown_s=0.0, scale_up_window_s=0.0)
+    state = replace(initial_state(1, 0.0), floor=1, floor_until=1e9)
+    d = decide(sig(idle_s=60.0), state, c, 100.0)
+    assert (d.target, d.direction) == (0, "down")
+
+
 def test_cold_start_from_zero_skips_the_windows():
     c = cfg(min_replicas=0, scale_up_window_s=60.0)
     state = initial_state(0, 0.0)

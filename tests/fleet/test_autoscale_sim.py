@@ -67,6 +67,17 @@ def test_cold_start_from_zero_by_hand():
     assert res.decisions == {"up": 1, "down": 0}
 
 
+def test_a_replica_faster_than_a_tick_serves_its_measured_throughput():
+    # 2 in flight at 20 req/s: each request takes 0.1 s, ten turns of a slot per 1 s tick.
+    model = fit_replica_model(bench([(2, 20.0, 10)]))
+    assert model.min_service_s == pytest.approx(0.1)
+    ok = simulate(Trace((0.0, 60.0), (15.0,)), model, fixed(1, ttft_slo_s=0.5), 0.0)
+    assert ok.slo_attainment == pytest.approx(1.0)
+    assert max(ok.series["queued"]) < 1
+    over = simulate(Trace((0.0, 60.0), (25.0,)), model, fixed(1, ttft_slo_s=0.5), 0.0)
+    assert over.unserved == pytest.approx(5 * 60, rel=0.05)  # 25 arrive, 20 served, each second
+
+
 def test_requests_are_conserved():
     model = fit_replica_model(bench(SYNTHETIC))
     trace = read_trace(TRACES / "spike.csv")

@@ -86,3 +86,24 @@ def test_load_tracker_window_and_idle():
     assert load.attainment(1.0, 103) == 0.75
     assert load.idle_s(105.0) == 5.0
     assert load.attainment(1.0, 200) is None  # all older than the window
+
+
+async def test_fallback_pool_takes_a_request_that_waited_too_long():
+    d = dispatcher(max_in_flight_per_replica=1, queue_timeout_s=5.0)
+    d.replicas.add("http://main", ReplicaState.READY)
+    d.replicas.add("http://small", ReplicaState.READY).fallback_model = "small-model"
+    assert [r.url for r in d.replicas.ready()] == ["http://main"]  # never routed normally
+    await d.acquire(RouteRequest("m"))  # the main pool is full now
+    d.fallback_after_s = 0.05
+    replica = await asyncio.wait_for(d.acquire(RouteRequest("m")), 2)
+    assert replica.url == "http://small" and replica.fallback_model == "small-model"
+
+
+async def test_without_a_fallback_pool_fallback_replicas_get_nothing():
+    d = dispatcher(max_in_flight_per_replica=1, queue_timeout_s=0.1)
+    d.replicas.add("http://main", ReplicaState.READY)
+    d.replicas.add("http://small", ReplicaState.READY).fallback_model = "small-model"
+    await d.acquire(RouteRequest("m"))
+    with pytest.raises(GatewayError) as refused:
+        await d.acquire(RouteRequest("m"))
+    assert refused.value.status == 429

@@ -27,6 +27,7 @@ AUTOSCALE_FLAGS = {
     "scale_up_window_s": "scale up to the lowest recommendation over this many seconds",
     "scale_down_window_s": "scale down to the highest recommendation over this many seconds",
     "cooldown_s": "seconds after any change with no scale-down",
+    "flap_hold_s": "after a scale-down is undone within the down window, stay at or above the size it left for this long",
     "max_scale_up_step": "most replicas added by one decision",
     "max_scale_down_step": "most replicas removed by one decision",
     "interval_s": "seconds between decisions",

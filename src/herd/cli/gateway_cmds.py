@@ -42,6 +42,12 @@ def register(subparsers) -> None:
     p.add_argument("--replicas", type=int, help="replicas to run (default 2)")
     p.add_argument("--replica-args", default="", help="extra `herd replica` flags, one string")
     p.add_argument("--log-dir", help="replica logs go here (default: a new temp directory)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: replica processes here; ray: a Ray Serve deployment")  # fmt: skip
+    p.add_argument("--address", help="--backend ray: Ray cluster (auto, host:port, ray://...; "
+                   "default: a private local cluster)")  # fmt: skip
+    p.add_argument("--ray-proxy", action="store_true",
+                   help="--backend ray: Ray Serve's HTTP proxy fronts the replicas, not the gateway")  # fmt: skip
     _autoscale_flags(p)
     _common(p)
     add_config_args(
@@ -54,6 +60,12 @@ def register(subparsers) -> None:
 
     g = subparsers.add_parser("gateway", help="run the gateway alone in front of given replicas")
     g.add_argument("--upstream", action="append", default=[], help="replica base URL (repeatable)")
+    g.add_argument(
+        "--discover",
+        metavar="URL",
+        help="find replicas that come and go: k8s://NAMESPACE/SERVICE:PORT (EndpointSlice watch "
+        "from inside a pod) or dns://HOST:PORT (a headless Service's addresses)",
+    )
     g.add_argument(
         "--hash-key", metavar="KEY", help="print the SHA-256 of KEY for a keys file; exit"
     )
@@ -144,6 +156,8 @@ def handle_serve(args: argparse.Namespace) -> int:
     from herd.fleet.serve import run_fleet
 
     config = _load(args)
+    if args.backend != "ray" and (args.address or args.ray_proxy):
+        raise CliError("--address and --ray-proxy need --backend ray")
     _apply_autoscale(args, config)
     fleet = config.fleet
     if args.replicas is not None:
@@ -162,6 +176,8 @@ def handle_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     print(f"herd serve: starting {fleet.replicas} replica(s) of {fleet.model}...", file=sys.stderr)
     model_name = Path(fleet.model).name if fleet.model else "MODEL"
+    if args.backend == "ray":
+        return _serve_on_ray(args, config, model_name)
     try:
         return asyncio.run(run_fleet(config, lambda gw: banner(gw, model_name), args.log_dir))
     except OSError as exc:
@@ -170,6 +186,22 @@ def handle_serve(args: argparse.Namespace) -> int:
         ) from None
     except RuntimeError as exc:
         raise CliError(str(exc)) from None
+
+
+def _serve_on_ray(args: argparse.Namespace, config, model_name: str) -> int:
+    from herd.cli.server_cmds import engine_config
+    from herd.fleet.ray_backend import RayOptions, run_ray_fleet
+
+    try:
+        import ray.serve  # noqa: F401 - the optional extra
+    except ImportError as exc:
+        raise CliError(f"--backend ray needs the ray extra (scripts/ray.sh): {exc}") from None
+    engine = engine_config(args, model=config.fleet.model or "")
+    options = RayOptions(address=args.address, ray_proxy=args.ray_proxy)
+    try:
+        return run_ray_fleet(config, engine, options, lambda gw: banner(gw, model_name))
+    except (OSError, RuntimeError) as exc:  # no cluster there, port taken, replicas never ready
+        raise CliError(f"herd serve --backend ray: {exc}") from None
 
 
 def banner(gateway, model: str) -> None:
@@ -202,17 +234,33 @@ def handle_gateway(args: argparse.Namespace) -> int:
         return 0
     config = _load(args).gateway
     config.upstreams = [*config.upstreams, *args.upstream]
-    if not config.upstreams:
+    if args.discover:
+        config.discovery.url = args.discover
+    if not config.upstreams and not config.discovery.url:
         print("herd gateway: no upstreams yet; add some with POST /admin/replicas", file=sys.stderr)
     gateway = _gateway_or_error(config)
+    discovery = _discovery_or_error(gateway)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        return asyncio.run(_run_gateway(gateway))
+        return asyncio.run(_run_gateway(gateway, discovery))
     except OSError as exc:
         raise CliError(f"cannot listen on {config.host}:{config.port}: {exc}") from None
 
 
-async def _run_gateway(gateway) -> int:
+def _discovery_or_error(gateway):
+    """The discovery task for --discover / [gateway.discovery] (not started), or None."""
+    from herd.gateway.config import ConfigError
+    from herd.gateway.discovery import make_discovery
+
+    if not gateway.config.discovery.url:
+        return None
+    try:
+        return make_discovery(gateway.config.discovery, gateway.replicas)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+async def _run_gateway(gateway, discovery=None) -> int:
     import signal
 
     from herd.gateway.app import serve
@@ -221,13 +269,18 @@ async def _run_gateway(gateway) -> int:
     runner = await serve(gateway, c.host, c.port)
     print(f"herd gateway: listening on http://{c.host}:{c.port} in front of "
           f"{len(c.upstreams)} upstream(s), policy {c.policy}", flush=True)  # fmt: skip
+    if discovery is not None:
+        discovery.start()
+        print(f"herd gateway: discovering replicas at {c.discovery.url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
-        await gateway.drain(30.0)
+        await gateway.drain(c.drain_timeout_s)
     finally:
+        if discovery is not None:
+            await discovery.stop()
         await runner.cleanup()
     return 0

@@ -31,6 +31,8 @@ def _autoscaler(snap: Snapshot, wall_now: float) -> Text:
     if a is None:
         return Text("autoscaler: -", style="dim")
     line = Text(f"autoscaler: desired {_cell(a.get('desired'))}, actual {_cell(a.get('actual'))}")
+    if "standby" in a:
+        line.append(f", standby {_cell(a.get('standby'))}")
     last = a.get("last_decision") or {}
     if last:
         at = last.get("at")

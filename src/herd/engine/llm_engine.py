@@ -14,6 +14,7 @@ from herd.engine.request import Request, RequestStatus
 from herd.engine.runner import ModelRunner
 from herd.engine.sampling_params import SamplingParams
 from herd.engine.scheduler import Scheduler
+from herd.engine.structured import StructuredOutputs
 from herd.engine.tokenizer import Tokenizer
 from herd.engine.tpot import TpotController
 from herd.model.config import ModelConfig
@@ -56,6 +57,10 @@ class LLMEngine:
         self.outputs = OutputProcessor(
             self.tokenizer, self.model_config.eos_token_ids, self.max_model_len
         )
+        self.structured = StructuredOutputs(
+            self.tokenizer.hf, self.model_config.vocab_size, self.model_config.eos_token_ids
+        )
+        self.runner.structured = self.structured
         self.parents: dict[str, ParentState] = {}
         self.pending_forks: dict[str, list[Request]] = {}  # siblings waiting for the prompt
         self.finished_parents: list[str] = []  # finished outside a step (abort, unschedulable)
@@ -78,6 +83,8 @@ class LLMEngine:
         text = prompt if isinstance(prompt, str) else None
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self._check_prompt(ids, params)
+        spec = params.structured_outputs
+        grammar = self.structured.compile(spec) if spec is not None else None  # 400 if refused
         arrival = arrival_time if arrival_time is not None else time.monotonic()
         max_tokens = self.max_model_len - len(ids)
         if params.max_tokens is not None:
@@ -93,6 +100,7 @@ class LLMEngine:
                 max_tokens=max_tokens,
                 priority=priority,
                 arrival_time=arrival,
+                grammar=self.structured.new_matcher(grammar) if grammar is not None else None,
             )
             for i in range(params.n)
         ]
@@ -162,6 +170,7 @@ class LLMEngine:
                 token = result.sampled.get(req.request_id)
                 if token is None:
                     continue
+                accepted = self.structured.accept(req, token)
                 self.outputs.append_token(
                     parent,
                     req,
@@ -169,6 +178,8 @@ class LLMEngine:
                     result.logprobs[req.request_id],
                     result.sampled_logprobs[req.request_id],
                 )
+                if not req.status.finished and (not accepted or self.structured.finished(req)):
+                    self.outputs.finish(parent, req, RequestStatus.FINISHED_STOPPED)  # grammar end
                 self.generation_tokens += 1
                 if req.num_output_tokens == 1 and req.index == 0:
                     self.prompt_tokens += req.num_prompt_tokens

@@ -3,6 +3,7 @@
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from herd.engine.sampling_params import SamplingParams
 
@@ -56,6 +57,7 @@ class Request:
     stop_reason: int | str | None = None
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
+    grammar: Any = None  # structured outputs: this sequence's matcher (herd.engine.structured)
 
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.prompt_token_ids)

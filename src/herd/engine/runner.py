@@ -12,6 +12,7 @@ from herd.engine.config import EngineConfig
 from herd.engine.request import Request
 from herd.engine.sampler import Sampler, rank_logprobs
 from herd.engine.scheduler import ScheduledRequest, SchedulerOutput
+from herd.engine.structured import StructuredOutputs
 from herd.model.config import ModelConfig
 from herd.model.loader import load_model
 
@@ -120,6 +121,7 @@ class ModelRunner:
         log.info("allocated %d KV blocks of %d tokens", self.num_blocks, self.block_size)
         self.backend = get_backend(config.attention_backend, self.block_size)
         self.sampler = Sampler(model_config.eos_token_ids, config.seed)
+        self.structured: StructuredOutputs | None = None  # set by LLMEngine
 
     def kv_bytes_per_block(self) -> int:
         m = self.model_config
@@ -214,6 +216,10 @@ class ModelRunner:
             start = end
         if rows:
             logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+            # Structured outputs: the one place grammar masks touch logits (rows without a
+            # grammar are left alone), before every sampling transform.
+            if self.structured is not None:
+                logits = self.structured.mask_logits(logits, samplers)
             result = self.sampler(logits, samplers)
             for i, req in enumerate(samplers):
                 out.sampled[req.request_id] = result.token_ids[i]

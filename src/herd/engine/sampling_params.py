@@ -2,8 +2,34 @@
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from herd.engine.errors import InvalidRequestError
+
+
+@dataclass(frozen=True)
+class StructuredOutputsParams:
+    """A constraint on the output (vLLM's names): exactly one of a JSON schema, any JSON object,
+    a regular expression, a choice of strings, or an EBNF grammar. `param` is the request field
+    it came from, so a constraint the grammar library refuses is a 400 naming that field."""
+
+    json: Any = None  # a JSON schema (dict or its text)
+    json_object: bool = False  # any JSON object
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
+    grammar: str | None = None  # EBNF (xgrammar's / llama.cpp's GBNF dialect)
+    param: str = "structured_outputs"
+
+    def validate(self) -> None:
+        kinds = [self.json is not None, self.json_object, self.regex is not None]
+        kinds += [self.choice is not None, self.grammar is not None]
+        if sum(kinds) != 1:
+            raise InvalidRequestError(
+                f"{self.param} must hold exactly one of json, json_object, regex, choice, grammar",
+                param=self.param,
+            )
+        if self.choice is not None and not self.choice:
+            raise InvalidRequestError(f"{self.param} choice must not be empty", param=self.param)
 
 
 @dataclass
@@ -34,6 +60,8 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # top-k logprobs per prompt token
     skip_special_tokens: bool = True
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit, in [-100, 100]
+    # output constrained to a grammar (herd.engine.structured): masked before sampling
+    structured_outputs: StructuredOutputsParams | None = None
     stop_list: list[str] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -77,6 +105,10 @@ class SamplingParams:
                 raise bad("logit_bias", f"keys must be token ids >= 0, got {token!r}")
             if not -100 <= bias <= 100:
                 raise bad("logit_bias", f"values must be in [-100, 100], got {bias} for {token}")
+        if self.structured_outputs is not None:
+            self.structured_outputs.validate()
+            if self.min_tokens:  # min_tokens masks the stop token a finished grammar needs
+                raise bad("min_tokens", "cannot be combined with structured outputs")
 
     def check_vocab(self, vocab_size: int) -> None:
         """Refuse token ids the model does not have (they would index past the logits)."""

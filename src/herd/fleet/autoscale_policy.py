@@ -9,7 +9,7 @@ limited per step, plus KEDA-style activation from zero and scale to zero after a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from herd.fleet.config import AutoscaleConfig
 
@@ -45,14 +45,18 @@ class ScaleState:
     """What `decide` remembers between calls: the current target, when it last changed, the
     raw recommendations as change points `(since, up, down)` (each holds until the next), pruned
     to the longer stabilization window, and since when the ready count has been what it is (a
-    saturation signal counts only once it was measured on the current replicas). Immutable:
-    every decision returns a new one."""
+    saturation signal counts only once it was measured on the current replicas), and the last
+    scale-down with the floor a reverted one set. Immutable: every decision returns a new one."""
 
     target: int
     last_change: float
     history: tuple[tuple[float, int, int], ...] = ()
     ready: int = -1  # the ready count last seen (-1: none yet)
     ready_since: float = -math.inf
+    last_down_from: int = 0  # the size the last scale-down left
+    last_down_at: float = -math.inf
+    floor: int = 0  # after a reverted scale-down: no scale-down below this ...
+    floor_until: float = -math.inf  # ... until then
 
 
 def initial_state(target: int, now: float) -> ScaleState:
@@ -164,6 +168,10 @@ def decide(signals: Signals, state: ScaleState, config: AutoscaleConfig, now: fl
     - To zero (`min_replicas == 0`): nothing in flight or queued and `idle_s >= idle_timeout_s`;
       the idle timeout is its own stabilization, so the down window is skipped (step limit and
       cooldown still apply).
+    - Flap damping: a scale-down reverted by a scale-up within `scale_down_window_s` shows that
+      the smaller size does not carry this load (requests in flight grow as replicas are removed,
+      which the load arithmetic cannot foresee), so for `flap_hold_s` the fleet does not go
+      below the size it left. Idle scale to zero is not held.
     - Bounds: a target outside [min_replicas, max_replicas] (a changed config) is brought inside
       at once. The target counts routed replicas only: standby replicas (`config.standby`) are
       kept by the fleet on top of it.
@@ -181,13 +189,22 @@ def decide(signals: Signals, state: ScaleState, config: AutoscaleConfig, now: fl
         how = f"bounded to [{c.min_replicas}, {c.max_replicas}]"
     direction = "up" if target > current else "down" if target < current else "none"
     verb = f"{direction} {current} -> {target}" if direction != "none" else f"hold {current}"
-    new_state = ScaleState(
+    new_state = replace(
+        state,
         target=target,
         last_change=now if target != current else state.last_change,
         history=history,
         ready=signals.ready,
         ready_since=ready_since,
     )
+    if direction == "down":
+        new_state = replace(new_state, last_down_from=current, last_down_at=now)
+    elif direction == "up" and now - state.last_down_at < c.scale_down_window_s:
+        floor = min(state.last_down_from, target)
+        new_state = replace(new_state, floor=floor, floor_until=now + c.flap_hold_s)
+        how = (
+            how + ", " if how else ""
+        ) + f"reverts a scale-down: floor {floor} for {c.flap_hold_s:g}s"
     reason = f"{why}: {verb}" + (f" ({how})" if how else "")
     return Decision(target, reason, direction, new_state, up)
 
@@ -216,6 +233,10 @@ def _stabilized(
     if goal >= current:
         note = f"scale-down window: highest {down} over {c.scale_down_window_s:g}s"
         return current, note if down_now < current else ""
+    if goal and now < state.floor_until and goal < state.floor:
+        goal = state.floor
+        if goal >= current:
+            return current, f"flap floor {goal} for {state.floor_until - now:.0f}s more"
     left = c.cooldown_s - (now - state.last_change)
     if left > 0:
         return current, f"cooldown {left:.0f}s left"

@@ -6,10 +6,12 @@ The model, per tick of `dt` seconds: replicas whose cold start is over become re
 arrivals (the trace rate's integral, fractional) join one FIFO gateway queue; queued requests are
 admitted while the ready replicas have room (`max_concurrency` each, the highest measured level);
 an admitted request's TTFT is its wait in the queue plus the modelled TTFT at the per-replica
-load; the replicas then complete `throughput(load) x dt` requests each. Every `interval_s` the
-policy decides, and the fleet starts replicas (ready after `cold_start_s`) or removes them (starting
-ones first; a removed replica's in-flight requests finish on the others). KV usage is not modelled
-(it reads 0); TTFT attainment is fed back over the last `slo_window_s`."""
+load; the replicas then complete `throughput(load) x dt` requests each. A tick is served in
+sub-steps no longer than the shortest measured request (n / throughput(n)), so slots freed within
+a tick are reused within it. Every `interval_s` the policy decides, and the fleet starts replicas
+(ready after `cold_start_s`) or removes them (starting ones first; a removed replica's in-flight
+requests finish on the others). KV usage is not modelled (it reads 0); TTFT attainment is fed
+back over the last `slo_window_s`."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from herd.fleet.replica_model import ReplicaModel
 from herd.fleet.traces import Trace
 
 EPS = 1e-9
+MAX_SUBSTEPS = 50  # per tick; bounds the cost of replicas answering in a few milliseconds
 
 
 @dataclass
@@ -55,7 +58,7 @@ class _Fleet:
     queue: deque = field(default_factory=deque)  # [arrival_t, count], oldest first
     queued: float = 0.0
     in_flight: float = 0.0
-    busy: float = 0.0  # in flight while this tick is served (after admission, before completions)
+    busy: float = 0.0  # mean in flight over the tick's sub-steps (after admission)
     recent: deque = field(default_factory=deque)  # (t, met, admitted) per tick, for attainment
     last_arrival: float = -math.inf
 
@@ -80,16 +83,15 @@ def simulate(
     res.series = {k: [] for k in SERIES}
     state = initial_state(start, 0.0)
     every = max(1, round(config.interval_s / dt))
+    # A request shorter than a tick frees its slot within the tick: serve in sub-steps no
+    # longer than the shortest measured request, or a fast replica would look slow.
+    sub = max(1, min(MAX_SUBSTEPS, math.ceil(dt / model.min_service_s - EPS)))
     for k, arrivals in enumerate(trace.arrivals_per_tick(dt)):
         t = k * dt
         fleet.ready += sum(1 for r in fleet.starting if r <= t + EPS)
         fleet.starting = [r for r in fleet.starting if r > t + EPS]
-        _arrive(fleet, res, t, arrivals)
-        _admit(fleet, res, model, config.ttft_slo_s, t, config.slo_window_s)
-        fleet.busy = fleet.in_flight
-        if fleet.ready:
-            per = fleet.in_flight / fleet.ready
-            fleet.in_flight = max(0.0, fleet.in_flight - fleet.ready * model.throughput(per) * dt)
+        _serve_tick(fleet, res, model, config.ttft_slo_s, t, dt, sub, arrivals)
+        _forget(fleet.recent, t - config.slo_window_s)
         if k % every == 0:
             decision = decide(_signals(fleet, t), state, config, t)
             state = decision.state
@@ -108,6 +110,38 @@ def simulate(
     return res
 
 
+def _serve_tick(
+    fleet: _Fleet,
+    res: SimResult,
+    model: ReplicaModel,
+    slo_s: float,
+    t: float,
+    dt: float,
+    sub: int,
+    arrivals: float,
+) -> None:
+    """One tick in `sub` equal sub-steps: arrivals spread evenly, admission, completions. The
+    in-flight count the policy sees is the sub-steps' mean after admission (the concurrency the
+    replicas ran at, as Little's law counts it)."""
+    h, met, admitted, busy = dt / sub, 0.0, 0.0, 0.0
+    for j in range(sub):
+        now = t + j * h
+        _arrive(fleet, res, now, arrivals / sub)
+        m, a = _admit(fleet, model, slo_s, now)
+        met, admitted, busy = met + m, admitted + a, busy + fleet.in_flight
+        if fleet.ready:
+            rate = fleet.ready * model.throughput(fleet.in_flight / fleet.ready)
+            fleet.in_flight = max(0.0, fleet.in_flight - rate * h)
+    fleet.busy = busy / sub
+    res.met, res.admitted = res.met + met, res.admitted + admitted
+    fleet.recent.append((t, met, admitted))
+
+
+def _forget(recent: deque, before: float) -> None:
+    while recent and recent[0][0] <= before:
+        recent.popleft()
+
+
 def _arrive(fleet: _Fleet, res: SimResult, t: float, arrivals: float) -> None:
     if arrivals <= EPS:
         return
@@ -117,11 +151,9 @@ def _arrive(fleet: _Fleet, res: SimResult, t: float, arrivals: float) -> None:
     res.arrived += arrivals
 
 
-def _admit(
-    fleet: _Fleet, res: SimResult, model: ReplicaModel, slo_s: float, t: float, window_s: float
-) -> None:
-    """Admit the oldest queued requests while the ready replicas have room, judging each one's
-    TTFT (queue wait + modelled TTFT at the load after this tick's admissions)."""
+def _admit(fleet: _Fleet, model: ReplicaModel, slo_s: float, t: float) -> tuple[float, float]:
+    """Admit the oldest queued requests while the ready replicas have room; (met, admitted),
+    judging each one's TTFT as its queue wait + the modelled TTFT at the load after admission."""
     room = fleet.ready * model.max_concurrency - fleet.in_flight
     taken = []  # (arrival_t, count)
     while fleet.queue and room > EPS:
@@ -133,17 +165,12 @@ def _admit(
         if head[1] <= EPS:
             fleet.queue.popleft()
     total = sum(n for _, n in taken)
+    if total <= EPS:
+        return 0.0, 0.0
     fleet.queued = max(0.0, fleet.queued - total)
     fleet.in_flight += total
-    met = 0.0
-    if total > EPS:
-        ttft = model.ttft(fleet.in_flight / fleet.ready)
-        met = sum(n for arrived, n in taken if (t - arrived) + ttft <= slo_s + EPS)
-    res.admitted += total
-    res.met += met
-    fleet.recent.append((t, met, total))
-    while fleet.recent and fleet.recent[0][0] <= t - window_s:
-        fleet.recent.popleft()
+    ttft = model.ttft(fleet.in_flight / fleet.ready)
+    return sum(n for arrived, n in taken if (t - arrived) + ttft <= slo_s + EPS), total
 
 
 def _signals(fleet: _Fleet, t: float) -> Signals:
@@ -154,9 +181,9 @@ def _signals(fleet: _Fleet, t: float) -> Signals:
         starting=len(fleet.starting),
         in_flight=math.ceil(fleet.busy - 1e-6),
         queued=math.ceil(fleet.queued - 1e-6),
-        oldest_wait_s=t - fleet.queue[0][0] if fleet.queue else 0.0,
+        oldest_wait_s=max(0.0, t - fleet.queue[0][0]) if fleet.queue else 0.0,
         ttft_attainment=attainment,
-        idle_s=t - fleet.last_arrival,
+        idle_s=max(0.0, t - fleet.last_arrival),
     )
 
 

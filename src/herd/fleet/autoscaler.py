@@ -118,7 +118,7 @@ class Autoscaler:
         return Signals(
             ready=len(ready),
             starting=starting,
-            in_flight=sum(r.observed.in_flight for r in replicas.all()),
+            in_flight=sum(r.observed.in_flight for r in replicas.all() if not r.fallback_model),
             queued=d.waiting,
             oldest_wait_s=d.oldest_wait_s(),
             replica_waiting=sum(r.reported.num_waiting for r in ready),

@@ -27,6 +27,10 @@ class FleetConfig:
     stable_after_s: float = 30.0  # up this long resets the crash backoff
     extra_args: list[str] = field(default_factory=list)  # appended to every replica command
     interruptible: bool = False  # spot capacity: an exit nobody asked for is replaced at once
+    fallback_model: str | None = None  # a smaller model for requests the main pool cannot take
+    fallback_replicas: int = 1  # replicas of the fallback model (with fallback_model set)
+    fallback_args: list[str] = field(default_factory=list)  # replica arguments for the fallback
+    fallback_after_s: float = 2.0  # a request that waited this long for the main pool falls back
 
     def __post_init__(self) -> None:
         if self.replicas < 0:
@@ -50,6 +54,8 @@ class AutoscaleConfig:
     scale_up_window_s: float = 5.0  # scale up to the lowest demand seen over this window
     scale_down_window_s: float = 300.0  # scale down to the highest demand seen over this window
     cooldown_s: float = 30.0  # after any change, no scale-down for this long
+    flap_hold_s: float = 1800.0  # a scale-down undone within the down window: not below that
+    # size again for this long
     max_scale_up_step: int = 2  # most replicas added by one decision
     max_scale_down_step: int = 1  # most replicas removed by one decision
     interval_s: float = 1.0  # seconds between decisions
@@ -67,8 +73,8 @@ class AutoscaleConfig:
             raise ConfigError("autoscale: target_load and interval_s must be > 0")
         if self.max_scale_up_step < 1 or self.max_scale_down_step < 1:
             raise ConfigError("autoscale: max_scale_up_step and max_scale_down_step must be >= 1")
-        if self.slo_window_s < 0:
-            raise ConfigError("autoscale: slo_window_s must be >= 0")
+        if self.slo_window_s < 0 or self.flap_hold_s < 0:
+            raise ConfigError("autoscale: slo_window_s and flap_hold_s must be >= 0")
         if not 0 <= self.tolerance < 1:
             raise ConfigError("autoscale: tolerance must be in [0, 1)")
         if min(self.warm_pool, self.standby) < 0:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from bisect import bisect_left
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 
@@ -33,6 +34,11 @@ class ReplicaModel:
     @property
     def max_concurrency(self) -> float:
         return self.concurrency[-1]
+
+    @property
+    def min_service_s(self) -> float:
+        """The shortest measured request duration, n / throughput(n) by Little's law."""
+        return min(c / r for c, r in zip(self.concurrency, self.throughput_rps, strict=True))
 
     def throughput(self, n: float) -> float:
         """Requests/s one replica completes with `n` requests in flight."""
@@ -85,7 +91,10 @@ def _level_point(level: dict, percentile: str) -> tuple[float, float, float] | N
 
 def fit_replica_model(bench: dict, percentile: str = "p50") -> ReplicaModel:
     """The model from a bench result's levels (failed or empty levels skipped; levels at the same
-    concurrency averaged). `percentile` picks the TTFT statistic: mean, p50, p90 or p99."""
+    concurrency averaged). Throughput is made non-decreasing in concurrency (a level that measured
+    less than a lighter one keeps the lighter one's): a dip is measurement noise, and a model
+    whose replicas complete less under more load would make queues run away that the real
+    replica drains. `percentile` picks the TTFT statistic: mean, p50, p90 or p99."""
     by_users: dict[float, list[tuple[float, float]]] = {}
     for level in bench.get("levels") or []:
         point = _level_point(level, percentile)
@@ -95,9 +104,10 @@ def fit_replica_model(bench: dict, percentile: str = "p50") -> ReplicaModel:
         raise ValueError("the bench result has no level with successful requests and TTFT")
     users = sorted(by_users)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    rps = list(accumulate((mean([p[0] for p in by_users[u]]) for u in users), max))
     return ReplicaModel(
         concurrency=tuple(users),
-        throughput_rps=tuple(mean([p[0] for p in by_users[u]]) for u in users),
+        throughput_rps=tuple(rps),
         ttft_s=tuple(mean([p[1] for p in by_users[u]]) for u in users),
         label=str(bench.get("label") or "bench run"),
     )

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from herd.fleet.config import ServeConfig
 from herd.fleet.rollout import Rollouts
-from herd.fleet.supervisor import Supervisor
+from herd.fleet.supervisor import Supervisor, Version
 from herd.gateway.app import Gateway, serve
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ class LocalFleet:
     the autoscaler's state when there is one."""
 
     def __init__(self, config: ServeConfig, gateway: Gateway, log_dir: str):
+        self.gateway = gateway
         self.supervisor = Supervisor(config.fleet, gateway.replicas, gateway.session, log_dir)
         self.rollouts = Rollouts(self.supervisor, gateway.dispatcher)
         self.scaler: Autoscaler | None = None
@@ -48,8 +49,23 @@ class LocalFleet:
 
     async def start(self) -> None:
         await self.supervisor.start()
+        await self._start_fallback()
         if self.scaler is not None:
             self.supervisor.spawn(self.scaler.run())
+
+    async def _start_fallback(self) -> None:
+        """The optional fallback pool: a smaller model for requests the main pool cannot take
+        within `fallback_after_s` (off unless `fallback_model` is set)."""
+        fleet = self.supervisor.config
+        if not fleet.fallback_model:
+            return
+        version = Version("fallback", fleet.fallback_model, tuple(fleet.fallback_args))
+        added = await asyncio.gather(
+            *(self.supervisor.add(version, fallback=True) for _ in range(fleet.fallback_replicas))
+        )
+        if not all(added):
+            raise RuntimeError("a fallback replica did not become ready")
+        self.gateway.dispatcher.fallback_after_s = fleet.fallback_after_s
 
 
 def start_size(config: ServeConfig) -> int:

@@ -68,6 +68,7 @@ class Slot:
     index: int
     version: Version
     standby: bool = False  # loaded but unrouted, promoted at once when the fleet grows
+    fallback: bool = False  # in the fallback pool: routed only when the main pool is full
     proc: asyncio.subprocess.Process | None = None
     url: str | None = None
     started_at: float = 0.0
@@ -113,7 +114,10 @@ class Supervisor:
         return [
             s
             for s in self.slots
-            if not s.standby and not s.retiring and (version is None or s.version == version)
+            if not s.standby
+            and not s.retiring
+            and not s.fallback
+            and (version is None or s.version == version)
         ]
 
     def standbys(self) -> list[Slot]:
@@ -132,10 +136,12 @@ class Supervisor:
             failed = [s.index for s, ok in zip(slots, results, strict=True) if not ok]
             raise RuntimeError(f"replica(s) {failed} did not become ready; logs in {self.log_dir}")
 
-    async def add(self, version: Version, standby: bool = False) -> Slot | None:
+    async def add(
+        self, version: Version, standby: bool = False, fallback: bool = False
+    ) -> Slot | None:
         """Launch one replica and wait until it is ready; None (and no replica left) if it
         never gets there."""
-        slot = self.reserve(version, standby)
+        slot = self.reserve(version, standby, fallback)
         return slot if await self.start_slot(slot) else None
 
     async def launch(self, version: Version, standby: bool = False) -> Slot:
@@ -144,9 +150,9 @@ class Supervisor:
         await self._launch(slot)
         return slot
 
-    def reserve(self, version: Version, standby: bool = False) -> Slot:
+    def reserve(self, version: Version, standby: bool = False, fallback: bool = False) -> Slot:
         """A slot counted in the fleet now, its process started by `start_slot` later."""
-        slot = Slot(next(self._indexes), version, standby)
+        slot = Slot(next(self._indexes), version, standby, fallback)
         self.slots.append(slot)
         return slot
 
@@ -200,6 +206,8 @@ class Supervisor:
                 ) as r:
                     if r.status == 200:
                         body = await r.json(content_type=None)
+                        if slot.fallback:
+                            await self._name_fallback(slot)
                         self._became_ready(slot, (body or {}).get("startup") or {})
                         return True
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
@@ -211,6 +219,14 @@ class Supervisor:
             )
             proc.kill()
         return False
+
+    async def _name_fallback(self, slot: Slot) -> None:
+        """A fallback replica answers under its own model id: the gateway swaps it in."""
+        async with self.session.get(slot.url + "/v1/models") as r:
+            name = (await r.json(content_type=None))["data"][0]["id"]
+        replica = self.replicas.get(slot.url)
+        if replica is not None:
+            replica.fallback_model = name
 
     def _became_ready(self, slot: Slot, startup: dict) -> None:
         total = time.monotonic() - slot.started_at

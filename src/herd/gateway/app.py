@@ -263,6 +263,9 @@ class Gateway:
         answer = outcome.response
         if not outcome.cache_key or answer is None or outcome.status != 200:
             return
+        replica = self.replicas.get(outcome.replica or "")
+        if replica is not None and replica.fallback_model is not None:
+            return  # the fallback model's answer is not the main version's
         # Only whole answers: a choice without a finish reason was cut short.
         if all(c.get("finish_reason") for c in answer.get("choices", [])):
             await self.cache.put(outcome.cache_key, answer)

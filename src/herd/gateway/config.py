@@ -126,9 +126,28 @@ class AffinityConfig:
 
 
 @dataclass
+class DiscoveryConfig:
+    """Where the gateway finds replicas that come and go (herd.gateway.discovery): a Kubernetes
+    Service's EndpointSlices (`k8s://NAMESPACE/SERVICE:PORT`) or a headless Service's DNS name
+    (`dns://HOST:PORT`); none: only the configured upstreams and /admin/replicas."""
+
+    url: str | None = None  # k8s://NAMESPACE/SERVICE:PORT or dns://HOST:PORT; none: off
+    dns_interval_s: float = 5.0  # dns: seconds between lookups
+    watch_timeout_s: int = 300  # k8s: the API server ends each watch after this long; rewatch
+    backoff_base_s: float = 0.5  # first wait after a failed list/watch/lookup; doubles per failure
+    backoff_max_s: float = 30.0  # longest wait between attempts
+
+    def __post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(("k8s://", "dns://")):
+            raise ConfigError(f"discovery.url must be k8s://... or dns://..., got {self.url!r}")
+        if min(self.dns_interval_s, self.watch_timeout_s, self.backoff_base_s) <= 0:
+            raise ConfigError("discovery: dns_interval_s, watch_timeout_s, backoff_base_s > 0")
+
+
+@dataclass
 class GatewayConfig:
     """Every setting of one gateway: listen address, routing policy, upstreams, keys, Redis, and
-    the nested health, proxy, cache, audit and affinity settings. Validated on construction."""
+    the nested health, proxy, cache, audit, affinity and discovery settings. Validated on construction."""
 
     host: str = "127.0.0.1"  # address the gateway listens on
     port: int = 8000  # port the gateway listens on
@@ -139,6 +158,7 @@ class GatewayConfig:
     redis: str | None = None  # redis://host:port/db shared by gateway instances
     model_revision: str = ""  # part of the cache key: change it when weights change
     max_tokens_default: int | None = None  # forwarded when a request and its class give none
+    drain_timeout_s: float = 30.0  # herd gateway on SIGTERM: in-flight requests get this long
     health: HealthConfig = field(default_factory=HealthConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -146,6 +166,7 @@ class GatewayConfig:
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
     anonymous: AnonymousConfig = field(default_factory=AnonymousConfig)
     content_policy: ContentPolicyConfig = field(default_factory=ContentPolicyConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
 
 def build_config(cls: type, data: dict[str, Any], where: str) -> Any:

@@ -76,6 +76,7 @@ class Dispatcher:
         self.ceiling_queue: int | None = None  # at max replicas: a fuller queue is refused at once
         self.on_wait: Callable[[], None] | None = None  # a request began waiting (wake the scaler)
         self.split: dict[str, float] = {}  # version -> traffic weight (canary)
+        self.fallback_after_s: float | None = None  # waited this long: the fallback pool serves
 
     @property
     def waiting(self) -> int:
@@ -133,12 +134,18 @@ class Dispatcher:
         candidates, any_ready = self._candidates(exclude, request.version)
         if candidates and not self._outranked(place):
             return self._take(candidates, request)
-        self._check_room(request.qos_class, any_ready)
+        try:
+            self._check_room(request.qos_class, any_ready)
+        except GatewayError:
+            if fallback := self._fallback(exclude):
+                return self._take(fallback, request)
+            raise
         loop = asyncio.get_running_loop()
         wait_s = self.config.queue_timeout_s
         if not any_ready and self.cold_wait_s is not None:
             wait_s = max(wait_s, self.cold_wait_s)  # a replica is starting: a slow first token
         deadline = loop.time() + wait_s
+        fallback_at = loop.time() + (self.fallback_after_s or 0.0)
         ticket = _Ticket(
             place, request.qos_class, request.version, frozenset(exclude), time.monotonic()
         )
@@ -150,10 +157,15 @@ class Dispatcher:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise _refusal(any_ready, "no replica had room in time")
-                await self.replicas.wait_change(remaining)
+                to_fallback = fallback_at - loop.time()
+                await self.replicas.wait_change(
+                    remaining if to_fallback <= 0 else min(remaining, to_fallback)
+                )
                 candidates, any_ready = self._candidates(exclude, request.version)
                 if candidates and not self._outranked(place):
                     return self._take(candidates, request)
+                if loop.time() >= fallback_at and (fallback := self._fallback(exclude)):
+                    return self._take(fallback, request)
         finally:
             self._leave(request.rank, seq)
             if self.waiting:
@@ -185,6 +197,17 @@ class Dispatcher:
             if usable[k]:
                 return True
         return False
+
+    def _fallback(self, exclude: set[str]) -> list[Replica]:
+        """Fallback replicas with room, when the fleet has a fallback pool."""
+        if self.fallback_after_s is None:
+            return []
+        cap = self.config.max_in_flight_per_replica
+        return [
+            r
+            for r in self.replicas.fallbacks()
+            if r.observed.in_flight < cap and r.url not in exclude
+        ]
 
     def _take(self, candidates: list[Replica], request: RouteRequest) -> Replica:
         replica = self.policy.choose(candidates, request)

@@ -104,7 +104,7 @@ class Proxy:
             async with asyncio.timeout(self.config.first_byte_timeout_s):
                 resp = await self.session.post(
                     f"{replica.url}/v1/{info.endpoint}",
-                    data=info.body,
+                    data=info.body_for(replica.fallback_model),
                     headers={
                         "Content-Type": "application/json",
                         "X-Request-Id": headers["x-request-id"],

@@ -65,6 +65,7 @@ class Replica:
     state: ReplicaState = ReplicaState.LOADING
     pid: int | None = None  # local replicas only
     version: str = ""  # the fleet's name for what it runs (model + arguments); "" when unmanaged
+    fallback_model: str | None = None  # in the fallback pool: the model id it answers as
     locked: bool = False  # state set by the fleet (draining, down): health checks leave it
     observed: Observed = field(default_factory=Observed)
     reported: Reported = field(default_factory=Reported)
@@ -76,6 +77,7 @@ class Replica:
             "in_flight": self.observed.in_flight,
             "pid": self.pid,
             "version": self.version,
+            "fallback_model": self.fallback_model,
             "requests": self.observed.requests,
             "failures": self.observed.failures,
             "num_waiting": self.reported.num_waiting,
@@ -126,11 +128,21 @@ class ReplicaSet:
         return list(self._replicas.values())
 
     def ready(self, version: str | None = None) -> list[Replica]:
-        """Replicas taking traffic (of `version` only, when given)."""
+        """Replicas taking traffic (of `version` only, when given); never the fallback pool."""
         return [
             r
             for r in self._replicas.values()
-            if r.state is ReplicaState.READY and (version is None or r.version == version)
+            if r.state is ReplicaState.READY
+            and r.fallback_model is None
+            and (version is None or r.version == version)
+        ]
+
+    def fallbacks(self) -> list[Replica]:
+        """Ready replicas of the fallback pool (a smaller model for when the main pool is full)."""
+        return [
+            r
+            for r in self._replicas.values()
+            if r.state is ReplicaState.READY and r.fallback_model is not None
         ]
 
     def count(self, *states: ReplicaState) -> int:

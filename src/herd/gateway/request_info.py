@@ -40,6 +40,13 @@ class RequestInfo:
     route: RouteRequest
     screen: Any = None  # herd.gateway.policy.OutputScreen checking the answer, or None
 
+    def body_for(self, model: str | None) -> bytes:
+        """The bytes to forward: the client's, or with `model` swapped in for a fallback replica
+        (which then answers under its own model name, so the client sees who answered)."""
+        if model is None or model == self.model:
+            return self.body
+        return json.dumps({**self.payload, "model": model}).encode()
+
     def reserve_tokens(self, chars_per_token: float, default_max_tokens: int) -> int:
         """Upper-ish estimate of prompt + completion tokens, reserved before the request runs."""
         prompt = math.ceil(len(self.prompt_text.encode()) / chars_per_token)

@@ -7,8 +7,6 @@ import json
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -17,8 +15,11 @@ from pydantic import (
     model_validator,
 )
 
+from herd.protocol.base import ParamError, Strict, unsupported
 from herd.protocol.errors import OpenAIError
 from herd.protocol.prompts import Prompt, content_text, parse_prompts
+from herd.protocol.structured import ResponseFormat, StructuredFields
+from herd.protocol.tools import ToolCall, ToolFields
 
 MAX_STOP = 16  # stop strings per request
 LOGIT_BIAS_LIMIT = 100.0  # OpenAI: each bias in [-100, 100]
@@ -50,24 +51,7 @@ TEXT_PART_SCHEMA = {
 CONTENT_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "array", "items": TEXT_PART_SCHEMA}]}
 
 
-class ParamError(ValueError):
-    """A refusal raised inside validation: `param` names the field, `code` is OpenAI's error code
-    (`invalid_value`, `unsupported_parameter`, ...)."""
-
-    def __init__(self, message: str, param: str, code: str = "invalid_value") -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
-
-
-def _unsupported(name: str, value: Any, allowed: tuple = (None,)) -> Any:
-    if not any(value == a and type(value) is type(a) for a in allowed):  # 0 is not false
-        shown = ", ".join("null" if a is None else repr(a) for a in allowed)
-        raise ParamError(
-            f"'{name}' is not supported by herd (accepted: {shown})", name, "unsupported_parameter"
-        )
-    return value
+_unsupported = unsupported
 
 
 def only(*values: Any) -> Any:
@@ -81,11 +65,7 @@ Unsupported = only(None)  # refused unless absent or null: herd has no such feat
 TokenId = Annotated[int, Field(ge=0)]
 
 
-class _Strict(BaseModel):
-    """JSON types as they are (no "3" for 3, no true for 1), finite numbers, unknown fields
-    refused."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+_Strict = Strict
 
 
 class StreamOptions(_Strict):
@@ -97,8 +77,9 @@ class StreamOptions(_Strict):
     include_obfuscation: bool | None = None  # ignored: herd adds no obfuscation padding
 
 
-class _GenerateRequest(_Strict):
-    """Fields both endpoints share: sampling, stopping, streaming and vLLM's extensions."""
+class _GenerateRequest(StructuredFields):
+    """Fields both endpoints share: sampling, stopping, streaming and vLLM's extensions (the
+    structured-output ones from `StructuredFields`)."""
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
@@ -207,46 +188,59 @@ class CompletionRequest(_GenerateRequest):
 
 
 class ChatMessage(_Strict):
-    """One chat message. herd has no tools, so tool and function messages and tool calls are
-    refused; `content` is a string or text parts, read through the prompt grammar."""
+    """One chat message. `content` is a string or text parts, read through the prompt grammar; it
+    may be absent or null only on an assistant message with `tool_calls`. A `tool` message
+    answers a call (`tool_call_id`)."""
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[Any, WithJsonSchema(CONTENT_SCHEMA)]  # required: herd has no tool calls
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Annotated[Any, WithJsonSchema({"anyOf": [CONTENT_SCHEMA, {"type": "null"}]})] = None
     name: str | None = None  # accepted; the chat template does not use it
     refusal: str | None = None  # an earlier assistant refusal: ignored
-    tool_calls: only(None, []) = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
     function_call: Unsupported = None
     audio: Unsupported = None
 
     @field_validator("content")
     @classmethod
-    def _content(cls, value: Any) -> str:
-        return content_text(value, "content")
-
-    @field_validator("tool_calls")
-    @classmethod
-    def _no_tool_calls(cls, value: Any) -> Any:
-        return _unsupported("tool_calls", value, (None, []))
+    def _content(cls, value: Any) -> str | None:
+        return None if value is None else content_text(value, "content")
 
     @field_validator("function_call", "audio")
     @classmethod
     def _no_audio(cls, value: Any, info: ValidationInfo) -> Any:
         return _unsupported(info.field_name, value)
 
+    @model_validator(mode="after")
+    def _roles(self):
+        if self.tool_calls and self.role != "assistant":
+            raise ParamError("only assistant messages carry 'tool_calls'", "tool_calls")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ParamError("'content' is required", "content", "missing_required_parameter")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ParamError(
+                "a tool message needs 'tool_call_id'", "tool_call_id", "missing_required_parameter"
+            )
+        return self
 
-class ChatCompletionRequest(_GenerateRequest):
-    """A /v1/chat/completions body."""
+    def as_template(self) -> dict[str, Any]:
+        """The message as chat templates take it (tool calls with their arguments as objects)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [c.as_template() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+class ChatCompletionRequest(_GenerateRequest, ToolFields):
+    """A /v1/chat/completions body (tool fields from `ToolFields`)."""
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    response_format: only(None, {"type": "text"}) = None
-    tools: only(None, []) = None
-    tool_choice: only(None, "none", "auto") = None
-    parallel_tool_calls: bool | None = None  # ignored: there are no tools
-    functions: only(None, []) = None
-    function_call: only(None, "none", "auto") = None
+    response_format: ResponseFormat | None = None
     store: only(None, False) = None
     metadata: dict[str, str] | None = None  # ignored: herd stores nothing
     service_tier: str | None = None  # ignored: one tier
@@ -262,25 +256,10 @@ class ChatCompletionRequest(_GenerateRequest):
     web_search_options: Unsupported = None
     moderation: Unsupported = None
 
-    @field_validator("tools", "functions")
-    @classmethod
-    def _no_tool_list(cls, value: Any, info: ValidationInfo) -> Any:
-        return _unsupported(info.field_name, value, (None, []))
-
-    @field_validator("tool_choice", "function_call")
-    @classmethod
-    def _no_tool_choice(cls, value: Any, info: ValidationInfo) -> Any:
-        return _unsupported(info.field_name, value, (None, "none", "auto"))
-
     @field_validator("store")
     @classmethod
     def _store(cls, value: Any) -> Any:
         return _unsupported("store", value, (None, False))
-
-    @field_validator("response_format")
-    @classmethod
-    def _response_format(cls, value: Any) -> Any:
-        return _unsupported("response_format", value, (None, {"type": "text"}))
 
     @field_validator("modalities")
     @classmethod
@@ -306,6 +285,12 @@ class ChatCompletionRequest(_GenerateRequest):
             )
         if self.top_logprobs is not None and not self.logprobs:
             raise ParamError("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        if self.tool_constraint() is not None and self.constraint is not None:
+            raise ParamError(
+                f"'tool_choice' {self.tool_mode} constrains the output; it cannot be combined "
+                f"with '{self.constraint.param}'",
+                "tool_choice",
+            )
         return self
 
     @property

@@ -24,6 +24,8 @@ from herd.server.lifecycle import ADMISSION, STATE, Admission, ServerState
 from herd.server.metrics import ServerMetrics
 from herd.server.protocol import GenerateRequest, parse_chat, parse_completion
 from herd.server.responses import Renderer, batch_usage
+from herd.server.tool_parsers import get_parser
+from herd.server.tool_prompt import render_chat
 from herd.server.tracking import Tracker
 
 log = logging.getLogger("herd.server")
@@ -65,10 +67,7 @@ async def _read_json(request: web.Request) -> Any:
 def _prompt_ids(engine, req: GenerateRequest) -> list[int]:
     tok = engine.tokenizer
     if req.chat:
-        try:
-            return list(tok.apply_chat_template(req.messages))
-        except Exception as exc:  # a template that rejects these messages is the caller's 400
-            raise bad_request(f"chat template failed: {exc}", "messages") from None
+        return render_chat(tok, req.messages, req.tools)
     if isinstance(req.prompt, str):
         return list(tok.encode(req.prompt))
     return list(req.prompt)
@@ -118,7 +117,7 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         sub = dataclasses.replace(req, prompt=prompt, prompts=None) if batch else req
         ids = _prompt_ids(engine, sub)
         _fit_context(sub, len(ids), engine.max_model_len)
-        renderer = _renderer(engine, sub, request_id, model)
+        renderer = _renderer(engine, sub, request_id, model, config.tool_call_parser)
         if batch:  # choice i*n + j is completion j of prompt i
             renderer.index_offset, renderer.in_batch = i * sub.params.n, True
         parts.append((sub, ids, renderer))
@@ -161,37 +160,47 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     return web.json_response(body)
 
 
-def _renderer(engine, req: GenerateRequest, request_id: str, model: str) -> Renderer:
-    renderer = Renderer(req, request_id, model, engine.tokenizer)
+def _renderer(engine, req: GenerateRequest, request_id: str, model: str, parser: str) -> Renderer:
+    renderer = Renderer(req, request_id, model, engine.tokenizer, get_parser(parser))
     if req.echo and isinstance(req.prompt, str):
         renderer.prompt_text = req.prompt  # token ids: decoded once the engine accepts them
     return renderer
 
 
 async def _merge_streams(streams: list) -> AsyncIterator[Any]:
-    """Deltas from several engine streams as they come; closing it aborts them all."""
+    """Deltas from several engine streams as they come; closing it aborts them all. Nothing is
+    yielded until every stream has been accepted by the engine (its first delta, or its end), so
+    one refused prompt still refuses the whole batch before a streamed response starts."""
     queue: asyncio.Queue = asyncio.Queue()
 
-    async def pump(stream) -> None:
+    async def pump(i: int, stream) -> None:
         try:
             async with contextlib.aclosing(stream):
                 async for out in stream:
-                    queue.put_nowait((out, None))
+                    queue.put_nowait((i, out, None))
         except Exception as exc:  # noqa: BLE001 - re-raised by the consumer
-            queue.put_nowait((None, exc))
-        queue.put_nowait((None, None))
+            queue.put_nowait((i, None, exc))
+        queue.put_nowait((i, None, None))
 
-    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
     try:
-        remaining = len(tasks)
+        remaining, unheard, held = len(tasks), set(range(len(tasks))), []
         while remaining:
-            out, exc = await queue.get()
+            i, out, exc = await queue.get()
+            unheard.discard(i)
             if exc is not None:
                 raise exc
             if out is None:
                 remaining -= 1
+            else:
+                held.append(out)
+            if unheard:
                 continue
-            yield out
+            for item in held:
+                yield item
+            held.clear()
+        for item in held:
+            yield item
     finally:
         for task in tasks:
             task.cancel()

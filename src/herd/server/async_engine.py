@@ -169,6 +169,10 @@ class AsyncEngine:
         closing the iterator early (client gone, cancelled) aborts the request in the engine."""
         if self.dead is not None:
             raise EngineDeadError(f"engine failed: {self.dead!r}")
+        if params.structured_outputs is not None and self._engine is not None:
+            # Compile the grammar here, off the step thread (the engine's add then finds it in
+            # its cache): a big schema, or llguidance's first load, never stalls the batch.
+            await asyncio.to_thread(self._engine.structured.compile, params.structured_outputs)
         stream = self._streams[request_id] = _Stream()
         done = asyncio.get_running_loop().create_future()
         self._send(_Add(request_id, prompt, params, priority, done))

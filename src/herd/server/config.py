@@ -5,6 +5,7 @@ with `setting()` so that `herd replica` derives its flags from both."""
 from dataclasses import dataclass
 
 from herd.engine.config import EngineConfig, check_settings, setting
+from herd.server.tool_parsers import PARSERS
 
 
 @dataclass
@@ -32,6 +33,9 @@ class ServerConfig:
         None,
         "max_tokens of a request that gives none (default: 16 for completions, as OpenAI; chat "
         "runs to the context)",
+    )
+    tool_call_parser: str = setting(
+        "llama3_json", "how tool calls are read from the model's output", tuple(PARSERS)
     )
     warmup: bool = setting(True, "generate one token before /ready turns true")
     log_level: str = setting("info", "logging level", ("debug", "info", "warning", "error"))

@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from herd.engine.errors import InvalidRequestError
-from herd.engine.sampling_params import SamplingParams
+from herd.engine.sampling_params import SamplingParams, StructuredOutputsParams
 from herd.protocol.requests import (
     ChatCompletionRequest,
     CompletionRequest,
     validate_request,
 )
+from herd.protocol.structured import Constraint
 from herd.server.errors import bad_request
 
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat runs to the context
@@ -37,6 +38,10 @@ class GenerateRequest:
     max_tokens_default: bool = False  # max_tokens was not given (may be clamped to the context)
     user: str | None = None  # caller's end-user id: logged, never interpreted
     extra: dict[str, Any] = field(default_factory=dict)
+    # chat with tools: "auto", "required" or "named" (None: no tools in play); the tools as JSON
+    tool_mode: str | None = None
+    tools: list[dict] | None = None
+    tool_name: str | None = None  # the function a named tool_choice forces
 
 
 def _limit(value: int | None, name: str, most: int) -> None:
@@ -44,8 +49,23 @@ def _limit(value: int | None, name: str, most: int) -> None:
         raise bad_request(f"'{name}' must be at most {most}, got {value}", name)
 
 
+def structured_params(constraint: Constraint | None) -> StructuredOutputsParams | None:
+    """The engine's form of a request's output constraint."""
+    if constraint is None:
+        return None
+    kind, value, param = constraint.kind, constraint.value, constraint.param
+    if kind == "choice":
+        return StructuredOutputsParams(choice=tuple(value), param=param)
+    if kind == "json_object":
+        return StructuredOutputsParams(json_object=True, param=param)
+    return StructuredOutputsParams(**{kind: value}, param=param)
+
+
 def to_sampling_params(
-    body: CompletionRequest | ChatCompletionRequest, max_tokens: int | None, logprobs: int | None
+    body: CompletionRequest | ChatCompletionRequest,
+    max_tokens: int | None,
+    logprobs: int | None,
+    constraint: Constraint | None = None,
 ) -> SamplingParams:
     """The engine's settings for `body`: every sampling field, herd's default where absent."""
 
@@ -74,6 +94,7 @@ def to_sampling_params(
             ignore_eos=get("ignore_eos", False),
             include_stop_str_in_output=get("include_stop_str_in_output", False),
             skip_special_tokens=get("skip_special_tokens", True),
+            structured_outputs=structured_params(constraint or body.constraint),
         )
     except InvalidRequestError as exc:
         raise bad_request(exc.message, exc.param) from None
@@ -127,7 +148,12 @@ def parse_chat(
     _limit(f.prompt_logprobs, "prompt_logprobs", max_logprobs)
     logprobs = (f.top_logprobs or 0) if f.logprobs else None
     max_tokens = f.output_limit
-    params = to_sampling_params(f, max_tokens or max_tokens_default, logprobs)
+    params = to_sampling_params(f, max_tokens or max_tokens_default, logprobs, f.tool_constraint())
     req = _request(f, True, params, max_tokens is None, max_n)
-    req.messages = [{"role": m.role, "content": m.content} for m in f.messages]
+    req.messages = [m.as_template() for m in f.messages]
+    req.tool_mode = f.tool_mode
+    if req.tool_mode is not None:
+        req.tools = f.tool_dicts()
+    if req.tool_mode == "named":
+        req.tool_name = f.tool_choice.function.name
     return req

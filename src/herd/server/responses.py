@@ -8,6 +8,8 @@ from typing import Any
 from herd.engine.outputs import CompletionOutput, RequestOutput
 from herd.protocol.sse import DONE, encode_json
 from herd.server.protocol import GenerateRequest
+from herd.server.tool_calls import ToolCallStream
+from herd.server.tool_parsers import ToolParser
 
 
 @dataclass
@@ -18,19 +20,37 @@ class _Choice:
     text_offset: int = 0  # completions logprobs: characters before the next token
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    tools: ToolCallStream | None = None  # chat with tools: the text read as tool calls
+
+    def reason(self, finish_reason: str | None) -> str | None:
+        """OpenAI's finish_reason: "tool_calls" when the choice stopped after calling tools."""
+        if finish_reason == "stop" and self.tools is not None and self.tools.called:
+            return "tool_calls"
+        return finish_reason
 
 
 class Renderer:
     """Accumulates one request's deltas; renders chunks as they come or the whole reply at the
     end. `chat` switches object names, message vs text and the logprobs format."""
 
-    def __init__(self, req: GenerateRequest, request_id: str, model: str, tokenizer: Any) -> None:
+    def __init__(
+        self,
+        req: GenerateRequest,
+        request_id: str,
+        model: str,
+        tokenizer: Any,
+        parser: ToolParser | None = None,
+    ) -> None:
         self.req = req
         self.id = request_id
         self.model = model
         self.created = int(time.time())
         self.tokenizer = tokenizer
         self.choices = [_Choice() for _ in range(req.params.n)]
+        if req.tool_mode is not None and parser is not None:
+            names = {t["function"]["name"] for t in req.tools or []}
+            for c in self.choices:
+                c.tools = ToolCallStream(req.tool_mode, parser, names, req.tool_name)
         self.prompt_token_ids: list[int] = []
         self.prompt_logprobs: list | None = None  # engine's, when prompt_logprobs was asked
         self.num_cached_tokens = 0
@@ -137,6 +157,9 @@ class Renderer:
             if not (delta.text or delta.token_ids or delta.finish_reason):
                 continue
             item: dict[str, Any] = {"index": self.index_offset + delta.index}
+            if self.req.chat and choice.tools is not None:
+                rendered += self._tool_items(choice, delta, item, entries)
+                continue
             if self.req.chat:
                 item["delta"] = {"content": delta.text} if delta.text else {}
                 item["logprobs"] = {"content": entries} if entries is not None else None
@@ -151,6 +174,27 @@ class Renderer:
                 item["token_ids"] = list(delta.token_ids)
             rendered.append(item)
         return rendered
+
+    def _tool_items(
+        self, choice: _Choice, delta: CompletionOutput, item: dict, entries: list | None
+    ) -> list[dict]:
+        """A chat delta of a choice read as tool calls: one item per chat delta (the last one
+        carries the finish reason and the step's logprobs and token ids)."""
+        deltas = choice.tools.feed(delta.text)
+        if delta.finish_reason is not None:
+            deltas += choice.tools.finish()
+        items = [dict(item, delta=d, logprobs=None, finish_reason=None) for d in deltas]
+        quiet = entries is None and not self.req.return_token_ids
+        if not items and delta.finish_reason is None and quiet:
+            return []  # text held back (it may become a call): nothing to say yet
+        if not items:
+            items = [dict(item, delta={}, logprobs=None, finish_reason=None)]
+        last = items[-1]
+        last["logprobs"] = {"content": entries} if entries is not None else None
+        last["finish_reason"] = choice.reason(delta.finish_reason)
+        if self.req.return_token_ids:
+            last["token_ids"] = list(delta.token_ids)
+        return items
 
     def _take_prompt(self, out: RequestOutput) -> None:
         """The prompt's facts, from the first delta (prompt logprobs come with it)."""
@@ -208,9 +252,14 @@ class Renderer:
             if not self.prompt_token_ids:
                 self._take_prompt(out)
             data = self.first_chunks()
-        items = self.add(out)
-        if items:
-            data += self._chunk(items)
+        chunk: list[dict] = []
+        for item in self.add(out):  # a choice appears at most once per chunk
+            if any(c["index"] == item["index"] for c in chunk):
+                data += self._chunk(chunk)
+                chunk = []
+            chunk.append(item)
+        if chunk:
+            data += self._chunk(chunk)
         return data
 
     def stream_end(self, usage: dict | None = None) -> bytes:
@@ -231,7 +280,8 @@ class Renderer:
             text = "".join(c.text)
             item: dict[str, Any] = {"index": self.index_offset + i}
             if self.req.chat:
-                item["message"] = {"role": "assistant", "content": text}
+                message = {"role": "assistant", "content": text}
+                item["message"] = c.tools.message() if c.tools is not None else message
                 item["logprobs"] = (
                     {"content": c.logprobs} if self.req.params.logprobs is not None else None
                 )
@@ -242,7 +292,7 @@ class Renderer:
                     if self.req.params.logprobs is not None
                     else None
                 )
-            item["finish_reason"] = c.finish_reason
+            item["finish_reason"] = c.reason(c.finish_reason)
             item["stop_reason"] = c.stop_reason
             if self.req.return_token_ids:
                 item["token_ids"] = c.token_ids
