@@ -34,6 +34,7 @@ class Fake:
         self.delay_s = 0.0
         self.token_delay_s = 0.0
         self.calls = 0
+        self.last_body: dict | None = None  # the last completion body received (as forwarded)
         self.ready_probes = 0  # GET /ready answered: lets a test know the gateway has looked
         self.in_flight = 0
         self.prefix_queries = 0
@@ -80,6 +81,7 @@ async def completion(request: web.Request) -> web.StreamResponse:
     fake: Fake = request.app["fake"]
     fake.calls += 1
     body = await request.json()
+    fake.last_body = body
     chat = request.path.endswith("chat/completions")
     if body.get("model") != MODEL:
         err = {
@@ -192,6 +194,7 @@ async def stats(request: web.Request) -> web.Response:
             "in_flight": fake.in_flight,
             "prefix_hits": fake.prefix_hits,
             "prefix_queries": fake.prefix_queries,
+            "last_body": fake.last_body,
         }
     )
 

@@ -209,3 +209,12 @@ def test_extensions_reach_the_engine():
     )
     assert not alone.include_usage and not alone.continuous_usage
     assert parse_completion({"prompt": "x", "prompt_logprobs": 3}).params.prompt_logprobs == 3
+
+
+def test_the_replicas_max_tokens_default_applies_only_when_none_is_given():
+    chat = {"messages": [{"role": "user", "content": "x"}]}
+    assert parse_chat(chat, max_tokens_default=7).params.max_tokens == 7
+    assert parse_chat(chat, max_tokens_default=7).max_tokens_default  # still clamped to context
+    assert parse_chat({**chat, "max_tokens": 3}, max_tokens_default=7).params.max_tokens == 3
+    assert parse_completion({"prompt": "x"}, max_tokens_default=7).params.max_tokens == 7
+    assert parse_completion({"prompt": "x"}).params.max_tokens == 16  # OpenAI's default

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "herd.cli.plan_cmds",
     "herd.cli.autoscale_cmds",
     "herd.cli.top_cmds",
+    "herd.cli.audit_cmds",
 ]
 
 

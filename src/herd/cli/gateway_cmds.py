@@ -30,6 +30,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="require client certificates signed by this CA (mutual TLS)")  # fmt: skip
     p.add_argument("--upstream-ca", metavar="FILE",
                    help="trust replicas' HTTPS certificates signed by this CA")  # fmt: skip
+    p.add_argument("--audit-retention-days", type=float,
+                   help="delete rotated audit files older than this (default 90)")  # fmt: skip
+    p.add_argument("--max-tokens-default", type=int,
+                   help="max_tokens forwarded when a request and its QoS class give none")  # fmt: skip
 
 
 def register(subparsers) -> None:
@@ -106,11 +110,13 @@ def _load(args: argparse.Namespace):
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     gw = config.gateway
-    names = ("host", "port", "policy", "api_keys", "admin_key", "redis")
+    names = ("host", "port", "policy", "api_keys", "admin_key", "redis", "max_tokens_default")
     for name in (*names, "tls_cert", "tls_key", "tls_client_ca", "upstream_ca"):
         value = getattr(args, name)
         if value is not None:
             setattr(gw, name, value)
+    if args.audit_retention_days is not None:
+        gw.audit.retention_days = args.audit_retention_days
     _check_tls(gw)
     if gw.policy not in POLICIES:
         raise CliError(f"unknown policy {gw.policy!r}; choose one of {sorted(POLICIES)}")

@@ -30,11 +30,18 @@ class SchedulerConfig:
     # 128: what `herd replica` already ran with (the engine said 64), so served behaviour and
     # every recorded replica benchmark stay as they were; the KV pool still bounds the batch.
     max_num_seqs: int = setting(128, "most sequences running in one engine step")
+    target_tpot_ms: float | None = setting(
+        None,
+        "inter-token latency target: cap the sequences decoding together (below max_num_seqs) "
+        "so a decode step, measured online, stays under it (default: no cap)",
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)
         _at_least(self, "max_num_batched_tokens", 1)
         _at_least(self, "max_num_seqs", 1)
+        if self.target_tpot_ms is not None and self.target_tpot_ms <= 0:
+            raise ValueError(f"target_tpot_ms must be > 0, got {self.target_tpot_ms}")
 
 
 @dataclass

@@ -16,6 +16,7 @@ from herd.engine.sampling_params import SamplingParams
 from herd.engine.scheduler import Scheduler
 from herd.engine.structured import StructuredOutputs
 from herd.engine.tokenizer import Tokenizer
+from herd.engine.tpot import TpotController
 from herd.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,14 @@ class LLMEngine:
             self.runner.num_blocks, config.block_size, config.enable_prefix_caching, identity
         )
         self.scheduler = Scheduler(config.scheduler, self.kv)
+        sc = config.scheduler
+        self.tpot = (
+            TpotController(sc.target_tpot_ms / 1000, sc.max_num_seqs)
+            if sc.target_tpot_ms is not None
+            else None
+        )
+        if self.tpot is not None:
+            self.scheduler.seq_cap = self.tpot.cap()
         self.outputs = OutputProcessor(
             self.tokenizer, self.model_config.eos_token_ids, self.max_model_len
         )
@@ -150,7 +159,9 @@ class LLMEngine:
             self.outputs.finish(parent, req, RequestStatus.FINISHED_LENGTH)
             touched[parent.request_id] = parent
         if sched.scheduled:
+            started = time.perf_counter()
             result = self.runner.execute(sched)
+            self._measure_step(sched, time.perf_counter() - started)
             self.scheduler.update_from_output(sched)
             self._fork_siblings()  # before finished requests free the blocks siblings share
             for s in sched.scheduled:
@@ -176,6 +187,14 @@ class LLMEngine:
                     self.scheduler.remove(req)
                 touched[parent.request_id] = parent
         return [self._collect(p) for p in touched.values()]
+
+    def _measure_step(self, sched, step_s: float) -> None:
+        """Feed a pure decode step's time to the TPOT controller and apply its cap (a step with
+        prefill in it says nothing about inter-token latency)."""
+        if self.tpot is None or any(s.num_new_tokens != 1 for s in sched.scheduled):
+            return
+        self.tpot.observe(len(sched.scheduled), step_s)
+        self.scheduler.seq_cap = self.tpot.cap()
 
     def _take_prompt_logprobs(self, parent: ParentState, req: Request, lps: list | None) -> None:
         if lps is None or req.index != 0:

@@ -4,7 +4,11 @@ token budget (`max_num_batched_tokens`) and `max_num_seqs`.
 Running requests are served first (decodes and unfinished prefill chunks alike), in priority
 order; when blocks run out the lowest-priority, latest running request is preempted (its blocks
 freed, recomputed later — it keeps its place, since waiting requests are ordered by priority
-then arrival). Prefill of waiting requests is chunked to whatever budget is left.
+then arrival). Prefill of waiting requests is chunked to whatever budget is left. A waiting
+request of a higher priority (a lower value) that finds the batch slots or the blocks taken
+preempts the worst running request of a strictly lower priority, so a class never waits
+behind a lower one; the step that admits a request outranking every running one runs without
+the lower ones' decodes (they resume next step), so its first token costs one small step.
 """
 
 import time
@@ -48,7 +52,10 @@ class Scheduler:
     """Decides each step's work under a token budget and `max_num_seqs`: running requests first (by
     priority, then arrival), then waiting ones, with chunked prefill. When KV blocks run out it
     preempts the lowest-priority, latest request by recompute; the victim keeps its place in the
-    waiting queue and is never lost."""
+    waiting queue and is never lost. A waiting request that outranks (strictly lower priority
+    value) the worst running one takes its slot or blocks when either runs out; equal
+    priorities never preempt each other, so there is no thrashing within a class.
+    `seq_cap` (None: no cap) lowers `max_num_seqs` for a step, set by the TPOT controller."""
 
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
         self.config = config
@@ -56,6 +63,7 @@ class Scheduler:
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.num_preemptions = 0
+        self.seq_cap: int | None = None  # a dynamic cap below max_num_seqs (--target-tpot-ms)
 
     def add(self, req: Request) -> None:
         if req.status != RequestStatus.PREEMPTED:
@@ -75,9 +83,12 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         preempted = False
         self.running.sort(key=lambda r: r.sort_key)
+        cutoff = self._outranking_priority()
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
+            if cutoff is not None and req.priority > cutoff:
+                break  # this step is the higher class's: lower ones wait one step (sorted)
             num_new = min(req.num_tokens - req.num_computed_tokens, budget)
             fits, did_preempt = self._allocate_or_preempt(req, num_new)
             preempted = preempted or did_preempt
@@ -120,10 +131,55 @@ class Scheduler:
         self.waiting.append(req)
         self.num_preemptions += 1
 
+    def _outranking_priority(self) -> int | None:
+        """The priority of the best waiting request when it outranks every running one: that
+        step runs only it (and its equals), so its first token does not wait on a full batch of
+        lower-class decodes. None otherwise."""
+        if not self.waiting or not self.running:
+            return None
+        best = min(self.waiting, key=lambda r: r.sort_key)
+        return best.priority if best.priority < self.running[0].priority else None
+
+    @property
+    def max_seqs(self) -> int:
+        """Sequences that may run this step: `max_num_seqs`, lowered by a TPOT cap."""
+        cap = self.config.max_num_seqs
+        return cap if self.seq_cap is None else max(1, min(cap, self.seq_cap))
+
+    def _outranked_victim(self, req: Request) -> Request | None:
+        """The worst running request if `req` strictly outranks it (lower priority value)."""
+        if not self.running:
+            return None
+        victim = max(self.running, key=lambda r: r.sort_key)
+        return victim if victim.priority > req.priority else None
+
+    def _preempt_for(self, req: Request, out: SchedulerOutput) -> int | None:
+        """Preempt the worst running request for a waiting `req` that outranks it; returns the
+        token budget it gives back (its share of this step), or None when nothing may go."""
+        victim = self._outranked_victim(req)
+        if victim is None:
+            return None
+        returned = 0
+        for i, s in enumerate(out.scheduled):
+            if s.req is victim:
+                returned = s.num_new_tokens
+                del out.scheduled[i]
+                break
+        self._preempt(victim)
+        self.waiting.sort(key=lambda r: r.sort_key)
+        return returned
+
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
         self.waiting.sort(key=lambda r: r.sort_key)
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        while self.waiting:
             req = self.waiting[0]
+            if budget <= 0 or len(self.running) >= self.max_seqs:
+                # Full: only a higher class may take a lower one's place.
+                returned = self._preempt_for(req, out)
+                if returned is None:
+                    break
+                budget += returned
+                continue
             computed, hit = [], 0
             if req.num_computed_tokens == 0:
                 computed, hit = self.kv.get_computed_blocks(req)
@@ -134,7 +190,11 @@ class Scheduler:
                 if not self.running and not out.scheduled:
                     out.unschedulable.append(self.waiting.pop(0))
                     continue
-                break
+                returned = self._preempt_for(req, out)
+                if returned is None:
+                    break
+                budget += returned
+                continue
             if req.num_computed_tokens == 0:
                 self.kv.record_lookup(req.num_tokens, hit)
             if req.num_cached_tokens < 0:

@@ -1,15 +1,18 @@
 """The gateway's admin API (`/admin/*`, admin key only): list, add and remove replicas, rollouts
-(a restart, or a new version with a canary share, then promote or abort), and the autoscaler's
-state. What a managed fleet must offer is the `FleetControl` protocol; the gateway alone has none."""
+(a restart, or a new version with a canary share, then promote or abort), the autoscaler's
+state, the deny list (keys by id, client addresses or networks) and a keys file reload. Every
+change (POST / DELETE) is audited with the admin key's id, its body and its answer's status. What a managed fleet must offer is the `FleetControl` protocol; the gateway alone has none."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from herd.gateway.config import ConfigError
 from herd.gateway.errors import GatewayError
 from herd.gateway.replicas import ReplicaState
 
@@ -44,6 +47,10 @@ class Admin:
         r.add_post("/admin/rollout/promote", self._guard(self._promote))
         r.add_post("/admin/rollout/abort", self._guard(self._abort))
         r.add_get("/admin/autoscaler", self._guard(self._autoscaler))
+        r.add_get("/admin/deny", self._guard(self._deny_list))
+        r.add_post("/admin/deny", self._guard(self._deny_add))
+        r.add_delete("/admin/deny", self._guard(self._deny_remove))
+        r.add_post("/admin/keys/reload", self._guard(self._reload_keys))
 
     def stop(self) -> None:
         if self._task:
@@ -52,9 +59,46 @@ class Admin:
     def _guard(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
         async def guarded(request: web.Request) -> web.StreamResponse:
             self.gw.auth.check_admin(request.headers)  # refusals leave via the error middleware
-            return await handler(request)
+            if request.method == "GET":
+                return await handler(request)
+            status = 500
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except GatewayError as exc:
+                status = exc.status
+                raise
+            finally:
+                await self._audit(request, status)
 
         return guarded
+
+    async def _audit(self, request: web.Request, status: int) -> None:
+        if self.gw.audit is None:
+            return
+        body = None
+        if request.body_exists:
+            try:
+                body = json.loads(await request.read() or b"null")
+            except ValueError:
+                body = "<not JSON>"
+        await self.gw.audit.admin(
+            admin=self.gw.auth.admin_id,
+            action=f"{request.method} {request.path}",
+            query=dict(request.query) or None,
+            body=body,
+            status=status,
+        )
+
+    async def _reload_keys(self, _request: web.Request) -> web.Response:
+        try:
+            count = self.gw.reload_keys()
+        except ConfigError as exc:
+            raise GatewayError(
+                400, f"keys file not reloaded: {exc}", code="bad_keys_file"
+            ) from None
+        return web.json_response({"keys": count, "classes": sorted(self.gw.classes.classes)})
 
     async def _list(self, _request: web.Request) -> web.Response:
         return web.json_response({"replicas": [r.to_json() for r in self.gw.replicas.all()]})
@@ -105,6 +149,19 @@ class Admin:
             raise GatewayError(404, "autoscaling is off: start with herd serve --autoscale")
         return web.json_response(view)
 
+    async def _deny_list(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.gw.deny.to_json())
+
+    async def _deny_add(self, request: web.Request) -> web.Response:
+        kind, value = await _deny_entry(request)
+        await self.gw.deny.add(kind, value)
+        return web.json_response(self.gw.deny.to_json(), status=201)
+
+    async def _deny_remove(self, request: web.Request) -> web.Response:
+        kind, value = await _deny_entry(request)
+        await self.gw.deny.remove(kind, value)
+        return web.json_response(self.gw.deny.to_json())
+
     def _fleet(self) -> FleetControl:
         if self.gw.fleet is None:
             raise GatewayError(404, "no fleet: this gateway does not manage its replicas")
@@ -119,6 +176,15 @@ async def _json_object(request: web.Request) -> dict:
     if data is not None and not isinstance(data, dict):
         raise GatewayError(400, "body must be a JSON object")
     return data or {}
+
+
+async def _deny_entry(request: web.Request) -> tuple[str, str]:
+    """("key", id) or ("address", IP or network) from the query or a JSON body."""
+    data = dict(request.query) if request.query else await _json_object(request)
+    found = [(k, data[k]) for k in ("key", "address") if k in data]
+    if len(found) != 1 or not isinstance(found[0][1], str) or not found[0][1]:
+        raise GatewayError(400, "give exactly one of 'key' (an id) or 'address'", param="key")
+    return found[0]
 
 
 async def _json_url(request: web.Request) -> str:

@@ -1,7 +1,8 @@
 """The gateway's HTTP application: the OpenAI routes, health, metrics and the admin API.
 
-A completion request goes: authenticate → read and check the body → model allowed → limits →
-response cache → proxy to a replica → settle usage, metrics, audit. Every path ends in exactly
+A completion request goes: authenticate → read and check the body → model allowed → QoS class
+(priority, max_tokens) → content policy → deny list, budgets, limits → response cache → proxy to a
+replica (answer screened) → settle usage, budgets, metrics, audit. Every path ends in exactly
 one answer, and `_finish` runs for every request however it ended."""
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import time
 import uuid
 
@@ -17,17 +17,22 @@ import aiohttp
 from aiohttp import web
 
 from herd.gateway.admin import Admin, FleetControl
+from herd.gateway.admission import Admission, Admitted
 from herd.gateway.audit import AuditLog
 from herd.gateway.auth import ANONYMOUS, ApiKey, Authenticator, load_keys
+from herd.gateway.budgets import Budgets
 from herd.gateway.cache import BYPASS_HEADER, ResponseCache
 from herd.gateway.config import GatewayConfig
+from herd.gateway.denylist import DenyList
 from herd.gateway.dispatch import Dispatcher
 from herd.gateway.errors import GatewayError
 from herd.gateway.health import HealthChecker
 from herd.gateway.load import LoadTracker
 from herd.gateway.metrics import GatewayMetrics
+from herd.gateway.policy import ContentPolicy
 from herd.gateway.proxy import Outcome, Proxy
-from herd.gateway.ratelimit import Limiter, MemoryLimiter, RedisLimiter, Reservation
+from herd.gateway.qos import QosClasses, apply_class, load_classes
+from herd.gateway.ratelimit import MemoryLimiter, RedisLimiter
 from herd.gateway.replicas import ReplicaSet
 from herd.gateway.request_info import RequestInfo, parse_request
 from herd.gateway.routing import make_policy
@@ -70,9 +75,10 @@ class Gateway:
         )
         self.metrics = GatewayMetrics()
         self.replicas.on_eject = lambda url: self.metrics.ejections.labels(url).inc()
-        keys = load_keys(config.api_keys) if config.api_keys else None
-        self.auth = Authenticator(keys, config.admin_key)
+        self.auth = Authenticator(None, config.admin_key)
         self.dispatcher = Dispatcher(self.replicas, self.policy, config.proxy)
+        self.reload_keys()
+        self.policy_rules = ContentPolicy(config.content_policy)
         self.fleet: FleetControl | None = None  # set by `herd serve`; None for a lone gateway
         self.admin = Admin(self)
         self.load = LoadTracker()  # what an autoscaler reads: arrivals, first-token latencies
@@ -80,12 +86,32 @@ class Gateway:
         self.in_flight = 0
         self.session: aiohttp.ClientSession | None = None
         self.redis = None
-        self.limiter: Limiter = MemoryLimiter()
+        self.deny = DenyList()
+        self.budgets = Budgets()
+        self.admission = Admission(config, MemoryLimiter(), self.budgets, self.deny)
+        self.admission.on_refused = lambda k, limit: self.metrics.rate_limited.labels(
+            k, limit
+        ).inc()
         self.cache: ResponseCache | None = None
         self.audit: AuditLog | None = None
         self.health: HealthChecker | None = None
         self.proxy: Proxy | None = None
         self._openapi_doc: dict | None = None
+
+    def reload_keys(self) -> int:
+        """(Re)read the keys file: keys and QoS classes together (ConfigError leaves both as
+        they were). Returns the number of keys."""
+        path = self.config.api_keys
+        keys = load_keys(path) if path else None
+        classes = load_classes(path) if path else QosClasses.builtin()
+        self.auth.keys, self.classes = keys, classes
+        self.dispatcher.shares = classes.shares()
+        return len(keys or {})
+
+    @property
+    def limiter(self):
+        """The rate limiter (in memory, or Redis once started with one)."""
+        return self.admission.limiter
 
     # --- lifecycle ---
 
@@ -128,11 +154,15 @@ class Gateway:
             import redis.asyncio as aioredis
 
             self.redis = aioredis.Redis.from_url(self.config.redis)
-            self.limiter = RedisLimiter(self.redis)
+            self.admission.limiter = RedisLimiter(self.redis)
+            self.budgets.redis = self.deny.redis = self.redis
+            await self.deny.refresh()
+            self.deny.start()
         self.cache = ResponseCache(self.config.cache, self.config.model_revision, self.redis)
         if self.config.audit.path:
-            self.audit = AuditLog(self.config.audit.path, self.config.audit.include_text)
+            self.audit = AuditLog(self.config.audit)
             self.audit.start()
+        self.policy_rules.session = self.session
         self.proxy = Proxy(self.session, self.dispatcher, p)
         self.proxy.on_retry = self.metrics.retries.inc
         self.health = HealthChecker(self.replicas, self.session, self.config.health)
@@ -141,6 +171,7 @@ class Gateway:
     async def _stop(self, _app: web.Application) -> None:
         await self.health.stop()
         self.admin.stop()
+        await self.deny.stop()
         if self.audit:
             await self.audit.stop()
         await self.session.close()
@@ -173,7 +204,7 @@ class Gateway:
     async def _completion(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         outcome = Outcome()
         headers = {"x-request-id": request.headers.get("x-request-id") or uuid.uuid4().hex}
-        key, info, reservation = ANONYMOUS, None, None
+        key, info, admitted = ANONYMOUS, None, None
         self.in_flight += 1
         self.metrics.in_flight.inc()
         self.load.arrived()
@@ -187,7 +218,11 @@ class Gateway:
             info = parse_request(endpoint, body, request.headers, self.config.affinity.prefix_chars)
             info.route = dataclasses.replace(info.route, version=self.dispatcher.pick_version())
             self.auth.authorize_model(key, info.model)
-            reservation = await self._admit(key, info, headers)
+            qos_class = self.classes.of(key.qos_class)
+            apply_class(info, qos_class, self.config.max_tokens_default)
+            await self.policy_rules.check_prompt(info.prompt_text, qos_class)
+            info.screen = self.policy_rules.screen()
+            admitted = await self.admission.admit(key, request.remote, info, headers)
             response = await self._from_cache(request, key, info, headers, outcome)
             if response is None:
                 response = await self.proxy.forward(request, info, outcome, headers)
@@ -200,7 +235,7 @@ class Gateway:
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
-            await self._finish(key, info, reservation, outcome, headers)
+            await self._finish(key, info, admitted, outcome, headers)
 
     async def _read_body(self, request: web.Request) -> bytes:
         """The body within `body_timeout_s` (408) and `max_body_bytes` (413, at once when the
@@ -220,25 +255,6 @@ class Gateway:
             ) from None
         except web.HTTPRequestEntityTooLarge:
             raise too_large from None
-
-    async def _admit(self, key: ApiKey, info: RequestInfo, headers: dict) -> Reservation | None:
-        if not key.limited:
-            return None
-        p = self.config.proxy
-        decision = await self.limiter.admit(
-            key, info.reserve_tokens(p.chars_per_token, p.default_max_tokens)
-        )
-        headers.update(decision.headers)
-        if decision.reservation is None:
-            self.metrics.rate_limited.labels(key.id, decision.limit).inc()
-            retry = {"Retry-After": str(max(1, math.ceil(decision.retry_after_s)))}
-            raise GatewayError(
-                429,
-                f"rate limit reached for {decision.limit} on key {key.id!r}",
-                code="rate_limit_exceeded",
-                headers=retry,
-            )
-        return decision.reservation
 
     async def _from_cache(self, request, key: ApiKey, info: RequestInfo, headers: dict, outcome):
         if request.headers.get(BYPASS_HEADER, "").lower() == "bypass":
@@ -277,12 +293,13 @@ class Gateway:
         if all(c.get("finish_reason") for c in answer.get("choices", [])):
             await self.cache.put(outcome.cache_key, answer)
 
-    async def _finish(self, key, info, reservation, outcome: Outcome, headers: dict) -> None:
+    async def _finish(
+        self, key, info, admitted: Admitted | None, outcome: Outcome, headers: dict
+    ) -> None:
         if outcome.prompt_tokens == 0 and info is not None and outcome.status == 200:
             outcome.prompt_tokens = info.reserve_tokens(self.config.proxy.chars_per_token, 0)
-        if reservation is not None:
-            used = outcome.prompt_tokens + outcome.completion_tokens if outcome.status == 200 else 0
-            await self.limiter.settle(key, reservation, used)
+        used = outcome.prompt_tokens + outcome.completion_tokens if outcome.status == 200 else 0
+        await self.admission.settle(admitted, used)
         replica = outcome.replica or ("cache" if headers.get(BYPASS_HEADER) == "hit" else "none")
         self.metrics.requests.labels(replica, str(outcome.status), key.id).inc()
         if outcome.status == 200 and outcome.replica:
@@ -307,6 +324,8 @@ class Gateway:
             "attempts": outcome.attempts,
             "error": outcome.error,
         }
+        if outcome.filtered:
+            fields["content_filter"] = True  # the answer was cut by the content policy
         if info is not None:
             fields["prompt"] = info.prompt_text
             fields["completion"] = _answer_text(outcome.response)
@@ -317,6 +336,7 @@ class Gateway:
     async def _models(self, request: web.Request) -> web.Response:
         try:
             key = self.auth.authenticate(request.headers)
+            self.admission.check_denied(key, request.remote)
             for replica in self.replicas.ready():
                 try:
                     timeout = aiohttp.ClientTimeout(total=self.config.health.timeout_s)

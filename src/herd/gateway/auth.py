@@ -21,8 +21,8 @@ def hash_key(key: str) -> str:
 @dataclass(frozen=True)
 class ApiKey:
     """One API key's identity and limits: its id (used in logs and metrics; never the secret),
-    tenant (the unit caches are isolated by), allowed models, and requests/tokens per minute and
-    concurrency caps (0: unlimited)."""
+    tenant (the unit caches are isolated by), allowed models, requests/tokens per minute and
+    concurrency caps (0: unlimited), its QoS class and its daily / monthly token budgets."""
 
     id: str  # names the key in logs and metrics (never the key itself)
     tenant: str  # isolation unit: caches are never shared across tenants
@@ -30,6 +30,9 @@ class ApiKey:
     rpm: int = 0  # requests per minute; 0: unlimited
     tpm: int = 0  # tokens (prompt + completion) per minute; 0: unlimited
     concurrency: int = 0  # requests at once; 0: unlimited
+    qos_class: str = ""  # its QoS class (herd.gateway.qos); "": the default class
+    tokens_per_day: int = 0  # token budget per UTC day (herd.gateway.budgets); 0: none
+    tokens_per_month: int = 0  # token budget per calendar month (UTC); 0: none
 
     def allows(self, model: str) -> bool:
         return "*" in self.models or model in self.models
@@ -76,6 +79,9 @@ def load_keys(path: str | Path) -> dict[str, ApiKey]:
                 rpm=int(entry.get("rpm", 0)),
                 tpm=int(entry.get("tpm", 0)),
                 concurrency=int(entry.get("concurrency", 0)),
+                qos_class=str(entry.get("class") or ""),
+                tokens_per_day=int(entry.get("tokens_per_day", 0)),
+                tokens_per_month=int(entry.get("tokens_per_month", 0)),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
@@ -98,6 +104,11 @@ class Authenticator:
             self._admin_hash = admin_key[7:].lower()
         else:
             self._admin_hash = hash_key(admin_key) if admin_key else None
+
+    @property
+    def admin_id(self) -> str:
+        """Names the admin key in the audit log (never the key itself)."""
+        return f"admin:{(self._admin_hash or '')[:8]}"
 
     def authenticate(self, headers) -> ApiKey:
         if self.keys is None:

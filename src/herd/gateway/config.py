@@ -81,10 +81,44 @@ class CacheConfig:
 
 @dataclass
 class AuditConfig:
-    """Where the audit log goes (none: no log) and whether it includes prompt and completion text."""
+    """The audit log (herd.gateway.audit): where it goes (none: no log), when it rotates and how
+    long rotated files stay, and which tenants' prompt and completion text is kept (in a
+    separate file) and for how long."""
 
-    path: str | None = None  # JSON-lines file; none: no audit log
-    include_text: bool = False  # also log prompt and completion text
+    path: str | None = None  # JSON-lines file, hash-chained; none: no audit log
+    max_bytes: int = 100 * 1024 * 1024  # rotate when the file would grow past this
+    rotate_daily: bool = True  # also rotate when the UTC day changes
+    retention_days: float | None = 90.0  # rotated files older than this are deleted; none: kept
+    include_text: bool = False  # keep prompt and completion text for every tenant
+    text_tenants: list[str] = field(default_factory=list)  # tenants whose text is kept ("*": all)
+    text_retention_days: float = 7.0  # daily text files older than this are deleted
+
+
+@dataclass
+class ContentPolicyConfig:
+    """The content policy (herd.gateway.policy): deny patterns, an optional classifier endpoint,
+    and whether answers are checked as well as prompts."""
+
+    deny_patterns: list[str] = field(default_factory=list)  # regexes, case-insensitive
+    check_output: bool = True  # also check answers (streams as they flow)
+    classifier_url: str | None = (
+        None  # an OpenAI-compatible .../moderations or .../chat/completions
+    )
+    classifier_model: str = ""  # the model named in classifier requests
+    classifier_api_key: str | None = None  # sent as a bearer token to the classifier
+    classifier_timeout_s: float = 5.0  # one classifier call may take this long
+    classifier_every_chars: int = 256  # a stream is classified each time this much text arrived
+    fail_closed: bool = False  # classifier unreachable: refuse (503) instead of allowing
+
+
+@dataclass
+class AnonymousConfig:
+    """Limits on traffic without a keys file, per client address (the TCP peer's), with the same
+    sliding-window semantics as a key's (0: unlimited)."""
+
+    rpm: int = 0  # requests per minute per address
+    tpm: int = 0  # tokens per minute per address
+    concurrency: int = 0  # requests at once per address
 
 
 @dataclass
@@ -130,6 +164,7 @@ class GatewayConfig:
     admin_key: str | None = None  # guards /admin/*; none: admin routes are off
     redis: str | None = None  # redis://host:port/db shared by gateway instances
     model_revision: str = ""  # part of the cache key: change it when weights change
+    max_tokens_default: int | None = None  # forwarded when a request and its class give none
     drain_timeout_s: float = 30.0  # herd gateway on SIGTERM: in-flight requests get this long
     tls_cert: str | None = None  # PEM certificate chain: the gateway speaks HTTPS
     tls_key: str | None = None  # the certificate's private key (PEM)
@@ -143,6 +178,8 @@ class GatewayConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
+    anonymous: AnonymousConfig = field(default_factory=AnonymousConfig)
+    content_policy: ContentPolicyConfig = field(default_factory=ContentPolicyConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
 

@@ -22,6 +22,7 @@ from herd.gateway.config import ProxyConfig
 from herd.gateway.dispatch import Dispatcher
 from herd.gateway.errors import GatewayError
 from herd.gateway.failover import StreamResume, resumable
+from herd.gateway.policy import screen_answer
 from herd.gateway.replicas import Replica
 from herd.gateway.request_info import RequestInfo
 from herd.gateway.stream import StreamAssembler
@@ -47,6 +48,7 @@ class Outcome:
     response: dict[str, Any] | None = None  # the whole answer as one JSON object (cacheable)
     cache_key: str | None = None  # set on a cache miss: store the answer under it
     error: str | None = None
+    filtered: bool = False  # the content policy cut the answer (finish_reason content_filter)
 
 
 class Retryable(Exception):
@@ -166,6 +168,10 @@ class Proxy:
             replicas.record_failure(replica)
             raise Retryable(502, "a replica returned an invalid response body") from None
         replicas.record_success(replica, got_at - sent_at)
+        if info.screen is not None and await screen_answer(
+            data, info.screen, info.endpoint == "chat/completions"
+        ):
+            body, outcome.filtered = json.dumps(data).encode(), True
         usage = data.get("usage") or {}
         outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         outcome.completion_tokens = int(usage.get("completion_tokens") or 0)
@@ -177,13 +183,13 @@ class Proxy:
 
     async def _stream(self, request, info, replica, resp, outcome, headers, sent_at, resume):
         replicas = self.dispatcher.replicas
-        assembler = StreamAssembler(info.endpoint)
+        assembler = StreamAssembler(info.endpoint, info.screen)
         # Hold the client's response until the first complete event arrived and parsed:
         # until then a failure is invisible to the client and can be retried.
         try:
             async with asyncio.timeout(self.config.first_byte_timeout_s):
                 first = b""
-                while not first:
+                while not first and not assembler.blocked:
                     chunk = await resp.content.readany()
                     if not chunk:
                         raise aiohttp.ClientPayloadError("stream ended before the first event")
@@ -193,13 +199,17 @@ class Proxy:
             raise Retryable(502, _describe(exc)) from None
         got_at = time.perf_counter()
         replicas.record_success(replica, got_at - sent_at)
+        if first and info.screen is not None and not await info.screen.release(assembler.done):
+            assembler.block()
+            first = b""
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
         )
         outcome.status = 200
         try:
             await response.prepare(request)
-            await self._write(response, first)
+            if first:
+                await self._write(response, first)
             outcome.ttft_s = time.perf_counter() - outcome.received_at
             outcome.added_s += time.perf_counter() - got_at
             error = await self._pump(resp, response, assembler, resume)
@@ -210,13 +220,16 @@ class Proxy:
             if error is not None:
                 outcome.status, outcome.error = error.status, error.message
                 await self._write(response, error.sse_event())
+            elif assembler.blocked:
+                outcome.filtered = True
+                await self._write(response, assembler.filtered_end())
         except (ClientGone, ConnectionResetError, aiohttp.ClientConnectionResetError):
             outcome.status, outcome.error = 499, "client closed the connection or stopped reading"
             return response
         if error is None and assembler.upstream_error is not None:
             outcome.status, outcome.error = 502, str(assembler.upstream_error.get("message"))
         elif error is None:
-            outcome.response = assembler.response()
+            outcome.response = assembler.response()  # None when blocked: nothing to cache
         outcome.prompt_tokens, outcome.completion_tokens = assembler.usage()
         await response.write_eof()
         return response
@@ -256,6 +269,8 @@ class Proxy:
                     events = parser.feed(chunk) if chunk else parser.close()
                     out = _render(events, resume)
                     assembler.feed(out)
+                    if assembler.blocked:
+                        return None  # the policy refused this continuation's text
                 else:
                     events = assembler.feed_events(chunk) if chunk else assembler.close_events()
                     out = _render(events, resume)
@@ -265,6 +280,10 @@ class Proxy:
                 return GatewayError(
                     502, f"replica sent an invalid event: {exc}", code="replica_error"
                 )
+            screen = assembler.screen
+            if out and screen is not None and not await screen.release(assembler.done):
+                assembler.block()  # the classifier refused what this chunk would have sent
+                return None
             if out:
                 await self._write(response, out)
         return None

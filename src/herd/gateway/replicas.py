@@ -199,6 +199,10 @@ class ReplicaSet:
 
     # --- waiting for capacity ---
 
+    def notify(self) -> None:
+        """Wake every waiter to look again (the dispatcher passes a freed turn on)."""
+        self._notify()
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()

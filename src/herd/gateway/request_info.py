@@ -38,6 +38,7 @@ class RequestInfo:
     completions: int  # sequences the request generates: prompts in a batch x n
     deterministic: bool  # temperature 0 or a seed: the same request gives the same answer
     route: RouteRequest
+    screen: Any = None  # herd.gateway.policy.OutputScreen checking the answer, or None
 
     def body_for(self, model: str | None) -> bytes:
         """The bytes to forward: the client's, or with `model` swapped in for a fallback replica

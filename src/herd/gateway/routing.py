@@ -19,12 +19,14 @@ from herd.gateway.replicas import Replica
 @dataclass(frozen=True)
 class RouteRequest:
     """The facts a routing policy may look at: the model and the session and prefix keys; never the
-    whole body."""
+    whole body. The QoS class and rank order the dispatcher's wait queue, not the choice."""
 
     model: str  # requested model name
     session_key: str | None = None  # `user` field or x-session-id header
     prefix_key: str | None = None  # leading prompt characters
     version: str | None = None  # fleet version chosen for it (canary split); None: any
+    qos_class: str = ""  # its key's QoS class: the gateway queue's share is per class
+    rank: int = 0  # its class's rank: the gateway queue serves lower ranks first
 
 
 class RoutingPolicy(ABC):

@@ -14,10 +14,14 @@ from herd.protocol.sse import DONE, Event, SSEParser, encode_json
 class StreamAssembler:
     """Follows one upstream SSE stream: returns whole events to forward byte for byte (LF, CRLF or
     CR framing), refuses what is not SSE, notes [DONE] and upstream error events, counts usage,
-    and rebuilds the whole answer for the response cache."""
+    and rebuilds the whole answer for the response cache. With a `screen` (content policy), the
+    first event whose text breaks the policy and everything after it are held back: `blocked`
+    is set, the stream counts as done, and `filtered_end()` is what the client gets instead."""
 
-    def __init__(self, endpoint: str):
+    def __init__(self, endpoint: str, screen=None):
         self.chat = endpoint == "chat/completions"
+        self.screen = screen  # herd.gateway.policy.OutputScreen, or None
+        self.blocked = False
         self.done = False  # saw [DONE] (or an upstream error event, which also ends it)
         self.upstream_error: dict | None = None
         self._parser = SSEParser()
@@ -33,11 +37,19 @@ class StreamAssembler:
         return b"".join(e.raw for e in self.feed_events(chunk))
 
     def feed_events(self, chunk: bytes) -> list[Event]:
-        """`feed`, returning the parsed events (each keeps its raw bytes)."""
-        events = self._parser.feed(chunk)
+        """`feed`, returning the parsed events to forward (each keeps its raw bytes); nothing
+        from the event that broke the content policy on."""
+        return self._take(self._parser.feed(chunk))
+
+    def _take(self, events: list[Event]) -> list[Event]:
+        out = []
         for event in events:
+            if self.blocked:
+                break
             self._event(event)
-        return events
+            if not self.blocked:
+                out.append(event)
+        return out
 
     def close(self) -> bytes:
         """End of the upstream stream: the held-back tail (a last block that ended in a CR), if
@@ -45,10 +57,22 @@ class StreamAssembler:
         return b"".join(e.raw for e in self.close_events())
 
     def close_events(self) -> list[Event]:
-        events = self._parser.close()
-        for event in events:
-            self._event(event)
-        return events
+        return self._take(self._parser.close())
+
+    def block(self) -> None:
+        """The policy refused the answer: nothing more is forwarded."""
+        self.blocked = self.done = True
+
+    def filtered_end(self) -> bytes:
+        """The events that end a blocked stream: finish_reason content_filter per choice, then
+        [DONE] (as OpenAI ends a filtered answer)."""
+        head = {**self._head, "object": "chat.completion.chunk" if self.chat else "text_completion"}
+        events = []
+        for i in sorted(self._finish) or [0]:
+            choice = {"index": i, "finish_reason": "content_filter"}
+            choice.update({"delta": {}} if self.chat else {"text": ""})
+            events.append(encode_json({**head, "choices": [choice]}))
+        return b"".join(events) + DONE
 
     def _event(self, event: Event) -> None:
         if event.unknown:
@@ -75,6 +99,9 @@ class StreamAssembler:
         for choice in obj.get("choices") or ():
             i = choice.get("index", 0)
             text = (choice.get("delta") or {}).get("content") if self.chat else choice.get("text")
+            if text and self.screen is not None and not self.screen.feed(i, text):
+                self.block()
+                return
             if text:
                 self._texts.setdefault(i, []).append(text)
                 self._content_events += 1
@@ -92,7 +119,7 @@ class StreamAssembler:
 
     def response(self) -> dict[str, Any] | None:
         """The whole answer as a non-streaming response object; None if it did not finish."""
-        if not self.done or self.upstream_error is not None:
+        if not self.done or self.upstream_error is not None or self.blocked:
             return None
         choices = []
         for i in sorted(self._finish):

@@ -129,7 +129,7 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     app[STATE].check_accepting()
     body = await _read_json(request)
     parse = parse_chat if chat else parse_completion
-    req = parse(body, config.max_n, config.max_logprobs)
+    req = parse(body, config.max_n, config.max_logprobs, config.max_tokens_default)
     model = served_name(config)
     if req.model is not None and req.model != model:
         raise APIError(

@@ -29,6 +29,11 @@ class ServerConfig:
     max_request_bytes: int = setting(8 << 20, "largest request body accepted; larger gets 413")
     max_n: int = setting(64, "largest `n` (completions per request) accepted")
     max_logprobs: int = setting(20, "largest `logprobs` / `top_logprobs` accepted")
+    max_tokens_default: int | None = setting(
+        None,
+        "max_tokens of a request that gives none (default: 16 for completions, as OpenAI; chat "
+        "runs to the context)",
+    )
     tool_call_parser: str = setting(
         "llama3_json", "how tool calls are read from the model's output", tuple(PARSERS)
     )
@@ -49,6 +54,8 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.max_tokens_default is not None and self.max_tokens_default < 1:
+            raise ValueError(f"max_tokens_default must be >= 1, got {self.max_tokens_default}")
         if self.max_n < 1:
             raise ValueError(f"max_n must be >= 1, got {self.max_n}")
         if self.head_timeout <= 0 or self.body_timeout <= 0:

@@ -118,8 +118,11 @@ def _request(body, chat: bool, params: SamplingParams, max_tokens_default: bool,
     )
 
 
-def parse_completion(body: Any, max_n: int = 64, max_logprobs: int = 20) -> GenerateRequest:
-    """A /v1/completions JSON body -> `GenerateRequest`; a 400 naming the parameter otherwise."""
+def parse_completion(
+    body: Any, max_n: int = 64, max_logprobs: int = 20, max_tokens_default: int | None = None
+) -> GenerateRequest:
+    """A /v1/completions JSON body -> `GenerateRequest`; a 400 naming the parameter otherwise.
+    Without max_tokens: `max_tokens_default` (the replica's setting), else OpenAI's 16."""
     f = validate_request(CompletionRequest, body)
     prompts = f.prompt
     if len(prompts) > max_n:
@@ -127,22 +130,25 @@ def parse_completion(body: Any, max_n: int = 64, max_logprobs: int = 20) -> Gene
     _limit(f.logprobs, "logprobs", max_logprobs)
     _limit(f.prompt_logprobs, "prompt_logprobs", max_logprobs)
     default = f.max_tokens is None
-    params = to_sampling_params(f, COMPLETION_MAX_TOKENS if default else f.max_tokens, f.logprobs)
+    limit = (max_tokens_default or COMPLETION_MAX_TOKENS) if default else f.max_tokens
+    params = to_sampling_params(f, limit, f.logprobs)
     req = _request(f, False, params, default, max_n)
     req.prompt, req.prompts = prompts[0], prompts
     req.echo = bool(f.echo)
     return req
 
 
-def parse_chat(body: Any, max_n: int = 64, max_logprobs: int = 20) -> GenerateRequest:
+def parse_chat(
+    body: Any, max_n: int = 64, max_logprobs: int = 20, max_tokens_default: int | None = None
+) -> GenerateRequest:
     """A /v1/chat/completions JSON body -> `GenerateRequest`; a 400 naming the parameter
-    otherwise."""
+    otherwise. Without max_tokens: `max_tokens_default`, else up to the context."""
     f = validate_request(ChatCompletionRequest, body)
     _limit(f.top_logprobs, "top_logprobs", max_logprobs)
     _limit(f.prompt_logprobs, "prompt_logprobs", max_logprobs)
     logprobs = (f.top_logprobs or 0) if f.logprobs else None
     max_tokens = f.output_limit
-    params = to_sampling_params(f, max_tokens, logprobs, f.tool_constraint())
+    params = to_sampling_params(f, max_tokens or max_tokens_default, logprobs, f.tool_constraint())
     req = _request(f, True, params, max_tokens is None, max_n)
     req.messages = [m.as_template() for m in f.messages]
     req.tool_mode = f.tool_mode
