@@ -218,3 +218,32 @@ async def test_each_class_waits_within_its_share_of_the_queue():
     d.release(first)
     for task in batch:
         d.release(await asyncio.wait_for(task, 5))
+
+
+async def test_long_prompts_wait_in_a_lane_behind_every_short_one():
+    interactive = QosClass("interactive", priority=(0, 9), rank=0)
+    long_chat = info_of(chat(content="x" * 500))
+    short_batch = info_of(chat(content="hi"))
+    apply_class(long_chat, interactive, None, long_prompt_chars=100)
+    apply_class(short_batch, QosClass("batch", priority=(10, 100), rank=1), None, 100)
+    assert long_chat.route.rank > short_batch.route.rank  # a short batch turn goes first
+    apply_class(same := info_of(chat(content="x" * 500)), interactive, None, None)
+    assert same.route.rank == interactive.rank  # no threshold: one lane
+
+    d = one_slot_dispatcher()
+    busy = await d.acquire(req("batch"))
+    order: list[str] = []
+
+    async def wait(name: str, route: RouteRequest) -> None:
+        replica = await d.acquire(route)
+        order.append(name)
+        await asyncio.sleep(0)
+        d.release(replica)
+
+    tasks = [asyncio.create_task(wait("long", long_chat.route))]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(wait("short", short_batch.route)))
+    await asyncio.sleep(0)
+    d.release(busy)
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert order == ["short", "long"]

@@ -219,7 +219,9 @@ class Gateway:
             info.route = dataclasses.replace(info.route, version=self.dispatcher.pick_version())
             self.auth.authorize_model(key, info.model)
             qos_class = self.classes.of(key.qos_class)
-            apply_class(info, qos_class, self.config.max_tokens_default)
+            apply_class(
+                info, qos_class, self.config.max_tokens_default, self.config.long_prompt_chars
+            )
             await self.policy_rules.check_prompt(info.prompt_text, qos_class)
             info.screen = self.policy_rules.screen()
             admitted = await self.admission.admit(key, request.remote, info, headers)

@@ -165,6 +165,7 @@ class GatewayConfig:
     redis: str | None = None  # redis://host:port/db shared by gateway instances
     model_revision: str = ""  # part of the cache key: change it when weights change
     max_tokens_default: int | None = None  # forwarded when a request and its class give none
+    long_prompt_chars: int | None = None  # longer prompts queue behind all shorter ones; none: off
     drain_timeout_s: float = 30.0  # herd gateway on SIGTERM: in-flight requests get this long
     tls_cert: str | None = None  # PEM certificate chain: the gateway speaks HTTPS
     tls_key: str | None = None  # the certificate's private key (PEM)

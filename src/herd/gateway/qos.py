@@ -124,11 +124,22 @@ def _opt_int(value: Any) -> int | None:
     return int(value)
 
 
-def apply_class(info: RequestInfo, cls: QosClass, server_default: int | None) -> None:
+LONG_LANE = 1_000_000  # added to a long prompt's rank: behind every short prompt of any class
+
+
+def apply_class(
+    info: RequestInfo,
+    cls: QosClass,
+    server_default: int | None,
+    long_prompt_chars: int | None = None,
+) -> None:
     """Clamp the request's priority to its class, resolve max_tokens (the request's, else the
     class default, else the gateway's `--max-tokens-default`, else the class ceiling) and refuse
     one above the ceiling with 400, as OpenAI does for a too-large max_tokens. The forwarded
-    body is re-encoded only when a value changed; `info.route` carries the class for the queue."""
+    body is re-encoded only when a value changed; `info.route` carries the class for the queue.
+    A prompt longer than `long_prompt_chars` waits in the long lane: behind every shorter
+    prompt, so a 30k-token prompt never sits in front of a chat turn (its class still orders it
+    among long ones)."""
     changes: dict[str, Any] = {}
     asked = info.payload.get("priority")
     if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int)):
@@ -158,4 +169,6 @@ def apply_class(info: RequestInfo, cls: QosClass, server_default: int | None) ->
     if changes:
         info.payload.update(changes)
         info.body = json.dumps(info.payload).encode()
-    info.route = dataclasses.replace(info.route, qos_class=cls.name, rank=cls.rank)
+    long = long_prompt_chars is not None and len(info.prompt_text) > long_prompt_chars
+    rank = cls.rank + (LONG_LANE if long else 0)
+    info.route = dataclasses.replace(info.route, qos_class=cls.name, rank=rank)
