@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from herd.gateway.background import BackgroundTask
 from herd.gateway.config import ConfigError, DiscoveryConfig
 from herd.gateway.replicas import ReplicaSet, ReplicaState
 
@@ -83,23 +84,16 @@ class Membership:
             log.info("discovery: replica %s is gone", url)
 
 
-class Discovery:
+class Discovery(BackgroundTask):
     """The background task of one discovery source: runs `_sync` forever, waiting with
     exponential backoff after a failure; `start` / `stop` like the health checker."""
+
+    task_name = "herd-discovery"
 
     def __init__(self, membership: Membership, config: DiscoveryConfig):
         self.membership = membership
         self.config = config
         self.failures = 0  # consecutive failed attempts (for the backoff and for tests)
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="herd-discovery")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:

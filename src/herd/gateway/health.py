@@ -10,6 +10,7 @@ import time
 
 import aiohttp
 
+from herd.gateway.background import BackgroundTask
 from herd.gateway.config import HealthConfig
 from herd.gateway.replicas import Replica, ReplicaSet, ReplicaState
 from herd.protocol.prometheus import parse_metrics
@@ -47,24 +48,17 @@ def apply_metrics(replica: Replica, samples: dict[str, float]) -> None:
     rep.scraped_at = time.monotonic()
 
 
-class HealthChecker:
+class HealthChecker(BackgroundTask):
     """The background task that probes every replica's /ready, moves replicas between loading,
     ready, draining and ejected (re-admitting ejected ones after their backoff), and scrapes
     /metrics for the load and prefix-cache counters replicas report."""
+
+    task_name = "herd-health"
 
     def __init__(self, replicas: ReplicaSet, session: aiohttp.ClientSession, config: HealthConfig):
         self.replicas = replicas
         self.session = session
         self.config = config
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="herd-health")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
