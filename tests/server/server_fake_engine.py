@@ -105,6 +105,9 @@ class FakeEngine:
             )
         return outputs
 
+    def compile_decode(self):
+        """Nothing to compile: the fake has no model."""
+
     def stats(self):
         used = len(self.requests)
         return dict(
