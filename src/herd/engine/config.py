@@ -91,12 +91,13 @@ class EngineConfig:
     )
     # 64: bench_offline's 64 prompts ran 2.4x faster compiled (benchmarks/RESULTS.md).
     compile_max_batch: int = setting(
-        8,
+        1,
         "largest decode batch run through a compiled graph: batches are padded up to a power of "
         "two no larger (a server compiles them all before it is ready, offline engines on first "
-        "use); larger batches and prefill run eagerly. 8 by default: per-op overhead is what "
-        "compiling removes, and it dominates small batches (SmolLM2 batch 1: 1.45x; ~1.2x at "
-        "64) while each bucket costs ~3-20 s of start-up on 2 cores",
+        "use); larger batches and prefill run eagerly. 1 by default: batch 1 gains most (SmolLM2 "
+        "decode 28 -> 41 tok/s) and each bucket costs ~10-20 s of start-up on 2 cores (buckets "
+        "up to 8 made `herd serve` of SmolLM2 ready in 88 s instead of ~30 s); raise it where "
+        "start-up time is cheap (~1.3x at 32, ~1.2x at 64)",
     )
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
