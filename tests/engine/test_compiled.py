@@ -1,12 +1,13 @@
 """Compiled decode steps (`herd.engine.compiled`) give the eager engine's greedy tokens, and
 padding a batch up to its bucket changes nothing for the real rows."""
 
+import json
 import logging
 
 import pytest
 
 from herd.engine.llm import LLM
-from herd.engine.sampling_params import SamplingParams
+from herd.engine.sampling_params import SamplingParams, StructuredOutputsParams
 from tests.engine.conftest import PROMPTS
 
 GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
@@ -47,3 +48,19 @@ def test_batches_past_the_largest_bucket_run_eagerly(engines):
     prompts = PROMPTS[:5]  # five rows: more than compile_max_batch
     assert _tokens(compiled, prompts) == _tokens(eager, prompts)
     assert set(compiled.engine.runner.graphs.compiled) <= {1, 2, 4}
+
+
+def test_compiled_decode_steps_keep_structured_outputs(engines):
+    compiled, eager = engines
+    schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 5}},
+              "required": ["a"], "additionalProperties": False}  # fmt: skip
+    params = SamplingParams(
+        max_tokens=60, seed=3, structured_outputs=StructuredOutputsParams(json=schema)
+    )
+    got = compiled.generate(PROMPTS[:3], params)
+    assert [o.outputs[0].text for o in got] == [
+        o.outputs[0].text for o in eager.generate(PROMPTS[:3], params)
+    ]
+    for out in got:  # the grammar held on the compiled path: every answer is valid and ended
+        assert out.outputs[0].finish_reason == "stop"
+        assert set(json.loads(out.outputs[0].text)) == {"a"}
