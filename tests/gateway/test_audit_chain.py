@@ -1,7 +1,6 @@
 """The audit log: hash-chained lines (an edited or removed line is found by `herd audit verify`),
 rotation and retention, admin actions with who did them, and text only for named tenants."""
 
-import asyncio
 import json
 import os
 import time
@@ -13,6 +12,7 @@ from herd.cli import main as herd
 from herd.gateway.audit import GENESIS, AuditLog, line_hash, verify
 from herd.gateway.auth import hash_key
 from herd.gateway.config import AuditConfig
+from waiting import until
 
 ADMIN = {"Authorization": "Bearer adm"}
 
@@ -54,13 +54,24 @@ async def test_an_edited_or_removed_line_is_detected(tmp_path, capsys):
     assert "was removed" in capsys.readouterr().out
 
 
+def lines(folder, prefix: str = "r") -> int:
+    """Audit lines of requests whose id starts with `prefix`, across every file."""
+    return sum(
+        1
+        for p in folder.glob("audit.jsonl*")
+        for line in p.read_text().splitlines()
+        if f'"request_id": "{prefix}' in line or f'"request_id":"{prefix}' in line
+    )
+
+
 async def test_rotation_by_size_keeps_the_chain_and_retention_deletes_old_files(tmp_path):
     path = tmp_path / "audit.jsonl"
     log = AuditLog(AuditConfig(path=str(path), max_bytes=400, retention_days=1.0))
     log.start()
     for i in range(12):
         await log.record(request_id=f"r{i}", tenant="t", status=200)
-        await asyncio.sleep(0.01)  # separate batches: each write may rotate
+        # one line at a time (each write may rotate): wait until this one is on disk
+        await until(lambda n=i + 1: lines(tmp_path) == n, 5, "the line written")
     await log.stop()
     rotated = sorted(tmp_path.glob("audit.jsonl.*"))
     assert len(rotated) >= 2 and all(p.stat().st_size <= 400 for p in rotated)
@@ -74,7 +85,7 @@ async def test_rotation_by_size_keeps_the_chain_and_retention_deletes_old_files(
     log.start()
     for i in range(6):
         await log.record(request_id=f"s{i}", tenant="t", status=200)
-        await asyncio.sleep(0.01)
+        await until(lambda n=i + 1: lines(tmp_path, "s") == n, 5, "the line written")
     await log.stop()
     assert not rotated[0].exists() and rotated[1].exists()
 

@@ -13,6 +13,7 @@ from herd.gateway.errors import GatewayError
 from herd.gateway.load import LoadTracker
 from herd.gateway.replicas import ReplicaSet, ReplicaState
 from herd.gateway.routing import RouteRequest, make_policy
+from waiting import until
 
 
 def dispatcher(**proxy) -> Dispatcher:
@@ -53,7 +54,7 @@ async def test_at_zero_a_request_waits_for_the_cold_start_then_is_served():
     assert refused.value.status == 503 and refused.value.headers["Retry-After"]
     d.cold_wait_s = 30.0
     waiter = asyncio.create_task(d.acquire(RouteRequest("m")))
-    await asyncio.sleep(0)  # let it queue
+    await until(lambda: d.waiting == 1, 5, "the request held at zero")
     assert d.waiting == 1 and d.oldest_wait_s() >= 0 and woken
     d.replicas.add("http://a", ReplicaState.READY)
     assert (await asyncio.wait_for(waiter, 5)).url == "http://a"
@@ -66,7 +67,7 @@ async def test_at_the_ceiling_a_full_queue_is_refused_at_once():
     await d.acquire(RouteRequest("m"))  # the only slot
     d.ceiling_queue = 1
     first = asyncio.create_task(d.acquire(RouteRequest("m")))
-    await asyncio.sleep(0)
+    await until(lambda: d.waiting == 1, 5, "the first request queued")
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     with pytest.raises(GatewayError) as refused:

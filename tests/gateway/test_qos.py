@@ -16,6 +16,7 @@ from herd.gateway.qos import QosClass, QosClasses, apply_class, load_classes
 from herd.gateway.replicas import ReplicaSet, ReplicaState
 from herd.gateway.request_info import parse_request
 from herd.gateway.routing import RouteRequest, make_policy
+from waiting import until
 
 CLASSES = {
     "interactive": {"priority": [-10, 0], "max_tokens": 64, "max_tokens_default": 8},
@@ -181,7 +182,8 @@ async def test_a_freed_replica_goes_to_the_best_class_then_the_earliest():
         ("i2", "interactive"),
     ):
         tasks.append(asyncio.create_task(wait(name, cls)))
-        await asyncio.sleep(0)
+        queued = len(tasks)
+        await until(lambda: d.waiting == queued, 5, "queued in arrival order")  # noqa: B023
     assert d.waiting == 4 and d.waiting_by_class() == {"interactive": 2, "batch": 2}
     d.release(busy)
     await asyncio.wait_for(asyncio.gather(*tasks), 5)
@@ -192,11 +194,11 @@ async def test_a_newcomer_does_not_take_a_replica_a_waiter_is_owed():
     d = one_slot_dispatcher()
     busy = await d.acquire(req("batch"))
     waiter = asyncio.create_task(d.acquire(req("interactive")))
-    await asyncio.sleep(0)
+    await until(lambda: d.waiting == 1, 5, "the waiter queued")
     d.release(busy)  # freed: the waiter has not run yet
     late = asyncio.create_task(d.acquire(req("interactive")))
     got = await asyncio.wait_for(waiter, 5)
-    await asyncio.sleep(0)
+    await until(lambda: d.waiting == 1, 5, "the newcomer queued")
     assert not late.done()  # it queues behind the earlier waiter
     d.release(got)
     d.release(await asyncio.wait_for(late, 5))
@@ -206,12 +208,12 @@ async def test_each_class_waits_within_its_share_of_the_queue():
     d = one_slot_dispatcher(queue_size=4, queue_timeout_s=5)
     busy = await d.acquire(req("batch"))
     batch = [asyncio.create_task(d.acquire(req("batch"))) for _ in range(2)]
-    await asyncio.sleep(0)
+    await until(lambda: d.waiting == 2, 5, "two batch waiters")
     with pytest.raises(GatewayError) as full:
         await d.acquire(req("batch"))  # 0.5 of 4: two batch waiters at most
     assert full.value.status == 429 and "'batch' class's share" in full.value.message
     interactive = asyncio.create_task(d.acquire(req("interactive")))
-    await asyncio.sleep(0)
+    await until(lambda: d.waiting == 3, 5, "the interactive request queued")
     assert d.waiting == 3  # the interactive request still found room
     d.release(busy)
     first = await asyncio.wait_for(interactive, 5)
@@ -241,9 +243,9 @@ async def test_long_prompts_wait_in_a_lane_behind_every_short_one():
         d.release(replica)
 
     tasks = [asyncio.create_task(wait("long", long_chat.route))]
-    await asyncio.sleep(0)
+    await until(lambda: d.waiting == 1, 5, "the long prompt queued")
     tasks.append(asyncio.create_task(wait("short", short_batch.route)))
-    await asyncio.sleep(0)
+    await until(lambda: d.waiting == 2, 5, "the short prompt queued")
     d.release(busy)
     await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert order == ["short", "long"]
