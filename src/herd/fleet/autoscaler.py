@@ -6,6 +6,7 @@ tells the gateway how long to hold requests at zero and when the queue is at the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -17,7 +18,6 @@ from herd.fleet.config import AutoscaleConfig
 from herd.fleet.rollout import Rollouts
 from herd.fleet.supervisor import Slot, Supervisor
 from herd.gateway.app import Gateway
-from herd.gateway.replicas import ReplicaState
 
 log = logging.getLogger("herd.autoscaler")
 
@@ -110,7 +110,7 @@ class Autoscaler:
 
     def signals(self, now: float) -> Signals:
         replicas = self.gateway.replicas
-        ready = [r for r in replicas.ready() if r.state is ReplicaState.READY]
+        ready = replicas.ready()
         routed = self.sup.serving(self.sup.version)
         starting = sum(1 for s in routed if not s.ready)
         load = self.gateway.load
@@ -159,7 +159,7 @@ class Autoscaler:
             "actual": len(self.gateway.replicas.ready(self.sup.version.name)),
             "standby": len(self.sup.standbys()),
             "last_decision": last,
-            "config": {k: v for k, v in vars(self.config).items()},
+            "config": dataclasses.asdict(self.config),
         }
 
     def state_target(self) -> int:
