@@ -7,6 +7,7 @@ to the back, so callers free a request's blocks tail first to make chain tails e
 """
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # (parent block hash, this block's token ids, extra identity) -> hashed to an int key.
@@ -43,6 +44,8 @@ class BlockPool:
             (b.block_id, b) for b in self.blocks
         )
         self.cached: dict[BlockHash, KVBlock] = {}
+        # KV tiers (herd.engine.kv_tiers): told of a cached block before it is reused.
+        self.on_evict: Callable[[KVBlock], None] | None = None
 
     @property
     def num_blocks(self) -> int:
@@ -101,5 +104,7 @@ class BlockPool:
 
     def _evict(self, block: KVBlock) -> None:
         if block.block_hash is not None and self.cached.get(block.block_hash) is block:
+            if self.on_evict is not None:
+                self.on_evict(block)
             del self.cached[block.block_hash]
         block.block_hash, block.parent_hash, block.token_ids = None, None, ()

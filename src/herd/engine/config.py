@@ -12,6 +12,7 @@ QUANTIZATIONS = ("none", "int8", "int4", "fp8")
 KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8")
 # "auto" + herd.engine.backends.BACKENDS; checked by a test
 ATTENTION_BACKENDS = ("auto", "torch", "flex")
+KV_SWAP_POLICIES = ("auto", "swap", "recompute")  # herd.engine.swap_policy.MODES
 
 
 def setting(default: Any = MISSING, help: str = "", choices: tuple | None = None) -> Any:
@@ -99,6 +100,25 @@ class EngineConfig:
         "up to 8 made `herd serve` of SmolLM2 ready in 88 s instead of ~30 s); raise it where "
         "start-up time is cheap (~1.3x at 32, ~1.2x at 64)",
     )
+    # KV cache tiers (issue 15): prefix-cache blocks evicted from the pool go to host memory,
+    # then disk, and come back on a later hit instead of being recomputed.
+    kv_offload_bytes: float | None = setting(
+        None,
+        "bytes of host memory for KV blocks evicted from the pool (pinned on a GPU; on a CPU "
+        "replica the pool is host memory already, so the disk tier is the one that adds)",
+    )
+    kv_disk_path: str | None = setting(
+        None, "directory of the disk KV tier's memory-mapped file (needs kv_disk_bytes)"
+    )
+    kv_disk_bytes: float | None = setting(
+        None, "size of the disk KV tier in bytes: blocks pushed out of the host tier (or the pool)"
+    )
+    kv_swap_policy: str = setting(
+        "auto",
+        "restore tier hits or recompute them: auto (whichever is cheaper, measured), swap, "
+        "recompute",
+        KV_SWAP_POLICIES,
+    )
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
@@ -110,9 +130,27 @@ class EngineConfig:
         _at_least(self, "kv_cache_memory", 1)
         _at_least(self, "max_model_len", 1)
         _at_least(self, "compile_max_batch", 1)
+        self._check_kv_tiers()
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+
+    @property
+    def kv_tiers_enabled(self) -> bool:
+        return bool(self.kv_offload_bytes or self.kv_disk_bytes)
+
+    def _check_kv_tiers(self) -> None:
+        _at_least(self, "kv_offload_bytes", 0)
+        _at_least(self, "kv_disk_bytes", 0)
+        if self.kv_disk_bytes and not self.kv_disk_path:
+            raise ValueError("kv_disk_bytes needs kv_disk_path (the directory of the tier's file)")
+        if self.kv_disk_path and not self.kv_disk_bytes:
+            raise ValueError("kv_disk_path needs kv_disk_bytes (the disk tier's size)")
+        if self.kv_tiers_enabled and not self.enable_prefix_caching:
+            raise ValueError(
+                "KV tiers (kv_offload_bytes, kv_disk_bytes) hold prefix-cache blocks by hash: "
+                "they need enable_prefix_caching"
             )
 
     @classmethod

@@ -2,6 +2,7 @@
 how much of its prompt the prefix cache already has, slots for new tokens, and freeing."""
 
 from herd.engine.block_pool import BlockHash, BlockPool, KVBlock, hash_block
+from herd.engine.kv_tiers import KVTiers
 from herd.engine.request import Request
 
 
@@ -12,12 +13,20 @@ class KVCacheManager:
     `n` siblings, and freeing tail first so chain tails are evicted first."""
 
     def __init__(
-        self, num_blocks: int, block_size: int, enable_caching: bool, identity: str = ""
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_caching: bool,
+        identity: str = "",
+        tiers: KVTiers | None = None,
     ) -> None:
         self.block_size = block_size
         self.enable_caching = enable_caching
         self.identity = identity  # model identity: blocks of another model never match
         self.pool = BlockPool(num_blocks, enable_caching)
+        self.tiers = tiers  # host / disk tiers below the pool (kv_offload_bytes, kv_disk_*)
+        if tiers is not None:
+            self.pool.on_evict = tiers.offer
         self.req_blocks: dict[str, list[KVBlock]] = {}
         self.req_hashes: dict[str, list[BlockHash]] = {}
         self.req_cached: dict[str, int] = {}  # leading blocks already offered to the cache
@@ -47,6 +56,9 @@ class KVCacheManager:
                 break
             blocks.append(block)
             parent = h
+        if self.tiers is not None and len(blocks) < max_blocks:
+            tokens_of = lambda i: self._block_tokens(req, i)  # noqa: E731
+            blocks += self.tiers.restore(self.pool, hashes, tokens_of, blocks, max_blocks)
         return blocks, len(blocks) * self.block_size
 
     def record_lookup(self, num_tokens: int, num_hit: int) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from herd.engine.config import EngineConfig
 from herd.engine.errors import InvalidRequestError
 from herd.engine.kv_cache_manager import KVCacheManager
+from herd.engine.kv_tiers import build_kv_tiers, run_copies
 from herd.engine.output_processor import OutputProcessor, ParentState
 from herd.engine.outputs import RequestOutput
 from herd.engine.request import Request, RequestStatus
@@ -42,8 +43,15 @@ class LLMEngine:
         self.runner = ModelRunner(config, self.model_config, self.max_model_len)
         self.precision = self.runner.precision  # dtype, quantization, kv_cache_dtype (strings)
         identity = f"{Path(config.model).resolve()}|{self.runner.dtype}"
+        # KV tiers (issue 15): host / disk below the pool; None, None when not configured.
+        tiers = build_kv_tiers(config, self.runner.kv_cache, self.runner.num_blocks)
+        self.kv_tiers, self.tier_storage = tiers or (None, None)
         self.kv = KVCacheManager(
-            self.runner.num_blocks, config.block_size, config.enable_prefix_caching, identity
+            self.runner.num_blocks,
+            config.block_size,
+            config.enable_prefix_caching,
+            identity,
+            self.kv_tiers,
         )
         self.scheduler = Scheduler(config.scheduler, self.kv)
         sc = config.scheduler
@@ -158,6 +166,8 @@ class LLMEngine:
             self.scheduler.remove(req)
             self.outputs.finish(parent, req, RequestStatus.FINISHED_LENGTH)
             touched[parent.request_id] = parent
+        if sched.kv_copies:  # tensor parallelism: every rank runs these on its shard
+            run_copies(self.kv_tiers, self.tier_storage, sched.kv_copies, self.runner.kv_cache)
         if sched.scheduled:
             started = time.perf_counter()
             result = self.runner.execute(sched)
@@ -191,6 +201,8 @@ class LLMEngine:
     def _measure_step(self, sched, step_s: float) -> None:
         """Feed a pure decode step's time to the TPOT controller and apply its cap (a step with
         prefill in it says nothing about inter-token latency)."""
+        if self.kv_tiers is not None:  # the recompute side of swap-or-recompute
+            self.kv_tiers.policy.observe_step(sched.num_tokens, step_s)
         if self.tpot is None or any(s.num_new_tokens != 1 for s in sched.scheduled):
             return
         self.tpot.observe(len(sched.scheduled), step_s)
@@ -247,6 +259,7 @@ class LLMEngine:
             "preemptions": s.num_preemptions,
             "prompt_tokens": self.prompt_tokens,
             "generation_tokens": self.generation_tokens,
+            "kv_tiers": self.kv_tiers.stats() if self.kv_tiers is not None else {},
         }
 
 

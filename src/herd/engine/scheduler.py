@@ -42,6 +42,9 @@ class SchedulerOutput:
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     # Requests that can never fit the KV pool; the engine finishes them with "length".
     unschedulable: list[Request] = field(default_factory=list)
+    # KV tier copies (herd.engine.kv_tier_storage.KVCopy), run in order before the forward pass;
+    # plain data, so tensor-parallel ranks can each run them on their own shard.
+    kv_copies: list[tuple[str, int, str, int]] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -98,6 +101,8 @@ class Scheduler:
                 i += 1
         if not preempted:
             self._admit_waiting(out, budget)
+        if self.kv.tiers is not None:
+            out.kv_copies = self.kv.tiers.take_copies()
         return out
 
     def _allocate_or_preempt(self, req: Request, num_new: int) -> tuple[bool, bool]:
