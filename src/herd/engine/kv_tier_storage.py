@@ -67,7 +67,9 @@ class TierStorage:
                 raw = self._disk(spec)
             else:
                 pin = kv_cache.is_cuda
-                raw = torch.empty(spec.num_slots * self.block_bytes, dtype=torch.uint8, pin_memory=pin)
+                raw = torch.empty(
+                    spec.num_slots * self.block_bytes, dtype=torch.uint8, pin_memory=pin
+                )
             self.stores[spec.name] = raw.view(kv_cache.dtype).view(spec.num_slots, *shape)
             log.info(
                 "KV %s tier: %d blocks, %.1f MiB",

@@ -34,6 +34,19 @@ ENGINE_COUNTERS = {
     "prompt_tokens": ("herd_prompt_tokens", "Prompt tokens processed (prefill)"),
     "generation_tokens": ("herd_generation_tokens", "Tokens generated"),
 }
+# KV tiers (stats()["kv_tiers"][tier] key -> metric, help), labelled by tier (host, disk).
+TIER_GAUGES = {
+    "used_blocks": ("herd_kv_tier_used_blocks", "KV blocks held in the tier"),
+    "total_blocks": ("herd_kv_tier_total_blocks", "KV blocks the tier can hold"),
+    "used_bytes": ("herd_kv_tier_used_bytes", "Bytes of KV blocks held in the tier"),
+    "total_bytes": ("herd_kv_tier_total_bytes", "The tier's size in bytes"),
+}
+TIER_COUNTERS = {
+    "hits": ("herd_kv_tier_hits", "KV blocks restored from the tier into the device pool"),
+    "bytes_in": ("herd_kv_tier_bytes_in", "Bytes written into the tier"),
+    "bytes_out": ("herd_kv_tier_bytes_out", "Bytes read out of the tier"),
+    "dropped": ("herd_kv_tier_dropped_blocks", "KV blocks pushed out of the last tier"),
+}
 
 
 class _EngineCollector:
@@ -64,6 +77,21 @@ class _EngineCollector:
             counter = CounterMetricFamily(name, doc)
             counter.add_metric([], float(now.get(key, 0) - base.get(key, 0)))
             yield counter
+        yield from _tier_metrics(now.get("kv_tiers") or {}, base.get("kv_tiers") or {})
+
+
+def _tier_metrics(now: dict[str, Any], base: dict[str, Any]):
+    """One family per tier statistic, a sample per tier; nothing when no tier is configured."""
+    tiers = [t for t, v in now.items() if isinstance(v, dict)]
+    if not tiers:
+        return
+    for table, family in ((TIER_GAUGES, GaugeMetricFamily), (TIER_COUNTERS, CounterMetricFamily)):
+        for key, (name, doc) in table.items():
+            metric = family(name, doc, labels=["tier"])
+            for t in tiers:
+                since = base.get(t, {}).get(key, 0) if family is CounterMetricFamily else 0
+                metric.add_metric([t], float(now[t].get(key, 0) - since))
+            yield metric
 
 
 class ServerMetrics:
