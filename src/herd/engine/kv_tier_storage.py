@@ -95,16 +95,24 @@ class TierStorage:
 
     def run(self, copies: list[KVCopy], kv_cache: torch.Tensor) -> dict[str, tuple[int, float]]:
         """Run the commands in order; returns, per tier read back into the pool, (blocks,
-        seconds) of those restores, which the swap policy learns from."""
+        seconds) of those restores, which the swap policy learns from. On a GPU the copies of
+        a run between the same two tiers are queued asynchronously and waited for once."""
         restores: dict[str, tuple[int, float]] = {}
-        for src_tier, src, dst_tier, dst in copies:
-            t0 = time.perf_counter()
-            self._block(dst_tier, dst, kv_cache).copy_(self._block(src_tier, src, kv_cache))
+        cuda = kv_cache.is_cuda
+        i = 0
+        while i < len(copies):
+            src_tier, _, dst_tier, _ = copies[i]
+            t0, first = time.perf_counter(), i
+            while i < len(copies) and copies[i][0] == src_tier and copies[i][2] == dst_tier:
+                _, src, _, dst = copies[i]
+                dst_block = self._block(dst_tier, dst, kv_cache)
+                dst_block.copy_(self._block(src_tier, src, kv_cache), non_blocking=cuda)
+                i += 1
+            if cuda:  # a host slot written here may be read by the CPU in the next run
+                torch.cuda.synchronize(kv_cache.device)
             if dst_tier == DEVICE:
-                if kv_cache.is_cuda:
-                    torch.cuda.synchronize(kv_cache.device)
                 n, s = restores.get(src_tier, (0, 0.0))
-                restores[src_tier] = (n + 1, s + time.perf_counter() - t0)
+                restores[src_tier] = (n + i - first, s + time.perf_counter() - t0)
         return restores
 
     def measure(self, kv_cache: torch.Tensor, scratch_block: int) -> dict[str, tuple[float, float]]:
