@@ -7,7 +7,7 @@ import os
 import pytest
 
 from herd import LLM, SamplingParams
-from herd.engine.config import EngineConfig
+from herd.engine.config import EngineConfig, SchedulerConfig
 from herd.engine.llm_engine import LLMEngine
 from tests.engine.conftest import MAX_TOKENS
 
@@ -130,3 +130,39 @@ def test_bad_tier_settings_are_refused_by_name(settings, message):
 def test_tier_smaller_than_a_block_is_refused(tiny_model_dir):
     with pytest.raises(ValueError, match="kv_offload_bytes 100 holds no KV block"):
         LLMEngine(EngineConfig(model=str(tiny_model_dir), dtype="float32", kv_offload_bytes=100))
+
+
+def test_blocks_of_a_step_that_never_ran_are_not_kept(tiny_model_dir):
+    """A running request preempted for a higher class after the scheduler gave it (and cached)
+    this step's blocks never computes them: neither the pool nor a tier may hand them back."""
+
+    def run(**tiers) -> tuple[list[int], int]:
+        engine = LLMEngine(
+            EngineConfig(
+                model=str(tiny_model_dir),
+                dtype="float32",
+                block_size=BLOCK,
+                num_kv_blocks=16,
+                kv_swap_policy="swap",
+                scheduler=SchedulerConfig(max_num_batched_tokens=8),
+                **tiers,
+            )
+        )
+        long_decode = SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)
+        engine.add_request("a", [1, 2, 3], long_decode, priority=0)
+        engine.add_request("r", list(range(100, 140)), GREEDY, priority=10)
+        tokens: dict[str, list[int]] = {}
+        for step in range(1000):
+            if step == 2:  # r is mid-prompt: h (outranking it) preempts it in the next schedule
+                engine.add_request("h", list(range(200, 236)), GREEDY, priority=5)
+            for out in engine.step():
+                tokens.setdefault(out.request_id, []).extend(out.outputs[0].token_ids)
+            if not engine.has_unfinished_requests():
+                break
+        hits = engine.stats()["kv_tiers"].get("host", {}).get("hits", 0)
+        return tokens["r"], hits
+
+    plain, _ = run()
+    tiered, hits = run(kv_offload_bytes=100 * 2048)
+    assert hits > 0  # r's computed blocks did come back from the tier
+    assert tiered == plain

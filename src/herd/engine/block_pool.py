@@ -102,9 +102,14 @@ class BlockPool:
         # First writer wins: an identical block computed twice stays unshared (harmless).
         self.cached.setdefault(block_hash, block)
 
-    def _evict(self, block: KVBlock) -> None:
+    def uncache(self, block: KVBlock) -> None:
+        """Forget a block's hash without offering it anywhere: its contents were never computed
+        (its request was preempted in the step that was to compute them)."""
+        self._evict(block, offer=False)
+
+    def _evict(self, block: KVBlock, offer: bool = True) -> None:
         if block.block_hash is not None and self.cached.get(block.block_hash) is block:
-            if self.on_evict is not None:
+            if offer and self.on_evict is not None:
                 self.on_evict(block)
             del self.cached[block.block_hash]
         block.block_hash, block.parent_hash, block.token_ids = None, None, ()

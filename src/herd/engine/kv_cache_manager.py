@@ -102,6 +102,11 @@ class KVCacheManager:
         blocks = self.req_blocks.pop(req.request_id, [])
         self.req_hashes.pop(req.request_id, None)
         self.req_cached.pop(req.request_id, None)
+        # Blocks are cached when allocated; a request preempted before its step ran leaves
+        # cached blocks it never computed: no later lookup (or KV tier) may find them.
+        for block in blocks[req.num_computed_tokens // self.block_size :]:
+            if block.ref_cnt == 1:
+                self.pool.uncache(block)
         self.pool.free_blocks(list(reversed(blocks)))
 
     def _block_tokens(self, req: Request, i: int) -> tuple[int, ...]:
