@@ -8,9 +8,11 @@
    are evicted), and it resumes; the time from the burst's end to its next token, restored from
    the tier (`swap`) or recomputed, and what `auto` chose.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_kv_tiers.py [--model smollm2|small] [--rounds 3]
+    cd benchmarks && PYTHONPATH=../src:. ../.venv/bin/python bench_kv_tiers.py \
+        [--model smollm2|small] [--rounds 3] [--history 512] [--long 512] [--part turn2|preempt]
 
-Configurations alternate within each round, so load drift on a shared machine hits them alike.
+One engine per configuration, all loaded first; configurations alternate within each round, so
+load drift on a shared machine hits them alike. Each round uses fresh token ids.
 """
 
 import argparse
@@ -79,50 +81,76 @@ def run(e: LLMEngine, rid: str, ids: list[int], max_tokens: int, priority: int =
     return ttft, out
 
 
-def second_turn(model: str, tier: str, history: int, rnd: int, disk_dir: str) -> dict:
-    # 4 histories' worth (6 of other traffic push turn 1 out); "device" keeps all of it.
-    pool = history // BLOCK * (4 if tier != "device" else 8)
-    e = engine(model, pool, disk_dir, tier)
+class CopyClock:
+    """Seconds the engine spent running tier copies (wraps the one place it runs them)."""
+
+    def __init__(self) -> None:
+        import herd.engine.llm_engine as engine_module
+
+        self.seconds = 0.0
+        inner = engine_module.run_copies
+
+        def timed(*args):
+            t0 = time.perf_counter()
+            inner(*args)
+            self.seconds += time.perf_counter() - t0
+
+        engine_module.run_copies = timed
+
+
+def tokens(n: int, seed: int, vocab: int) -> list[int]:
+    return [(7919 * i + 104729 * seed) % (vocab - 10) + 5 for i in range(n)]
+
+
+def second_turn(e: LLMEngine, history: int, rnd: int, clock: CopyClock) -> dict:
+    """Turn 1, other traffic (3 histories: turn 1 leaves a pool of 2.5), turn 2's TTFT."""
     vocab = e.model_config.vocab_size
-    turn1 = [(7 * i + rnd) % (vocab - 10) + 5 for i in range(history)]
-    run(e, "warm", [5, 6, 7] * 10, 2)  # first-step costs out of the timings
-    _, answer = run(e, "t1", turn1, 8)
-    for k in range(6):  # other traffic: 1.5 pools' worth of distinct prompts
-        run(e, f"o{k}", [(13 * i + k * 31 + rnd) % (vocab - 10) + 5 for i in range(history)], 1)
+    turn1 = tokens(history, 1000 + rnd, vocab)
+    _, answer = run(e, f"t1-{rnd}", turn1, 8)
+    for k in range(3):
+        run(e, f"o{k}-{rnd}", tokens(history, 2000 + 10 * rnd + k, vocab), 1)
     turn2 = turn1 + answer + [11, 12, 13, 14, 15, 16, 17, 18]
-    ttft, _ = run(e, "t2", turn2, 1)
-    tiers = e.stats()["kv_tiers"]
-    hits = sum(v["hits"] for k, v in tiers.items() if isinstance(v, dict))
-    return dict(ttft=ttft, hits=hits, cached=e.kv.hits)
+    hits0, cached0, copy0 = tier_hits(e), e.kv.hits, clock.seconds
+    ttft, _ = run(e, f"t2-{rnd}", turn2, 1)
+    return dict(
+        ttft=ttft,
+        hits=tier_hits(e) - hits0,
+        cached=e.kv.hits - cached0,
+        copy_ms=(clock.seconds - copy0) * 1e3,
+    )
 
 
-def preempted(model: str, tier: str, policy: str, long_len: int, rnd: int, disk_dir: str) -> dict:
-    pool = long_len // BLOCK + 8
-    e = engine(model, pool, disk_dir, tier, policy)
+def tier_hits(e: LLMEngine) -> int:
+    return sum(v["hits"] for v in e.stats()["kv_tiers"].values() if isinstance(v, dict))
+
+
+def preempted(e: LLMEngine, long_len: int, rnd: int) -> dict:
+    """A long low-priority request decodes; a higher-priority burst takes the pool (its blocks
+    are evicted); the time from the burst's end to its next token."""
     vocab = e.model_config.vocab_size
-    run(e, "warm", [5, 6, 7] * 10, 2)
-    long_ids = [(11 * i + rnd) % (vocab - 10) + 5 for i in range(long_len)]
+    before = e.stats()["kv_tiers"]
     params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
-    e.add_request("long", long_ids, params, priority=5)
+    e.add_request(f"long-{rnd}", tokens(long_len, 3000 + rnd, vocab), params, priority=5)
     while not e.scheduler.running or e.scheduler.running[0].num_output_tokens < 2:
         e.step()
-    # A higher class takes the whole pool: the long request is preempted, its blocks evicted.
-    burst = [[(17 * i + k + rnd) % (vocab - 10) + 5 for i in range(long_len)] for k in range(2)]
-    for k, ids in enumerate(burst):
-        e.add_request(f"b{k}", ids, SamplingParams(max_tokens=1, temperature=0), priority=0)
+    burst = [f"b{k}-{rnd}" for k in range(2)]
+    for k, rid in enumerate(burst):
+        ids = tokens(long_len, 4000 + 10 * rnd + k, vocab)
+        e.add_request(rid, ids, SamplingParams(max_tokens=1, temperature=0), priority=0)
     burst_done, resumed = None, None
     while e.has_unfinished_requests() and resumed is None:
         outs = e.step()
-        if burst_done is None and not any(f"b{k}" in e.parents for k in range(2)):
+        if burst_done is None and not any(rid in e.parents for rid in burst):
             burst_done = time.perf_counter()
-        elif burst_done is not None and any(o.request_id == "long" for o in outs):
+        elif burst_done is not None and any(o.request_id == f"long-{rnd}" for o in outs):
             resumed = time.perf_counter() - burst_done
-    tiers = e.stats()["kv_tiers"]
+    while e.has_unfinished_requests():
+        e.step()
+    after = e.stats()["kv_tiers"]
     return dict(
         resume=resumed,
-        preemptions=e.scheduler.num_preemptions,
-        restored=tiers.get("restored_blocks", 0),
-        recomputed=tiers.get("recomputed_blocks", 0),
+        restored=after.get("restored_blocks", 0) - before.get("restored_blocks", 0),
+        recomputed=after.get("recomputed_blocks", 0) - before.get("recomputed_blocks", 0),
     )
 
 
@@ -136,34 +164,63 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2", choices=["smollm2", "small"])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--history", type=int, default=1024, help="turn 1's prompt tokens")
-    ap.add_argument("--long", type=int, default=1024, help="the preempted request's prompt")
+    ap.add_argument("--history", type=int, default=512, help="turn 1's prompt tokens")
+    ap.add_argument("--long", type=int, default=512, help="the preempted request's prompt")
+    ap.add_argument("--part", default="both", choices=["turn2", "preempt", "both"])
     args = ap.parse_args()
     model = model_path(args.model)
+    clock = CopyClock()
     print(f"# {platform.processor() or platform.machine()}, flags: {cpu_flags()}")
     with tempfile.TemporaryDirectory() as disk_dir:
-        ttfts: dict[str, list] = {}
-        for rnd in range(args.rounds):
-            for tier in ("none", "host", "disk", "device"):
-                r = second_turn(model, tier, args.history, rnd, disk_dir)
-                ttfts.setdefault(tier, []).append(r["ttft"])
-                print(f"turn2 round {rnd} {tier:6s} ttft {r['ttft'] * 1e3:8.1f} ms "
-                      f"tier hits {r['hits']} cached tokens {r['cached']}", flush=True)
-        cold = statistics.median(ttfts["none"])
-        print("\n| turn 2 | TTFT p50 ms | vs cold |\n|---|---|---|")
-        for tier, ts in ttfts.items():
-            m = statistics.median(ts)
-            print(f"| {tier} | {m * 1e3:.1f} | {m / cold:.2f}x |")
-        resumes: dict[str, list] = {}
-        for rnd in range(args.rounds):
-            for tier, policy in (("none", "swap"), ("host", "swap"), ("disk", "swap"), ("host", "auto")):
-                r = preempted(model, tier, policy, args.long, rnd, disk_dir)
-                resumes.setdefault(f"{tier}/{policy}", []).append(r["resume"])
-                print(f"preempt round {rnd} {tier}/{policy} resume {r['resume'] * 1e3:8.1f} ms {r}",
-                      flush=True)
-        print("\n| preempted long request | resume p50 ms |\n|---|---|")
-        for k, ts in resumes.items():
-            print(f"| {k} | {statistics.median(ts) * 1e3:.1f} |")
+        if args.part in ("turn2", "both"):
+            turn2_table(model, args, disk_dir, clock)
+        if args.part in ("preempt", "both"):
+            preempt_table(model, args, disk_dir)
+
+
+def turn2_table(model: str, args, disk_dir: str, clock: CopyClock) -> None:
+    blocks = args.history // BLOCK
+    configs = {  # tier -> pool blocks: 2.5 histories, or all of the traffic for "device"
+        "none": blocks * 5 // 2,
+        "host": blocks * 5 // 2,
+        "disk": blocks * 5 // 2,
+        "device": blocks * 5 * (args.rounds + 1),
+    }
+    engines = {t: engine(model, n, disk_dir, t) for t, n in configs.items()}
+    for e in engines.values():
+        run(e, "warm", [5, 6, 7] * 10, 2)  # first-step costs out of the timings
+    rows: dict[str, list[dict]] = {}
+    for rnd in range(args.rounds):
+        for tier, e in engines.items():
+            r = second_turn(e, args.history, rnd, clock)
+            rows.setdefault(tier, []).append(r)
+            print(f"turn2 round {rnd} {tier:6s} ttft {r['ttft'] * 1e3:8.1f} ms {r}", flush=True)
+    cold = statistics.median(r["ttft"] for r in rows["none"])
+    print("\n| turn 2 | TTFT p50 ms | vs cold | tier hits (blocks) | copy ms p50 |")
+    print("|---|---|---|---|---|")
+    for tier, rs in rows.items():
+        m = statistics.median(r["ttft"] for r in rs)
+        copy = statistics.median(r["copy_ms"] for r in rs)
+        print(f"| {tier} | {m * 1e3:.1f} | {m / cold:.2f}x | {rs[-1]['hits']} | {copy:.1f} |")
+
+
+def preempt_table(model: str, args, disk_dir: str) -> None:
+    pool = args.long // BLOCK + 8  # the long request, or one burst request, fits; not both
+    configs = [("none", "swap"), ("host", "swap"), ("disk", "swap"), ("host", "auto")]
+    engines = {f"{t}/{p}": engine(model, pool, disk_dir, t, p) for t, p in configs}
+    for e in engines.values():
+        run(e, "warm", [5, 6, 7] * 10, 2)
+    rows: dict[str, list[dict]] = {}
+    for rnd in range(args.rounds):
+        for name, e in engines.items():
+            r = preempted(e, args.long, rnd)
+            rows.setdefault(name, []).append(r)
+            print(f"preempt round {rnd} {name} resume {r['resume'] * 1e3:8.1f} ms {r}", flush=True)
+    print("\n| preempted long request | resume p50 ms | restored / recomputed blocks (last) |")
+    print("|---|---|---|")
+    for name, rs in rows.items():
+        m = statistics.median(r["resume"] for r in rs)
+        print(f"| {name} | {m * 1e3:.1f} | {rs[-1]['restored']} / {rs[-1]['recomputed']} |")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
 
 DEVICE = "device"  # the KV pool itself: a command's index is then a block id
 HOST, DISK = "host", "disk"
+# Same-size integer views: numpy has no bf16 / fp8, and a copy is bytes anyway.
+_INT_VIEWS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 # (source tier, source index, destination tier, destination index): plain data, so a step can
 # carry it to every tensor-parallel rank, each of which runs it on its own shard of the heads.
 KVCopy = tuple[str, int, str, int]
@@ -93,6 +96,18 @@ class TierStorage:
             return kv_cache[:, :, index]
         return self.stores[tier][index]
 
+    def _copy(self, copy: KVCopy, kv_cache: torch.Tensor) -> None:
+        src_tier, src, dst_tier, dst = copy
+        source, target = self._block(src_tier, src, kv_cache), self._block(dst_tier, dst, kv_cache)
+        if kv_cache.is_cuda:
+            target.copy_(source, non_blocking=True)
+            return
+        # On CPU a torch copy of one block goes through the OpenMP pool; on a loaded machine
+        # its wake-ups made a 368 KB block take ~20 ms (2 threads) against ~0.15 ms in one
+        # thread (benchmarks/RESULTS.md): numpy copies in the calling thread.
+        view = _INT_VIEWS[kv_cache.dtype.itemsize]
+        np.copyto(target.view(view).numpy(), source.view(view).numpy())
+
     def run(self, copies: list[KVCopy], kv_cache: torch.Tensor) -> dict[str, tuple[int, float]]:
         """Run the commands in order; returns, per tier read back into the pool, (blocks,
         seconds) of those restores, which the swap policy learns from. On a GPU the copies of
@@ -104,9 +119,7 @@ class TierStorage:
             src_tier, _, dst_tier, _ = copies[i]
             t0, first = time.perf_counter(), i
             while i < len(copies) and copies[i][0] == src_tier and copies[i][2] == dst_tier:
-                _, src, _, dst = copies[i]
-                dst_block = self._block(dst_tier, dst, kv_cache)
-                dst_block.copy_(self._block(src_tier, src, kv_cache), non_blocking=cuda)
+                self._copy(copies[i], kv_cache)
                 i += 1
             if cuda:  # a host slot written here may be read by the CPU in the next run
                 torch.cuda.synchronize(kv_cache.device)
