@@ -103,7 +103,7 @@ class EngineConfig:
     tensor_parallel_size: int = setting(
         1,
         "ranks that split the model (attention heads, MLP, vocabulary), one process each, as "
-        "vLLM's --tensor-parallel-size: NCCL over that many GPUs, gloo on CPU",
+        "in vLLM: NCCL over that many GPUs, gloo on CPU",
     )
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
