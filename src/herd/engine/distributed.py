@@ -45,6 +45,8 @@ class TensorParallel:
     def __init__(self, config: EngineConfig, model_config: ModelConfig, max_model_len: int):
         size = config.tensor_parallel_size
         Shard(0, size).check(model_config)
+        if dist.is_initialized():
+            raise RuntimeError("one tensor-parallel engine per process: close the other first")
         device = resolve_device(config.device)
         cuda = device.type == "cuda"
         if cuda and torch.cuda.device_count() < size:
@@ -71,6 +73,7 @@ class TensorParallel:
             self._conns.append(ours)
         self._finalizer = weakref.finalize(self, _close, self.workers, self._conns, self._dir)
         self.broken: str | None = None
+        self._threads_before = torch.get_num_threads()
         self._await_workers()
         if threads:
             torch.set_num_threads(threads)
@@ -142,10 +145,10 @@ class TensorParallel:
         return self._dead() or f"tensor-parallel step failed: {exc!r}"
 
     def close(self) -> None:
-        """Stops the workers (asking first, then killing) and leaves the process group."""
+        """Stops the workers (asking first, then killing) and leaves the process group (also
+        done when the handle is collected or the process exits)."""
         self._finalizer()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        torch.set_num_threads(self._threads_before)
 
 
 def _close(workers: list, conns: list, directory: str) -> None:
@@ -162,6 +165,8 @@ def _close(workers: list, conns: list, directory: str) -> None:
     for conn in conns:
         conn.close()
     shutil.rmtree(directory, ignore_errors=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def start_tensor_parallel(
