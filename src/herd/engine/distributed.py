@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,42 +48,35 @@ class TensorParallel:
         Shard(0, size).check(model_config)
         if dist.is_initialized():
             raise RuntimeError("one tensor-parallel engine per process: close the other first")
-        device = resolve_device(config.device)
-        cuda = device.type == "cuda"
+        cuda = resolve_device(config.device).type == "cuda"
         if cuda and torch.cuda.device_count() < size:
             raise ValueError(f"tensor_parallel_size {size} needs {size} GPUs")
         devices = [f"cuda:{r}" if cuda else "cpu" for r in range(size)]
         # Ranks share the CPU: each takes its share of the threads (1 each on 2 cores).
         threads = 0 if cuda else max(1, torch.get_num_threads() // size)
         self._dir = tempfile.mkdtemp(prefix="herd-tp-")
-        init = f"file://{os.path.join(self._dir, 'store')}"
+        init = f"file://{os.path.join(self._dir, 'store')}"  # rendezvous in a file: no port
         backend = "nccl" if cuda else "gloo"
-        ctx = mp.get_context("spawn")
-        self.workers, self._conns = [], []
-        for rank in range(1, size):
-            spec = WorkerSpec(
-                rank, size, config, max_model_len, init, backend, devices[rank], threads, TIMEOUT_S
+        specs = [
+            WorkerSpec(
+                r, size, config, max_model_len, init, backend, devices[r], threads, TIMEOUT_S
             )
-            ours, theirs = ctx.Pipe()
-            proc = ctx.Process(
-                target=run_worker, args=(spec, theirs), daemon=True, name=f"herd-tp-rank{rank}"
-            )
-            proc.start()
-            theirs.close()
-            self.workers.append(proc)
-            self._conns.append(ours)
+            for r in range(1, size)
+        ]
+        self.workers, self._conns = _spawn(specs)
         self._finalizer = weakref.finalize(self, _close, self.workers, self._conns, self._dir)
         self.broken: str | None = None
+        self._closing = False
         self._threads_before = torch.get_num_threads()
         self._await_workers()
         if threads:
             torch.set_num_threads(threads)
         if cuda:
             torch.cuda.set_device(devices[0])
-        dist.init_process_group(
-            backend, init_method=init, rank=0, world_size=size, timeout=timedelta(seconds=TIMEOUT_S)
-        )
+        timeout = timedelta(seconds=TIMEOUT_S)
+        dist.init_process_group(backend, init_method=init, rank=0, world_size=size, timeout=timeout)
         self.shard = Shard(0, size, devices[0])
+        threading.Thread(target=self._watch, name="herd-tp-watch", daemon=True).start()
         log.info(
             "tensor parallel: %d ranks over %s (%s), worker pids %s",
             size,
@@ -125,6 +119,14 @@ class TensorParallel:
             self.shard.end_step()
             return out
 
+    def _watch(self) -> None:
+        """Says at once when a rank dies, even while the engine is idle; the next step fails
+        without touching it."""
+        wait([p.sentinel for p in self.workers])
+        if not self._closing:
+            self.broken = self._dead()
+            log.error("%s: the engine cannot run another step", self.broken)
+
     def _check_alive(self) -> None:
         dead = self._dead()
         if dead:
@@ -147,8 +149,26 @@ class TensorParallel:
     def close(self) -> None:
         """Stops the workers (asking first, then killing) and leaves the process group (also
         done when the handle is collected or the process exits)."""
+        self._closing = True
         self._finalizer()
         torch.set_num_threads(self._threads_before)
+
+
+def _spawn(specs: list[WorkerSpec]) -> tuple[list, list]:
+    """One daemon process per worker rank (spawned: CUDA and fork do not mix) and our end of
+    its pipe."""
+    ctx = mp.get_context("spawn")
+    workers, conns = [], []
+    for spec in specs:
+        ours, theirs = ctx.Pipe()
+        proc = ctx.Process(
+            target=run_worker, args=(spec, theirs), daemon=True, name=f"herd-tp-rank{spec.rank}"
+        )
+        proc.start()
+        theirs.close()
+        workers.append(proc)
+        conns.append(ours)
+    return workers, conns
 
 
 def _close(workers: list, conns: list, directory: str) -> None:
