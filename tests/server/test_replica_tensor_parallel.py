@@ -1,6 +1,6 @@
 """`herd replica --tensor-parallel-size 2` on CPU: serves the same greedy completion as a
-single-rank offline engine, and when a worker rank dies the replica answers 500 and reports
-itself unhealthy (/health, /ready) instead of hanging."""
+single-rank offline engine, and when a worker rank dies (idle) the replica reports itself
+unhealthy (/health, /ready) at once and answers 500 instead of hanging."""
 
 import os
 import signal
@@ -51,10 +51,11 @@ def test_two_rank_replica_serves_and_a_dead_rank_makes_it_unhealthy(tiny_model_d
         assert resp.choices[0].model_extra["token_ids"] == expected.outputs[0].token_ids
         assert resp.choices[0].text == expected.outputs[0].text
 
+        # Killed while idle: the replica says so before any request finds out.
         (worker,) = worker_pids(replica.proc.pid)
         os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: status(replica.url + "/health") == 500, 10, "/health says 500")
+        assert status(replica.url + "/ready") == 503
         with pytest.raises(openai.InternalServerError):
             client.completions.create(model="tiny", prompt=PROMPT, max_tokens=4)
-        wait_until(lambda: status(replica.url + "/ready") == 503, 10, "/ready says 503")
-        assert status(replica.url + "/health") == 500
         assert "tensor-parallel rank 1" in replica.log()

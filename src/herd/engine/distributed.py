@@ -66,6 +66,7 @@ class TensorParallel:
         self.workers, self._conns = _spawn(specs)
         self._finalizer = weakref.finalize(self, _close, self.workers, self._conns, self._dir)
         self.broken: str | None = None
+        self.on_death: Callable[[str], None] | None = None  # told when a rank dies (a server)
         self._closing = False
         self._threads_before = torch.get_num_threads()
         self._await_workers()
@@ -126,6 +127,8 @@ class TensorParallel:
         if not self._closing:
             self.broken = self._dead()
             log.error("%s: the engine cannot run another step", self.broken)
+            if self.on_death is not None:
+                self.on_death(self.broken)
 
     def _check_alive(self) -> None:
         dead = self._dead()
