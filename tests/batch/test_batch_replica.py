@@ -5,6 +5,9 @@ line; a line's answer equals the same request sent interactively (greedy)."""
 
 import io
 import json
+import os
+import sqlite3
+import time
 
 import openai
 import pytest
@@ -13,6 +16,7 @@ from herd.server.launch import ReplicaProcess
 from waiting import wait_until
 
 ENGINE_ARGS = ("--dtype", "float32", "--device", "cpu", "--served-model-name", "tiny")
+BATCH_ARGS = ("--batch-concurrency", "2")
 
 
 def jsonl(lines: list[dict]) -> bytes:
@@ -58,7 +62,8 @@ def batch_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def replica(tiny_model_dir, batch_dir):
-    with ReplicaProcess(tiny_model_dir, *ENGINE_ARGS, "--batch-dir", str(batch_dir)) as r:
+    args = (*ENGINE_ARGS, *BATCH_ARGS, "--batch-dir", str(batch_dir))
+    with ReplicaProcess(tiny_model_dir, *args) as r:
         yield r
 
 
@@ -179,3 +184,59 @@ def test_cancel_keeps_what_finished(client):
     done_n = done.request_counts.completed
     assert 1 <= done_n < 40
     assert len(read_lines(client, done.output_file_id)) == done_n
+
+
+def served_completions(url: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics") as resp:
+        text = resp.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("herd_request_success_total{")
+    )
+
+
+def recorded(batch_dir, batch_id: str) -> dict[str, str]:
+    """custom_id -> stored result of the lines that finished, read from the store itself."""
+    with sqlite3.connect(os.path.join(batch_dir, "batches.sqlite3")) as db:
+        rows = db.execute(
+            "SELECT custom_id, result FROM lines WHERE batch_id = ? AND status IS NOT NULL",
+            (batch_id,),
+        ).fetchall()
+    return dict(rows)
+
+
+def test_killed_replica_resumes_without_redoing_or_losing_lines(
+    tiny_model_dir, batch_dir, replica, client
+):
+    """Last in the module: it kills the module's replica, then starts another on its store."""
+    lines = [chat_line(i, max_tokens=48, ignore_eos=True) for i in range(16)]
+    try:
+        batch = client.batches.create(
+            input_file_id=upload(client, jsonl(lines)).id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+        wait_until(
+            lambda: client.batches.retrieve(batch.id).request_counts.completed >= 3, 60, "3 done"
+        )
+    finally:
+        replica.proc.kill()  # a crash: no drain, lines in flight are cut off
+        replica.proc.wait()
+    before = recorded(batch_dir, batch.id)
+    assert 3 <= len(before) < 16
+    args = (*ENGINE_ARGS, *BATCH_ARGS, "--batch-dir", str(batch_dir))
+    with ReplicaProcess(tiny_model_dir, *args) as second:
+        client = client_for(second.url)
+        done = wait_final(client, batch.id)
+        assert done.status == "completed" and done.request_counts.completed == 16
+        out = {o["custom_id"]: o for o in read_lines(client, done.output_file_id)}
+        assert sorted(out) == sorted(line["custom_id"] for line in lines)
+        for custom_id, result in before.items():  # finished before the crash: not run again
+            assert out[custom_id] == json.loads(result)
+        assert served_completions(second.url) == 16 - len(before)
+        t0 = time.monotonic()
+    # SIGTERM with nothing in flight: the runner stops at once, the drain waits for no line
+    assert second.proc.returncode == 0 and time.monotonic() - t0 < 30

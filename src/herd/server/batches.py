@@ -37,6 +37,7 @@ def mount_batches(app: web.Application, config: ServerConfig, respond: Respond) 
         chat = batch["endpoint"] == "/v1/chat/completions"
         line = {**body, "priority": BATCH_PRIORITY}
         try:
+            app[STATE].check_accepting()  # starting or draining: 503, the runner retries later
             return 200, await respond(app, line, chat, request_id, time.monotonic())
         except InvalidRequestError as exc:
             return 400, bad_request(exc.message, exc.param).body()
