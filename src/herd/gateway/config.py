@@ -174,6 +174,10 @@ class GatewayConfig:
     # Sent to replicas as x-herd-fleet-token; `herd serve` makes a random one per fleet. Never
     # logged or shown: repr=False keeps it out of any printed config.
     fleet_token: str | None = field(default=None, repr=False)
+    # Batch API (/v1/files, /v1/batches; herd.gateway.batches)
+    batch_dir: str | None = None  # files and batch state (SQLite) live here; none: Batch API off
+    batch_concurrency: int = 8  # batch lines in flight at once, over all replicas
+    batch_max_file_bytes: int = 200 * 1024 * 1024  # largest file upload accepted
     health: HealthConfig = field(default_factory=HealthConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
