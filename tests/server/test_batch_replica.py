@@ -16,7 +16,7 @@ from herd.server.launch import ReplicaProcess
 from waiting import wait_until
 
 ENGINE_ARGS = ("--dtype", "float32", "--device", "cpu", "--served-model-name", "tiny")
-BATCH_ARGS = ("--batch-concurrency", "2")
+BATCH_ARGS = ("--batch-concurrency", "2", "--max-num-seqs", "2")
 
 
 def jsonl(lines: list[dict]) -> bytes:
@@ -186,7 +186,24 @@ def test_cancel_keeps_what_finished(client):
     assert len(read_lines(client, done.output_file_id)) == done_n
 
 
-def served_completions(url: str) -> float:
+def test_interactive_request_preempts_running_batch_lines(client, replica):
+    """Both batch slots of the engine (--max-num-seqs 2) are held by long batch lines; a short
+    interactive request still finishes before any of them: it preempted one instead of waiting."""
+    lines = [chat_line(i, max_tokens=1500, ignore_eos=True) for i in range(4)]
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl(lines)).id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    wait_until(lambda: metric(replica.url, "herd_num_requests_running") == 2, 60, "2 lines running")
+    answer = client.chat.completions.create(**chat_line(99, max_tokens=4)["body"])
+    assert answer.choices[0].finish_reason == "length"
+    assert client.batches.retrieve(batch.id).request_counts.completed == 0
+    client.batches.cancel(batch.id)
+    assert wait_final(client, batch.id).status == "cancelled"
+
+
+def metric(url: str, name: str) -> float:
     import urllib.request
 
     with urllib.request.urlopen(url + "/metrics") as resp:
@@ -194,8 +211,12 @@ def served_completions(url: str) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("herd_request_success_total{")
+        if line.startswith((name + " ", name + "{"))
     )
+
+
+def served_completions(url: str) -> float:
+    return metric(url, "herd_request_success_total")
 
 
 def recorded(batch_dir, batch_id: str) -> dict[str, str]:
