@@ -89,6 +89,8 @@ class BatchRoutes:
             row = self.store.add_file(owner, filename, purpose, temp)
         except TimeoutError:
             raise OpenAIError(408, "upload not received in time", code="request_timeout") from None
+        except ValueError as exc:  # aiohttp's multipart reader on a malformed body
+            raise bad(f"malformed multipart body: {exc}", "file") from None
         finally:
             temp.unlink(missing_ok=True)
         return web.json_response(file_object(row))
@@ -153,8 +155,13 @@ class BatchRoutes:
 
     async def create_batch(self, request: web.Request) -> web.Response:
         owner, principal = self.identify(request)
-        async with asyncio.timeout(self.body_timeout_s):
-            body = parse_body(await request.read())
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                body = parse_body(await request.read())
+        except TimeoutError:
+            raise OpenAIError(
+                408, "request body not received in time", code="request_timeout"
+            ) from None
         if not isinstance(body, dict):
             raise bad("request body must be a JSON object")
         fields = self._batch_fields(owner, body)
