@@ -76,7 +76,7 @@ class BatchRunner:
         while True:
             self._wake.clear()
             try:
-                self._tick()
+                await self._tick()
             except Exception:  # a broken batch must not stop every other
                 log.exception("batch runner tick failed")
             with contextlib.suppress(TimeoutError):
@@ -85,14 +85,14 @@ class BatchRunner:
 
     # ---- one pass --------------------------------------------------------------------------
 
-    def _tick(self) -> None:
+    async def _tick(self) -> None:
         now = time.time()
         for batch in self.store.batches_in(
             ("validating", "in_progress", "finalizing", "cancelling")
         ):
             status = batch["status"]
             if status == "validating":
-                self._validate(batch)
+                await self._validate(batch)
             elif status == "cancelling":
                 self._stop_batch(batch, "cancelled")
             elif status == "finalizing":
@@ -101,14 +101,15 @@ class BatchRunner:
                 self._stop_batch(batch, "expired")
         self._fill(now)
 
-    def _validate(self, batch: dict[str, Any]) -> None:
+    async def _validate(self, batch: dict[str, Any]) -> None:
         path = self.store.path_of(batch["input_file_id"])
-        try:
-            data = path.read_bytes()
+        try:  # off the event loop: a large file must not stall the host's traffic
+            checked = await asyncio.to_thread(_check_file, path, batch["endpoint"])
         except OSError:
             self._fail(batch, [_error("file_not_found", "the input file was deleted")])
             return
-        checked = check_input(data, batch["endpoint"])
+        if self.store.batch(None, batch["id"])["status"] != "validating":
+            return  # cancelled while it was being checked
         if checked.errors:
             self._fail(batch, checked.errors)
             return
@@ -197,6 +198,10 @@ class BatchRunner:
     def _write(self, owner: str, name: str, lines: list[str]) -> str:
         data = "".join(line + "\n" for line in lines).encode()
         return self.store.write_file(owner, name, f"{PURPOSE}_output", data)["id"]
+
+
+def _check_file(path, endpoint: str):
+    return check_input(path.read_bytes(), endpoint)
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

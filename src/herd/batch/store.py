@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS lines (
     batch_id TEXT NOT NULL, idx INTEGER NOT NULL, custom_id TEXT NOT NULL, body TEXT NOT NULL,
     status INTEGER, result TEXT, PRIMARY KEY (batch_id, idx));
+CREATE INDEX IF NOT EXISTS pending_lines ON lines (batch_id, idx) WHERE status IS NULL;
 """
 BATCH_FIELDS = {"status", "errors", "output_file_id", "error_file_id", "model", *BATCH_TIMES}
 
