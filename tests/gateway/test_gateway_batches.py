@@ -11,6 +11,7 @@ import pytest
 import yaml
 from gwtools import fast_config
 
+from herd.batch.objects import BATCH_PRIORITY
 from herd.gateway.app import Gateway, serve
 from herd.gateway.auth import hash_key
 from waiting import until
@@ -22,9 +23,10 @@ KEYS = [
 ]
 
 
-def keys_file(tmp_path) -> str:
+def keys_file(tmp_path, classes: bool = True) -> str:
     path = tmp_path / "keys.yaml"
-    path.write_text(yaml.safe_dump({"classes": CLASSES, "keys": KEYS}, sort_keys=False))
+    data = {"classes": CLASSES, "keys": KEYS} if classes else {"keys": KEYS}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     return str(path)
 
 
@@ -59,10 +61,10 @@ async def output(c: openai.AsyncOpenAI, file_id: str) -> list[dict]:
     return [json.loads(x) for x in (await c.files.content(file_id)).text.splitlines()]
 
 
-def config_for(fakes, tmp_path, **overrides):
+def config_for(fakes, tmp_path, classes: bool = True, **overrides):
     return fast_config(
         [f.url for f in fakes],
-        api_keys=keys_file(tmp_path),
+        api_keys=keys_file(tmp_path, classes),
         batch_dir=str(tmp_path / "batches"),
         **overrides,
     )
@@ -99,7 +101,7 @@ async def test_batches_spread_over_replicas_and_stay_with_their_tenant(
 async def test_a_restarted_gateway_finishes_the_batch(fakes, tmp_path):
     for fake in fakes:
         fake.control(delay_s=0.2)
-    config = config_for(fakes, tmp_path, batch_concurrency=2)
+    config = config_for(fakes, tmp_path, classes=False, batch_concurrency=2)
     gateway = Gateway(config)
     runner = await serve(gateway, "127.0.0.1", config.port)
     url = f"http://127.0.0.1:{config.port}"
@@ -121,6 +123,10 @@ async def test_a_restarted_gateway_finishes_the_batch(fakes, tmp_path):
         calls = sum(f.stats()["calls"] for f in fakes)
         # none lost; at most the 2 lines cut off in flight ran twice
         assert 10 <= calls <= 12 and calls > before
+        # no `batch` class declared: lines run after every class
+        assert {f.stats()["last_body"]["priority"] for f in fakes if f.stats()["calls"]} == {
+            BATCH_PRIORITY
+        }
     finally:
         await runner.cleanup()
 

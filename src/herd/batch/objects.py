@@ -9,6 +9,9 @@ import uuid
 from typing import Any
 
 PURPOSE = "batch"
+# The engine priority of a batch line where nothing else says (lower values run first; requests
+# default to 0): after every interactive request, which preempts it when the engine is full.
+BATCH_PRIORITY = 1 << 30
 # Endpoints a batch may target; the rest of OpenAI's (embeddings, responses) are refused with 400.
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 # OpenAI accepts only "24h"; herd also takes other whole durations (tests use seconds).

@@ -1,9 +1,9 @@
 """The gateway's Batch API: `herd.batch`'s routes over a store in `batch_dir`, owned by tenants
 (the caller's API key's tenant; another tenant's ids are 404s). Each line goes through the
 gateway's own path (model allowed, QoS class, content policy, dispatch over the replicas,
-retries, answer screening, metrics and audit) at the lowest priority its class allows (the
-`batch` class when the keys file declares one) and in a queue lane behind every interactive
-waiter. Lines are not charged to rate limits or token budgets."""
+retries, answer screening, metrics and audit) at the least urgent priority of the keys file's
+`batch` class (without one, `BATCH_PRIORITY`: after every class) and in a queue lane behind every
+interactive waiter. Lines are not charged to rate limits or token budgets."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from herd.batch.objects import BATCH_PRIORITY
 from herd.batch.routes import BatchRoutes, mount_off
 from herd.batch.runner import BatchRunner
 from herd.batch.store import BatchStore
@@ -66,9 +67,12 @@ class BatchSender:
             endpoint.removeprefix("/v1/"), raw, {}, gw.config.affinity.prefix_chars
         )
         gw.auth.authorize_model(key, info.model)
-        cls = gw.classes.classes.get(BATCH_CLASS) or gw.classes.of(key.qos_class)
+        batch_class = gw.classes.classes.get(BATCH_CLASS)
+        cls = batch_class or gw.classes.of(key.qos_class)
         apply_class(info, cls, gw.config.max_tokens_default, gw.config.long_prompt_chars)
-        info.payload["priority"] = cls.priority[1]  # the least urgent value its class allows
+        # The declared batch class's least urgent value; without one, after every class (only
+        # ever less urgent than a client may ask for, so no class's range is escaped upward).
+        info.payload["priority"] = batch_class.priority[1] if batch_class else BATCH_PRIORITY
         info.body = json.dumps(info.payload).encode()
         info.route = dataclasses.replace(
             info.route, rank=info.route.rank + BATCH_LANE, version=gw.dispatcher.pick_version()

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from herd.batch.objects import BATCH_PRIORITY
 from herd.batch.routes import BatchRoutes, mount_off
 from herd.batch.runner import BatchRunner
 from herd.batch.store import BatchStore
@@ -19,8 +20,6 @@ from herd.server.config import ServerConfig
 from herd.server.errors import bad_request
 from herd.server.lifecycle import STATE
 
-# Lower values are served first; interactive requests default to 0 and ask for small values.
-BATCH_PRIORITY = 1 << 30
 RUNNER = web.AppKey("batch_runner", BatchRunner)
 
 Respond = Callable[..., Awaitable[Any]]  # herd.server.app.respond (passed in: no import cycle)
@@ -36,9 +35,10 @@ def mount_batches(app: web.Application, config: ServerConfig, respond: Respond) 
     async def send(batch: dict, body: dict, request_id: str) -> tuple[int, Any]:
         chat = batch["endpoint"] == "/v1/chat/completions"
         line = {**body, "priority": BATCH_PRIORITY}
+        answer_id = request_id.replace("req_", "chatcmpl-" if chat else "cmpl-", 1)
         try:
             app[STATE].check_accepting()  # starting or draining: 503, the runner retries later
-            return 200, await respond(app, line, chat, request_id, time.monotonic())
+            return 200, await respond(app, line, chat, answer_id, time.monotonic())
         except InvalidRequestError as exc:
             return 400, bad_request(exc.message, exc.param).body()
         except OpenAIError as err:
