@@ -187,6 +187,10 @@ class GatewayConfig:
     content_policy: ContentPolicyConfig = field(default_factory=ContentPolicyConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
+    def __post_init__(self) -> None:
+        if self.batch_concurrency < 1 or self.batch_max_file_bytes < 1:
+            raise ConfigError("batch_concurrency and batch_max_file_bytes must be >= 1")
+
 
 def build_config(cls: type, data: dict[str, Any], where: str) -> Any:
     """Build a (nested) dataclass from a dict, refusing unknown keys."""
