@@ -1,7 +1,8 @@
 """The Batch API on a real `herd replica` (tiny model), driven by the official `openai` client:
 upload, create, poll to completed, download output and errors, list, cancel, validation failures
 and bad input as OpenAI errors; a replica killed mid-batch resumes without redoing or losing a
-line; a line's answer equals the same request sent interactively (greedy)."""
+line, and SIGTERM does not wait for batch lines; a line's answer equals the same request sent
+interactively (greedy); an interactive request preempts batch lines."""
 
 import io
 import json
@@ -258,6 +259,15 @@ def test_killed_replica_resumes_without_redoing_or_losing_lines(
         for custom_id, result in before.items():  # finished before the crash: not run again
             assert out[custom_id] == json.loads(result)
         assert served_completions(second.url) == 16 - len(before)
+        long_lines = [chat_line(i, max_tokens=1500, ignore_eos=True) for i in range(4)]
+        client.batches.create(
+            input_file_id=upload(client, jsonl(long_lines)).id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+        wait_until(lambda: metric(second.url, "herd_num_requests_running") == 2, 60, "running")
         t0 = time.monotonic()
-    # SIGTERM with nothing in flight: the runner stops at once, the drain waits for no line
-    assert second.proc.returncode == 0 and time.monotonic() - t0 < 30
+    # SIGTERM with batch lines in flight: the runner stops when draining begins, so the drain
+    # does not wait for them (they run again after a restart); without it, --drain-timeout (30 s)
+    assert second.proc.returncode == 0 and time.monotonic() - t0 < 15
+    assert "draining: 0 request(s) in flight" in second.log_path.read_text()
