@@ -133,3 +133,20 @@ async def test_a_restarted_gateway_finishes_the_batch(fakes, tmp_path):
 
 async def _completed(c: openai.AsyncOpenAI, batch_id: str, n: int) -> bool:
     return (await c.batches.retrieve(batch_id)).request_counts.completed >= n
+
+
+async def test_a_spent_token_budget_pauses_the_batch(fakes, start_gateway, tmp_path):
+    config = config_for(fakes, tmp_path, batch_concurrency=1)
+    path = tmp_path / "budget-keys.yaml"
+    keys = [{**KEYS[0], "tokens_per_day": 1}]
+    path.write_text(yaml.safe_dump({"classes": CLASSES, "keys": keys}, sort_keys=False))
+    config.api_keys = str(path)
+    gw = await start_gateway(config)
+    alice = client(gw.url, "sk-alice")
+    batch = await create(alice, 4)
+    refused = gw.gateway.metrics.requests.labels("none", "429", "alice")
+    await until(lambda: refused._value.get() >= 1, 10, "a line refused by the budget")
+    # the first line spent the budget; the rest wait (retried), neither sent nor failed
+    b = await alice.batches.retrieve(batch.id)
+    assert (b.status, b.request_counts.completed, b.request_counts.failed) == ("in_progress", 1, 0)
+    assert sum(f.stats()["calls"] for f in fakes) == 1

@@ -3,7 +3,8 @@
 gateway's own path (model allowed, QoS class, content policy, dispatch over the replicas,
 retries, answer screening, metrics and audit) at the least urgent priority of the keys file's
 `batch` class (without one, `BATCH_PRIORITY`: after every class) and in a queue lane behind every
-interactive waiter. Lines are not charged to rate limits or token budgets."""
+interactive waiter. Lines spend the key's token budgets (a spent budget pauses the batch) but not its rate
+limits."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from herd.batch.objects import BATCH_PRIORITY
 from herd.batch.routes import BatchRoutes, mount_off
 from herd.batch.runner import BatchRunner
 from herd.batch.store import BatchStore
+from herd.gateway.admission import Admitted
 from herd.gateway.auth import ANONYMOUS, ApiKey
 from herd.gateway.errors import GatewayError
 from herd.gateway.proxy import Outcome
@@ -46,11 +48,12 @@ class BatchSender:
         if key is None:  # the key that created the batch was removed: its lines are refused
             err = GatewayError(401, "the batch's API key no longer exists", code="invalid_api_key")
             return err.status, err.body()
-        outcome, headers, info = Outcome(), {"x-request-id": request_id}, None
+        outcome, headers, info, admitted = Outcome(), {"x-request-id": request_id}, None, None
         try:
             info = self._prepare(key, batch["endpoint"], body)
             await gw.policy_rules.check_prompt(info.prompt_text, gw.classes.of(key.qos_class))
             info.screen = gw.policy_rules.screen()
+            admitted = await self._admit(key)
             response = await gw.proxy.forward(None, info, outcome, headers)
             return response.status, json.loads(response.body)
         except GatewayError as exc:
@@ -58,7 +61,18 @@ class BatchSender:
             return exc.status, exc.body()
         finally:
             outcome.ttft_s = None  # batch latency is not the interactive TTFT autoscaling reads
-            await gw._finish(key, info, None, outcome, headers)
+            await gw._finish(key, info, admitted, outcome, headers)
+
+    async def _admit(self, key: ApiKey) -> Admitted:
+        """The deny list (403: an error line) and the key's token budgets (429: the runner
+        retries, so a batch waits for the budget's reset or its window's end); tokens used are
+        spent from the budgets at the end. Rate limits are the interactive traffic's: not taken."""
+        gw = self.gateway
+        gw.admission.check_denied(key, None)
+        overrun = await gw.budgets.check(key)
+        if overrun is not None:
+            raise GatewayError(429, f"{overrun.message} (key {key.id!r})", code="budget_exceeded")
+        return Admitted(key, key, None)
 
     def _prepare(self, key: ApiKey, endpoint: str, body: dict):
         gw = self.gateway
