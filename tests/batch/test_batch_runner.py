@@ -7,10 +7,12 @@ import asyncio
 import json
 import time
 
+import pytest
+
 from herd.batch.jsonl import check_input
 from herd.batch.objects import window_seconds
 from herd.batch.runner import BatchRunner
-from herd.batch.store import BatchStore
+from herd.batch.store import BatchDirBusy, BatchStore
 from waiting import until
 
 URL = "/v1/completions"
@@ -158,3 +160,11 @@ async def test_a_reopened_store_runs_only_unfinished_lines(tmp_path):
     finally:
         await runner.stop()
     assert sorted(sent) == ["p0", "p1", "p2", "p3"]
+
+
+def test_one_process_at_a_time_per_directory(tmp_path):
+    store = BatchStore(tmp_path)
+    with pytest.raises(BatchDirBusy, match="in use"):
+        BatchStore(tmp_path)
+    store.close()
+    BatchStore(tmp_path).close()  # free again once closed

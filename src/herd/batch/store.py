@@ -5,6 +5,7 @@ line's result committed as soon as it is known, so a restart redoes only unfinis
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -35,15 +36,26 @@ CREATE INDEX IF NOT EXISTS pending_lines ON lines (batch_id, idx) WHERE status I
 BATCH_FIELDS = {"status", "errors", "output_file_id", "error_file_id", "model", *BATCH_TIMES}
 
 
+class BatchDirBusy(RuntimeError):
+    """Another process holds the batch directory: two runners would run the same lines."""
+
+
 class BatchStore:
     """Files and batches of every owner (a tenant on the gateway, "" on a replica), each visible
-    only to its owner. Promises: a file row exists only once its bytes are on disk, and a line
-    with a recorded result is never handed out as pending again, across restarts."""
+    only to its owner. Promises: a file row exists only once its bytes are on disk, a line with
+    a recorded result is never handed out as pending again, across restarts, and one process at
+    a time uses a directory (an exclusive lock, released when the process dies)."""
 
     def __init__(self, batch_dir: str | Path) -> None:
         self.dir = Path(batch_dir)
         self.files_dir = self.dir / "files"
         self.files_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.dir / "lock", "w")  # noqa: SIM115 - held for the store's life
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise BatchDirBusy(f"batch dir {self.dir} is in use by another process") from None
         self.db = sqlite3.connect(self.dir / "batches.sqlite3", isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -52,6 +64,7 @@ class BatchStore:
 
     def close(self) -> None:
         self.db.close()
+        self._lock.close()
 
     # ---- files -----------------------------------------------------------------------------
 
