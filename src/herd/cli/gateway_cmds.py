@@ -264,8 +264,12 @@ def handle_gateway(args: argparse.Namespace) -> int:
     gateway = _gateway_or_error(config)
     discovery = _discovery_or_error(gateway)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from herd.batch.store import BatchDirBusy
+
     try:
         return asyncio.run(_run_gateway(gateway, discovery))
+    except BatchDirBusy as exc:  # another process runs this --batch-dir's batches
+        raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot listen on {config.host}:{config.port}: {exc}") from None
 
