@@ -168,3 +168,25 @@ def test_one_process_at_a_time_per_directory(tmp_path):
         BatchStore(tmp_path)
     store.close()
     BatchStore(tmp_path).close()  # free again once closed
+
+
+async def test_a_batch_queued_behind_a_full_runner_runs_once_slots_free(tmp_path):
+    store = BatchStore(tmp_path)
+    hold = asyncio.Event()
+
+    async def send(batch, body, request_id):
+        if batch["id"] == long["id"]:
+            await hold.wait()
+        return 200, {}
+
+    long = make_batch(store, 4)
+    runner = BatchRunner(store, send, concurrency=2, poll_s=0.05)
+    runner.start()
+    try:
+        await until(lambda: runner.in_flight == 2, 10, "the long batch holds both slots")
+        short = make_batch(store, 1)
+        assert store.counts(short["id"])["completed"] == 0  # no slot: it waits its turn
+        hold.set()
+        await until(lambda: store.batch("t", short["id"])["status"] == "completed", 10)
+    finally:
+        await runner.stop()

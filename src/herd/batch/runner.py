@@ -126,19 +126,19 @@ class BatchRunner:
         log.info("batch %s failed validation: %s", batch["id"], errors[0]["message"])
 
     def _fill(self, now: float) -> None:
-        active = self.store.batches_in(("in_progress",))
-        for batch in active:
-            running = {i for b, i in self._running if b == batch["id"]}
+        for batch in self.store.batches_in(("in_progress",)):
             if now >= batch["expires_at"]:
+                continue
+            running = {i for b, i in self._running if b == batch["id"]}
+            if not running and not self.store.pending(batch["id"], set(), 1):
+                # checked before the room: a finished batch ends even while others fill every slot
+                self.store.update(batch["id"], status="finalizing", finalizing_at=int(now))
+                self._finish(self.store.batch(None, batch["id"]), "completed")
                 continue
             room = self.concurrency - len(self._running)
             if self._retry_at.get(batch["id"], 0.0) > time.monotonic() or room <= 0:
                 continue
-            lines = self.store.pending(batch["id"], running, room)
-            if not lines and not running:
-                self.store.update(batch["id"], status="finalizing", finalizing_at=int(now))
-                self._finish(self.store.batch(None, batch["id"]), "completed")
-            for line in lines:
+            for line in self.store.pending(batch["id"], running, room):
                 task = asyncio.create_task(self._run_line(batch, line))
                 self._running[(batch["id"], line.index)] = task
 
