@@ -147,7 +147,8 @@ class TensorParallel:
             return str(exc)
         for proc in self.workers:  # a rank killed mid-step: give its exit a moment to be seen
             proc.join(timeout=1.0)
-        return self._dead() or f"tensor-parallel step failed: {exc!r}"
+        dead = self._dead()
+        return f"{dead} (rank 0 saw {exc!r:.300})" if dead else f"tensor-parallel failure: {exc!r}"
 
     def close(self) -> None:
         """Stops the workers (asking first, then killing) and leaves the process group (also
