@@ -119,6 +119,12 @@ class EngineConfig:
         "recompute",
         KV_SWAP_POLICIES,
     )
+    # Tensor parallelism (issue 12): one process per rank, herd.engine.distributed.
+    tensor_parallel_size: int = setting(
+        1,
+        "ranks that split the model (attention heads, MLP, vocabulary), one process each, as "
+        "in vLLM: NCCL over that many GPUs, gloo on CPU",
+    )
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
@@ -131,6 +137,7 @@ class EngineConfig:
         _at_least(self, "max_model_len", 1)
         _at_least(self, "compile_max_batch", 1)
         self._check_kv_tiers()
+        _at_least(self, "tensor_parallel_size", 1)
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
@@ -152,6 +159,9 @@ class EngineConfig:
                 "KV tiers (kv_offload_bytes, kv_disk_bytes) hold prefix-cache blocks by hash: "
                 "they need enable_prefix_caching"
             )
+        if self.kv_tiers_enabled and self.tensor_parallel_size > 1:
+            # Each rank would run the step's kv_copies on its own shard: not wired yet.
+            raise ValueError("KV tiers do not work with tensor_parallel_size > 1 yet")
 
     @classmethod
     def from_flat(cls, **kwargs: Any) -> "EngineConfig":
