@@ -99,6 +99,12 @@ class EngineConfig:
         "up to 8 made `herd serve` of SmolLM2 ready in 88 s instead of ~30 s); raise it where "
         "start-up time is cheap (~1.3x at 32, ~1.2x at 64)",
     )
+    # CUDA graphs (cuda_graphs.GraphedDecode): on CUDA decode batches are captured, not compiled.
+    cuda_graph_max_batch: int = setting(
+        256,
+        "CUDA only: largest decode batch replayed from a captured CUDA graph (batches padded up "
+        "to a power of two no larger; captured at start-up, largest first, seconds in all)",
+    )
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
@@ -110,6 +116,7 @@ class EngineConfig:
         _at_least(self, "kv_cache_memory", 1)
         _at_least(self, "max_model_len", 1)
         _at_least(self, "compile_max_batch", 1)
+        _at_least(self, "cuda_graph_max_batch", 1)
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
