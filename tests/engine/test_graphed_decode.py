@@ -11,6 +11,7 @@ from herd.engine.llm import LLM
 from herd.engine.sampling_params import SamplingParams
 from tests.engine.conftest import PROMPTS
 
+
 def _static(model_dir, backend: str) -> LLM:
     llm = LLM(model_dir, enforce_eager=True, attention_backend=backend, num_kv_blocks=48)
     r = llm.engine.runner

@@ -99,4 +99,6 @@ class GraphedDecode:
         self.pool = graph.pool()
         self.graphs[b] = (graph, logits)
         self.captured.add(b)
-        log.info("captured decode batch bucket %d in %.2fs (CUDA graph)", b, time.perf_counter() - t0)
+        log.info(
+            "captured decode batch bucket %d in %.2fs (CUDA graph)", b, time.perf_counter() - t0
+        )

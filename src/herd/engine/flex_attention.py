@@ -54,7 +54,9 @@ class FlexAttention(AttentionBackend):
         m = torch.arange(table.shape[1], device=q.device, dtype=torch.int32)
         ctx = pos.new_zeros(table.shape[0]).scatter_reduce_(0, seq_of, pos, "amax")
         used = m[None, :].long() * bs <= ctx[:, None]
-        logical = torch.full((table.shape[0], num_blocks + 1), -1, dtype=torch.int32, device=q.device)
+        logical = torch.full(
+            (table.shape[0], num_blocks + 1), -1, dtype=torch.int32, device=q.device
+        )
         logical.scatter_(1, torch.where(used, table, num_blocks), m.expand_as(table).contiguous())
 
         def mask_mod(b, h, q_idx, kv_idx):

@@ -9,11 +9,11 @@ import torch
 
 from herd.engine.backends import get_backend
 from herd.engine.compiled import DecodeGraphs, describe_backend
+from herd.engine.config import EngineConfig
 from herd.engine.cuda_graphs import GraphedDecode
 from herd.engine.input_buffers import InputBuffers
-from herd.engine.config import EngineConfig
 from herd.engine.request import Request
-from herd.engine.sampler import Sampler, rank_logprobs
+from herd.engine.sampler import Sampler, rank_logprobs, to_device
 from herd.engine.scheduler import ScheduledRequest, SchedulerOutput
 from herd.engine.structured import StructuredOutputs
 from herd.model.config import ModelConfig
@@ -225,7 +225,7 @@ class ModelRunner:
                 samplers.append(s.req)
             start = end
         if rows:
-            logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+            logits = self.model.compute_logits(hidden[to_device(rows, torch.long, self.device)])
             self._sample_logits(samplers, logits, out)
         for s, a, b in prompt_rows:
             out.prompt_logprobs[s.req.request_id] = self._prompt_logprobs(s, hidden[a:b])
