@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from herd.engine.attention import AttentionBackend
+from herd.engine.flex_attention import FlexAttention
 from herd.engine.input_buffers import InputBuffers, StepInputs
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,13 @@ class GraphedDecode:
         self.captured: set[int] = set()  # buckets that ran through the static path
         self.failed: set[int] = set()
         self.pool = None  # one memory pool shared by every bucket's graph
+
+    @staticmethod
+    def supports(backend: AttentionBackend) -> bool:
+        """A graph reads full-width block tables: a backend that gathers each row's table
+        (TorchAttention) would gather `max_model_len` tokens per row, so only one that reads the
+        cache in place through its tables (FlexAttention) is captured."""
+        return isinstance(backend, FlexAttention)
 
     def bucket_for(self, n: int) -> int | None:
         for b in self.buckets:

@@ -142,6 +142,9 @@ class ModelRunner:
             log.info("enforce_eager: every step runs eagerly")
             return None
         cuda = self.device.type == "cuda"
+        if cuda and not GraphedDecode.supports(self.backend):
+            log.info("no CUDA graphs with attention backend %s", type(self.backend).__name__)
+            return None
         top = self.config.cuda_graph_max_batch if cuda else self.config.compile_max_batch
         top = min(top, self.config.scheduler.max_num_seqs)
         buckets = [1 << i for i in range(top.bit_length()) if 1 << i < top] + [top]
