@@ -80,8 +80,7 @@ class FlexAttention(AttentionBackend):
             BLOCK_SIZE=(Q_BLOCK, kv_block),
             mask_mod=mask_mod,
             seq_lengths=(t, num_blocks * bs),
-            compute_q_blocks=False,
-        )
+        )  # q-side indices too (backward's), as create_block_mask builds them: the same object
 
 
 def _token_rows(meta: AttentionMetadata, dev: torch.device):
