@@ -91,10 +91,10 @@ def _token_rows(meta: AttentionMetadata, dev: torch.device):
     if nd == len(meta.query_lens):
         seq_of = torch.arange(nd, device=dev)
         return seq_of, meta.decode_seq_lens - 1, meta.decode_block_table
-    qlens = torch.tensor(meta.query_lens, device=dev)
+    qlens = torch.tensor(meta.query_lens).to(dev, non_blocking=True)  # no stream sync
     t = sum(meta.query_lens)
     seq_of = torch.repeat_interleave(torch.arange(len(qlens), device=dev), qlens, output_size=t)
-    ctx = torch.tensor(meta.seq_lens, device=dev)
+    ctx = torch.tensor(meta.seq_lens).to(dev, non_blocking=True)
     first = torch.cumsum(qlens, 0) - qlens
     pos = ctx[seq_of] - qlens[seq_of] + (torch.arange(t, device=dev) - first[seq_of])
     rows = list(meta.decode_block_table) if nd else []
