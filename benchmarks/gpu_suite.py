@@ -254,11 +254,6 @@ def main() -> None:
     }
     suite = Suite(Path(args.out), args.budget_s, result)
     model_dir = Path(args.model_dir or tempfile.mkdtemp(prefix="herd-gpu-suite-"))
-    small = model_dir  # --tiny: the suite's own tiny checkpoint serves the checks
-    if not args.tiny:  # a small float32 model: graph and eager tokens comparable exactly
-        small = Path(tempfile.mkdtemp(prefix="herd-gpu-checks-"))
-        write_demo_model(small, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                         num_attention_heads=8, num_key_value_heads=2)  # fmt: skip
 
     def checkpoint() -> dict:
         t0 = time.perf_counter()
@@ -269,8 +264,16 @@ def main() -> None:
     if args.tiny:
         suite.part("checkpoint", checkpoint)
     suite.part("check_flex", gpu_checks.check_flex, device, args.tiny, need_s=20)
-    tokens = 6 if args.tiny else 16
-    suite.part("check_graphs", gpu_checks.check_graphs, small, device, tokens, need_s=20)
+
+    def graphs() -> dict:
+        small = model_dir  # --tiny: the suite's own tiny checkpoint serves
+        if not args.tiny:  # a small float32 model: graph and eager tokens comparable exactly
+            small = Path(tempfile.mkdtemp(prefix="herd-gpu-checks-"))
+            write_demo_model(small, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                             num_attention_heads=8, num_key_value_heads=2)  # fmt: skip
+        return gpu_checks.check_graphs(small, device, 6 if args.tiny else 16)
+
+    suite.part("check_graphs", graphs, need_s=20)
     suite.part("check_fp8", gpu_checks.check_fp8, device, args.tiny, need_s=5)
     if not args.tiny:
         suite.part("checkpoint", checkpoint, need_s=60)
@@ -282,7 +285,11 @@ def main() -> None:
     checks = [result[k].get("ok") for k in ("check_flex", "check_graphs", "check_fp8")]
     result["checks_ok"] = all(checks)
     suite.out.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    print(f"\nwrote {suite.out}; checks_ok {result['checks_ok']}; summary (no traces):")
+    for name, value in result.items():  # short: a remote run returns only the output's tail
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k != "trace"}
+        print(f"  {name}: {json.dumps(value)[:300]}")
 
 
 if __name__ == "__main__":
