@@ -7,7 +7,7 @@ import torch
 from transformers import RepetitionPenaltyLogitsProcessor
 
 from herd.engine.request import Request
-from herd.engine.sampler import Sampler, _apply_penalties
+from herd.engine.sampler import Sampler, _apply_penalties, _read_back
 from herd.engine.sampling_params import SamplingParams
 
 VOCAB = 50
@@ -72,3 +72,21 @@ def test_min_tokens_and_logprobs_row_by_row():
         assert out.sampled_logprobs[i] == pytest.approx(float(raw[i, tok]))
     assert out.logprobs[2] is None
     assert out.logprobs[1][out.token_ids[1]].rank > 1  # the forced token is not the raw top one
+
+
+def test_ranks_read_with_the_ids_equal_ranks_computed_afterwards():
+    """The GPU's way (every asked row's rank in the one read back) and the CPU's (a rank only
+    for a token outside its top k, computed after the read) give the same logprobs."""
+    g = torch.Generator().manual_seed(2)
+    raw = torch.log_softmax(torch.randn(5, VOCAB, generator=g), -1)
+    tokens = torch.tensor([0, 7, 3, 9, 1])  # mostly not the top tokens
+    reqs = [_req(SamplingParams(logprobs=k), [1], []) for k in (0, 2, None, 4, 1)]
+    now, later = _read_back(raw, tokens, reqs, True), _read_back(raw, tokens, reqs, False)
+    assert now.token_ids == later.token_ids and now.sampled_logprobs == later.sampled_logprobs
+
+    def ranked(out):  # Logprob compares as a float: spell the ranks out
+        return [None if e is None else [(t, float(v), v.rank) for t, v in e.items()]
+                for e in out.logprobs]  # fmt: skip
+
+    assert ranked(now) == ranked(later)
+    assert [lp.rank for lp in now.logprobs[0].values()] == [int((raw[0] > raw[0, 0]).sum()) + 1]
