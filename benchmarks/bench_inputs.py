@@ -27,7 +27,9 @@ def batch(decodes: int, prefills: int, chunk: int, seed: int = 0) -> list[Schedu
     for i in range(decodes + prefills):
         total = rng.randrange(200, 2000)
         start = total - 1 if i < decodes else total - chunk
-        req = SimpleNamespace(all_token_ids=[rng.randrange(50_000) for _ in range(total)])
+        req = SimpleNamespace(
+            request_id=str(i), all_token_ids=[rng.randrange(50_000) for _ in range(total)]
+        )
         table = [next(blocks) for _ in range(-(-total // BS))]
         items.append(ScheduledRequest(req, start, total - start, table))
     return items

@@ -1,5 +1,6 @@
 """herd's layers import only downward: cli -> fleet -> gateway -> server -> engine -> model;
-herd.protocol imports nothing else of herd, herd.bench only herd.protocol, herd.plan only the
+herd.protocol imports nothing else of herd, herd.batch (the Batch API, used by server and
+gateway) only herd.protocol, herd.bench only herd.protocol, herd.plan only the
 torch-free model config reader. Read from the source with `ast`, lazy (in-function) imports
 included: a dependency is a dependency wherever the import statement sits."""
 
@@ -12,11 +13,13 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ORDER = ["cli", "fleet", "gateway", "server", "engine", "model"]  # each may import those after it
-ALLOWED = {pkg: set(ORDER[i + 1 :]) | {"protocol"} for i, pkg in enumerate(ORDER)}
+ALLOWED = {pkg: set(ORDER[i + 1 :]) | {"protocol", "batch"} for i, pkg in enumerate(ORDER)}
 ALLOWED["model"] = set()
 ALLOWED["engine"] = {"model"}
 ALLOWED["cli"] |= {"bench", "plan", "herd"}  # the command line reaches every part
-ALLOWED.update(protocol=set(), bench={"protocol"}, plan={"model"}, herd={"engine"})
+ALLOWED.update(
+    protocol=set(), batch={"protocol"}, bench={"protocol"}, plan={"model"}, herd={"engine"}
+)
 # What plan may read of herd.model: the torch-free config reader and what it imports.
 PLAN_MODEL_MODULES = {"herd.model.config", "herd.model.errors", "herd.model.gguf_file"}
 
@@ -109,7 +112,7 @@ def test_no_cycle_between_packages():
     assert cycles(edges) == []
 
 
-@pytest.mark.parametrize("pkg", ["server", "engine", "model", "protocol", "gateway"])
+@pytest.mark.parametrize("pkg", ["server", "engine", "model", "protocol", "gateway", "batch"])
 def test_no_module_cycle_inside(pkg):
     g = graph()
     inside = {m: {t for t in ts if package(t) == pkg and t in g} for m, ts in g.items()}

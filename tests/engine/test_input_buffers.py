@@ -20,7 +20,9 @@ def _batch(rng: random.Random, decodes: int, prefills: int) -> list[ScheduledReq
     for i in range(decodes + prefills):
         total = rng.randrange(2, 40)
         start = total - 1 if i < decodes else rng.randrange(0, total - 1)
-        req = SimpleNamespace(all_token_ids=[rng.randrange(1000) for _ in range(total)])
+        req = SimpleNamespace(
+            request_id=str(i), all_token_ids=[rng.randrange(1000) for _ in range(total)]
+        )
         blocks = [free.pop() for _ in range(-(-total // BS))]
         items.append(ScheduledRequest(req, start, total - start, blocks))
     return items

@@ -34,6 +34,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="delete rotated audit files older than this (default 90)")  # fmt: skip
     p.add_argument("--max-tokens-default", type=int,
                    help="max_tokens forwarded when a request and its QoS class give none")  # fmt: skip
+    p.add_argument("--batch-dir", metavar="DIR",
+                   help="Batch API (/v1/files, /v1/batches): files and job state live here")  # fmt: skip
 
 
 def register(subparsers) -> None:
@@ -111,6 +113,7 @@ def _load(args: argparse.Namespace):
         raise CliError(str(exc)) from None
     gw = config.gateway
     names = ("host", "port", "policy", "api_keys", "admin_key", "redis", "max_tokens_default")
+    names += ("batch_dir",)
     for name in (*names, "tls_cert", "tls_key", "tls_client_ca", "upstream_ca"):
         value = getattr(args, name)
         if value is not None:
@@ -261,8 +264,12 @@ def handle_gateway(args: argparse.Namespace) -> int:
     gateway = _gateway_or_error(config)
     discovery = _discovery_or_error(gateway)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from herd.batch.store import BatchDirBusy
+
     try:
         return asyncio.run(_run_gateway(gateway, discovery))
+    except BatchDirBusy as exc:  # another process runs this --batch-dir's batches
+        raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot listen on {config.host}:{config.port}: {exc}") from None
 

@@ -65,7 +65,11 @@ def handle(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
 
+    from herd.batch.store import BatchDirBusy
+
     try:
         return run_replica(config)
+    except BatchDirBusy as exc:  # another process runs this --batch-dir's batches
+        raise CliError(str(exc)) from None
     except OSError as exc:  # port in use, address not available
         raise CliError(f"cannot listen on {config.host}:{config.port}: {exc}") from None

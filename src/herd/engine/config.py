@@ -105,6 +105,12 @@ class EngineConfig:
         "CUDA only: largest decode batch replayed from a captured CUDA graph (batches padded up "
         "to a power of two no larger; captured at start-up, largest first, seconds in all)",
     )
+    # Tensor parallelism (issue 12): one process per rank, herd.engine.distributed.
+    tensor_parallel_size: int = setting(
+        1,
+        "ranks that split the model (attention heads, MLP, vocabulary), one process each, as "
+        "in vLLM: NCCL over that many GPUs, gloo on CPU",
+    )
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
@@ -117,6 +123,7 @@ class EngineConfig:
         _at_least(self, "max_model_len", 1)
         _at_least(self, "compile_max_batch", 1)
         _at_least(self, "cuda_graph_max_batch", 1)
+        _at_least(self, "tensor_parallel_size", 1)
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"

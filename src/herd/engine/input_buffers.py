@@ -101,7 +101,7 @@ class InputBuffers:
         for i, s in enumerate(dec):
             table[i, : len(s.block_ids)] = s.block_ids
         pos = np.fromiter((s.start for s in dec), dtype=np.int64, count=n)
-        self.np[o["ids"] : o["ids"] + n] = [s.req.all_token_ids[s.start] for s in dec]
+        self.np[o["ids"] : o["ids"] + n] = [s.token_ids[0] for s in dec]
         self.np[o["pos"] : o["pos"] + n] = pos
         self.np[o["slots"] : o["slots"] + n] = table[np.arange(n), pos // bs] * bs + pos % bs
         self.np[o["lens"] : o["lens"] + n] = pos + 1
@@ -124,7 +124,7 @@ class InputBuffers:
             n, end = s.num_new_tokens, s.start + s.num_new_tokens
             blocks = np.asarray(s.block_ids[: -(-end // bs)], dtype=np.int64)
             pos = np.arange(s.start, end, dtype=np.int64)
-            self.np[o["ids"] + tok : o["ids"] + tok + n] = s.req.all_token_ids[s.start : end]
+            self.np[o["ids"] + tok : o["ids"] + tok + n] = s.token_ids
             self.np[o["pos"] + tok : o["pos"] + tok + n] = pos
             self.np[o["slots"] + tok : o["slots"] + tok + n] = blocks[pos // bs] * bs + pos % bs
             self.np[o["lens"] + i] = end

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from herd.engine.config import EngineConfig
+from herd.engine.distributed import start_tensor_parallel
 from herd.engine.errors import InvalidRequestError
 from herd.engine.kv_cache_manager import KVCacheManager
 from herd.engine.output_processor import OutputProcessor, ParentState
@@ -39,7 +40,8 @@ class LLMEngine:
             )
         self.max_model_len = config.max_model_len or limit
         self.tokenizer = Tokenizer(config.model)
-        self.runner = ModelRunner(config, self.model_config, self.max_model_len)
+        self.tp = start_tensor_parallel(config, self.model_config, self.max_model_len)
+        self.runner = self._runner()
         self.precision = self.runner.precision  # dtype, quantization, kv_cache_dtype (strings)
         identity = f"{Path(config.model).resolve()}|{self.runner.dtype}"
         self.kv = KVCacheManager(
@@ -66,6 +68,19 @@ class LLMEngine:
         self.finished_parents: list[str] = []  # finished outside a step (abort, unschedulable)
         self.prompt_tokens = 0
         self.generation_tokens = 0
+
+    def _runner(self) -> ModelRunner:
+        if self.tp is None:
+            return ModelRunner(self.config, self.model_config, self.max_model_len)
+        with self.tp.guard():  # a worker that fails to load: a TensorParallelError naming it
+            return ModelRunner(
+                self.config, self.model_config, self.max_model_len, self.tp.shard, self.tp
+            )
+
+    def close(self) -> None:
+        """Stops the tensor-parallel worker processes, if any (they also end with this one)."""
+        if self.tp is not None:
+            self.tp.close()
 
     # ---- requests in -------------------------------------------------------------------------
 

@@ -11,13 +11,14 @@ from herd.engine.backends import get_backend
 from herd.engine.compiled import DecodeGraphs, describe_backend
 from herd.engine.config import EngineConfig
 from herd.engine.cuda_graphs import GraphedDecode
-from herd.engine.input_buffers import InputBuffers
+from herd.engine.input_buffers import InputBuffers, StepInputs
 from herd.engine.request import Request
 from herd.engine.sampler import Sampler, rank_logprobs, to_device
 from herd.engine.scheduler import ScheduledRequest, SchedulerOutput
 from herd.engine.structured import StructuredOutputs
 from herd.model.config import ModelConfig
 from herd.model.loader import load_model
+from herd.model.parallel import SINGLE, Shard
 
 log = logging.getLogger(__name__)
 
@@ -86,17 +87,27 @@ class ModelRunner:
     """Runs the model for the scheduler: loads weights (quantized if configured), sizes and
     allocates the KV pool, packs the step's tokens (decodes first), builds attention metadata,
     computes logits only for rows that sample, and samples. `execute(SchedulerOutput)` is its
-    one entry per step."""
+    one entry per step. Under tensor parallelism it holds one rank's `shard` of the model and
+    KV heads; on rank 0 `driver` (herd.engine.distributed) runs each step on every rank."""
 
-    def __init__(self, config: EngineConfig, model_config: ModelConfig, max_model_len: int) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        model_config: ModelConfig,
+        max_model_len: int,
+        shard: Shard = SINGLE,
+        driver=None,  # herd.engine.distributed.TensorParallel on rank 0 when tp > 1
+    ) -> None:
         self.config = config
         self.model_config = model_config
+        self.shard = shard
+        self.driver = driver
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, model_config, self.device)
         self.block_size = config.block_size
         t0 = time.perf_counter()
         self.model = load_model(
-            config.model, model_config, self.dtype, self.device, config.quantization
+            config.model, model_config, self.dtype, self.device, config.quantization, shard
         )
         self.kv_dtype = KV_DTYPES.get(config.kv_cache_dtype, self.dtype)
         # What /v1/models and herd_model_info report (a pre-quantized checkpoint included).
@@ -111,13 +122,13 @@ class ModelRunner:
             self.device,
             ", ".join(f"{k} {v}" for k, v in self.precision.items()),
         )
-        self.num_blocks = self._num_kv_blocks(max_model_len)
+        self.num_blocks = shard.min_over_ranks(self._num_kv_blocks(max_model_len))
         shape = (
             model_config.num_hidden_layers,
             2,
             self.num_blocks + 1,  # the last block is scratch: compiled graphs' padding rows
             self.block_size,
-            model_config.num_key_value_heads,
+            shard.kv_heads(model_config),
             model_config.head_dim,
         )
         self.kv_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
@@ -141,6 +152,9 @@ class ModelRunner:
         if self.config.enforce_eager:
             log.info("enforce_eager: every step runs eagerly")
             return None
+        if self.shard.size > 1:
+            log.info("tensor parallel: decode steps run eagerly (no compiled graphs across ranks)")
+            return None
         cuda = self.device.type == "cuda"
         if cuda and not GraphedDecode.supports(self.backend):
             log.info("no CUDA graphs with attention backend %s", type(self.backend).__name__)
@@ -163,7 +177,8 @@ class ModelRunner:
     def kv_bytes_per_block(self) -> int:
         m = self.model_config
         elem = self.kv_dtype.itemsize
-        return 2 * m.num_hidden_layers * self.block_size * m.num_key_value_heads * m.head_dim * elem
+        heads = self.shard.kv_heads(m)
+        return 2 * m.num_hidden_layers * self.block_size * heads * m.head_dim * elem
 
     def _num_kv_blocks(self, max_model_len: int) -> int:
         if self.config.num_kv_blocks is not None:
@@ -197,6 +212,11 @@ class ModelRunner:
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
         # Decodes first: the attention backend batches them.
         items = sorted(sched.scheduled, key=lambda s: s.num_new_tokens != 1)
+        if self.driver is not None:  # every tensor-parallel rank runs this step's forward
+            return self.driver.step(items, self._execute)
+        return self._execute(items)
+
+    def _execute(self, items: list[ScheduledRequest]) -> RunnerOutput:
         graphs = self.graphs if self.graphs is not None and _all_plain_decodes(items) else None
         bucket = graphs.bucket_for(len(items)) if graphs is not None else None
         full = bucket is not None and graphs.full_width
@@ -205,15 +225,22 @@ class ModelRunner:
             logits = graphs.run(step, self.kv_cache)
             if logits is not None:
                 return self._sample_logits([s.req for s in items], logits, RunnerOutput())
-        meta = step.metadata()  # a padded step that failed to compile runs eagerly as it is
-        hidden = self.model(
+        return self._sample(items, self._forward(step))  # a failed bucket: eager, as padded
+
+    @torch.inference_mode()
+    def forward(self, items: list[ScheduledRequest]) -> torch.Tensor:
+        """Hidden states of a step given as plain data (what tensor-parallel ranks > 0 run)."""
+        return self._forward(self.inputs.prepare(items))
+
+    def _forward(self, step: StepInputs) -> torch.Tensor:
+        meta = step.metadata()
+        return self.model(
             step.input_ids,
             step.positions,
             lambda layer, q, k, v: self.backend.forward(
                 q, k, v, self.kv_cache[layer, 0], self.kv_cache[layer, 1], meta
             ),
         )
-        return self._sample(items, hidden)
 
     def _sample(self, items: list[ScheduledRequest], hidden: torch.Tensor) -> RunnerOutput:
         out = RunnerOutput()

@@ -22,12 +22,29 @@ from herd.engine.request import Request, RequestStatus
 @dataclass
 class ScheduledRequest:
     """One request's share of a step: where its computation starts, how many tokens it computes (a
-    prefill chunk, or 1 for a decode), and its block table after allocation."""
+    prefill chunk, or 1 for a decode), and its block table after allocation. Everything but
+    `req` is plain data, what the forward pass needs; `plain()` drops `req` so the step can
+    cross a process boundary (tensor-parallel ranks)."""
 
-    req: Request
+    req: Request | None  # the live request (sampling, on the scheduling process only)
     start: int  # num_computed_tokens before this step: the first position computed
     num_new_tokens: int  # tokens computed this step (a prefill chunk, or 1 for a decode)
     block_ids: list[int]  # the request's block table after allocation
+    token_ids: list[int] | None = None  # the tokens computed (default: from req)
+    request_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.req is not None:
+            self.request_id = self.req.request_id
+            if self.token_ids is None:
+                end = self.start + self.num_new_tokens
+                self.token_ids = self.req.all_token_ids[self.start : end]
+
+    def plain(self) -> "ScheduledRequest":
+        """This share without the live request: ints and lists only."""
+        return ScheduledRequest(
+            None, self.start, self.num_new_tokens, self.block_ids, self.token_ids, self.request_id
+        )
 
     @property
     def samples(self) -> bool:

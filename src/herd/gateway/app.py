@@ -20,6 +20,7 @@ from herd.gateway.admin import Admin, FleetControl
 from herd.gateway.admission import Admission, Admitted
 from herd.gateway.audit import AuditLog
 from herd.gateway.auth import ANONYMOUS, ApiKey, Authenticator, load_keys
+from herd.gateway.batches import mount_batches
 from herd.gateway.budgets import Budgets
 from herd.gateway.cache import BYPASS_HEADER, ResponseCache
 from herd.gateway.config import GatewayConfig
@@ -134,6 +135,7 @@ class Gateway:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/openapi.json", self._openapi)
         self.admin.add_routes(app)
+        mount_batches(app, self)
         return app
 
     async def _start(self, _app: web.Application) -> None:

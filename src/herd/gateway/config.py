@@ -174,6 +174,10 @@ class GatewayConfig:
     # Sent to replicas as x-herd-fleet-token; `herd serve` makes a random one per fleet. Never
     # logged or shown: repr=False keeps it out of any printed config.
     fleet_token: str | None = field(default=None, repr=False)
+    # Batch API (/v1/files, /v1/batches; herd.gateway.batches)
+    batch_dir: str | None = None  # files and batch state (SQLite) live here; none: Batch API off
+    batch_concurrency: int = 8  # batch lines in flight at once, over all replicas
+    batch_max_file_bytes: int = 200 * 1024 * 1024  # largest file upload accepted
     health: HealthConfig = field(default_factory=HealthConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -182,6 +186,10 @@ class GatewayConfig:
     anonymous: AnonymousConfig = field(default_factory=AnonymousConfig)
     content_policy: ContentPolicyConfig = field(default_factory=ContentPolicyConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+
+    def __post_init__(self) -> None:
+        if self.batch_concurrency < 1 or self.batch_max_file_bytes < 1:
+            raise ConfigError("batch_concurrency and batch_max_file_bytes must be >= 1")
 
 
 def build_config(cls: type, data: dict[str, Any], where: str) -> Any:

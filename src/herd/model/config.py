@@ -79,6 +79,22 @@ class ModelConfig:
     def num_params(self) -> int:
         return sum(self.param_counts().values())
 
+    # ---- tensor parallelism: how heads split over `tp` ranks (the engine and plan agree) ----
+
+    def check_tensor_parallel(self, tp: int) -> None:
+        """A `ValueError` unless `tp` ranks can split this model: tp divides the attention heads,
+        and the KV heads divide tp or tp divides them (fewer KV heads than ranks: replicated)."""
+        if tp < 1 or self.num_attention_heads % tp:
+            raise ValueError(f"tp={tp} must divide the {self.num_attention_heads} attention heads")
+        if self.num_key_value_heads % tp and tp % self.num_key_value_heads:
+            raise ValueError(
+                f"tp={tp} and {self.num_key_value_heads} KV heads: one must divide the other"
+            )
+
+    def kv_heads_per_rank(self, tp: int) -> int:
+        """KV heads one rank holds: fewer KV heads than ranks leaves each rank one replica."""
+        return max(1, self.num_key_value_heads // tp)
+
     @classmethod
     def from_dict(cls, raw: dict, name: str = "") -> "ModelConfig":
         """From config.json's fields (a multimodal wrapper's `text_config` is the model)."""

@@ -3,6 +3,7 @@
 Tokens of all scheduled requests are packed into one [T, hidden] batch. Attention is delegated
 to an `attend(layer, q, k, v)` callable the runner passes in, so the model does not know which
 attention backend (or KV cache layout) is used. QKV and gate/up projections are fused at load.
+Under tensor parallelism (`herd.model.parallel.Shard`) each rank builds its slice of every layer.
 """
 
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from herd.model.config import ModelConfig
+from herd.model.parallel import SINGLE, Shard, VocabParallelEmbedding
 from herd.model.rope import RotaryEmbedding, apply_rotary
 
 CosSin = tuple[torch.Tensor, torch.Tensor]
@@ -40,11 +42,12 @@ class LlamaAttention(nn.Module):
     """Self-attention with fused QKV and grouped-query heads: projects, applies RoPE, hands q/k/v
     to the attention backend (`attend`, which also writes the paged KV cache) and projects back."""
 
-    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+    def __init__(self, cfg: ModelConfig, layer_idx: int, shard: Shard = SINGLE) -> None:
         super().__init__()
         self.layer_idx = layer_idx
-        self.num_heads = cfg.num_attention_heads
-        self.num_kv_heads = cfg.num_key_value_heads
+        self.shard = shard
+        self.num_heads = shard.q_heads(cfg)
+        self.num_kv_heads = shard.kv_heads(cfg)
         self.head_dim = cfg.head_dim
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
@@ -62,30 +65,31 @@ class LlamaAttention(nn.Module):
         q, k = apply_rotary(qk, cos_sin).split([self.num_heads, self.num_kv_heads], dim=1)
         v = qkv[:, qk_size:].view(t, self.num_kv_heads, self.head_dim)
         out = attend(self.layer_idx, q, k, v)
-        return self.o_proj(out.reshape(t, self.q_size))
+        return self.shard.all_reduce(self.o_proj(out.reshape(t, self.q_size)))
 
 
 class LlamaMLP(nn.Module):
     """The SwiGLU feed-forward block with fused gate and up projections."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, shard: Shard = SINGLE) -> None:
         super().__init__()
-        self.inter = cfg.intermediate_size
+        self.shard = shard
+        self.inter = shard.intermediate(cfg)
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * self.inter, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(self.inter, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.shard.all_reduce(self.down_proj(F.silu(gate) * up))
 
 
 class LlamaDecoderLayer(nn.Module):
     """One pre-norm decoder layer: attention and MLP, each with a residual connection."""
 
-    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+    def __init__(self, cfg: ModelConfig, layer_idx: int, shard: Shard = SINGLE) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(cfg, layer_idx)
-        self.mlp = LlamaMLP(cfg)
+        self.self_attn = LlamaAttention(cfg, layer_idx, shard)
+        self.mlp = LlamaMLP(cfg, shard)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -100,10 +104,12 @@ class LlamaModel(nn.Module):
     so). Knows nothing of scheduling or the cache layout: attention goes through the backend
     passed in."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, shard: Shard = SINGLE) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.embed_tokens = VocabParallelEmbedding(cfg, shard)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(cfg, i, shard) for i in range(cfg.num_hidden_layers)
+        )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.rope, cfg.head_dim, cfg.max_position_embeddings)
 
@@ -118,13 +124,15 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """Hidden states for packed tokens; `compute_logits` only on the rows that need them."""
+    """Hidden states for packed tokens; `compute_logits` only on the rows that need them (under
+    tensor parallelism rank 0 gets the whole vocabulary, the other ranks `serve_logits`)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, shard: Shard = SINGLE) -> None:
         super().__init__()
         self.config = cfg
-        self.model = LlamaModel(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.shard = shard
+        self.model = LlamaModel(cfg, shard)
+        self.lm_head = nn.Linear(cfg.hidden_size, shard.vocab_rows(cfg), bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -134,4 +142,8 @@ class LlamaForCausalLM(nn.Module):
         return self.model(input_ids, positions, attend)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+        return self.shard.logits(self.lm_head, hidden, self.config.vocab_size)
+
+    def serve_logits(self, dtype: torch.dtype) -> None:
+        """Ranks > 0: follow rank 0's `compute_logits` calls until its step ends."""
+        self.shard.serve_logits(self.lm_head, self.config.hidden_size, dtype)

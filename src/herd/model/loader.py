@@ -1,6 +1,7 @@
 """Builds the model on a device and loads Hugging Face safetensors into it (single file or
 sharded with `model.safetensors.index.json`) or a GGUF file (`herd.model.gguf_weights`), fusing
-q/k/v and gate/up on the way. Missing or unexpected weights fail with a message that names them."""
+q/k/v and gate/up on the way (under tensor parallelism, each rank's slice of them). Missing or
+unexpected weights fail with a message that names them."""
 
 import json
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from herd.model.config import ModelConfig
 from herd.model.errors import ModelLoadError
 from herd.model.gguf_file import find_gguf
 from herd.model.llama import LlamaForCausalLM
+from herd.model.parallel import SINGLE, Shard
 from herd.model.quant_checkpoint import checkpoint_tensor_for, plan_quantization
 from herd.model.rope import RotaryEmbedding
 
@@ -51,12 +53,20 @@ def load_model(
     dtype: torch.dtype,
     device: torch.device,
     quantization: str | None = None,
+    shard: Shard = SINGLE,
 ) -> LlamaForCausalLM:
     """`quantization` (None, int8, int4, fp8) is applied to the decoder linears as they load;
-    a pre-quantized FP8 checkpoint loads as fp8 (see herd.model.quant_checkpoint)."""
+    a pre-quantized FP8 checkpoint loads as fp8 (see herd.model.quant_checkpoint). `shard`:
+    this rank's slice of a tensor-parallel model."""
     plan = plan_quantization(model_dir, quantization)
+    if shard.size > 1 and (plan.prequantized or plan.gguf is not None):
+        raise ModelLoadError(
+            f"tensor parallelism (tp={shard.size}) slices float weights only: it neither loads "
+            "pre-quantized FP8 checkpoints nor quantizes from GGUF blocks (use a float "
+            "checkpoint with --quantization, or the GGUF without it)"
+        )
     with torch.device("meta"):
-        model = LlamaForCausalLM(cfg)
+        model = LlamaForCausalLM(cfg, shard)
     model = model.to_empty(device=device).to(dtype)
     # RoPE tables stay float32 (as in transformers); they were lost on the meta device.
     model.model.rotary_emb = RotaryEmbedding(cfg.rope, cfg.head_dim, cfg.max_position_embeddings)
@@ -65,7 +75,9 @@ def load_model(
         model.lm_head.weight = model.model.embed_tokens.weight
     loaded = plan.before_load(model, cfg)
     tensors = checkpoint_tensors(Path(model_dir), cfg, skip=loaded)
-    _load_weights(model, tensors, cfg, plan.ignored_suffixes, loaded)
+    if shard.size > 1:
+        tensors = ((name, shard.slice_weight(name, t, cfg)) for name, t in tensors)
+    _load_weights(model, tensors, cfg, plan.ignored_suffixes, loaded, shard)
     plan.after_load(model)
     model.quantization = plan.method  # what the decoder linears are: None, int8, int4, fp8
     return model.eval()
@@ -96,13 +108,13 @@ def _load_weights(
     cfg: ModelConfig,
     ignored_suffixes: tuple[str, ...] = (),
     loaded: set[str] = frozenset(),
+    shard: Shard = SINGLE,
 ) -> None:
     """Copies `tensors` into `model`; modules whose weights are in `loaded` were built already."""
     params = dict(model.named_parameters(remove_duplicate=False))
     shard_sizes = {
-        "qkv_proj": [cfg.num_attention_heads * cfg.head_dim]
-        + [cfg.num_key_value_heads * cfg.head_dim] * 2,
-        "gate_up_proj": [cfg.intermediate_size] * 2,
+        "qkv_proj": [shard.q_heads(cfg) * cfg.head_dim] + [shard.kv_heads(cfg) * cfg.head_dim] * 2,
+        "gate_up_proj": [shard.intermediate(cfg)] * 2,
     }
     done = {name.rpartition(".")[0] for name in loaded}
     expected = {

@@ -58,17 +58,12 @@ def kv_dtype_bytes(name: str) -> int:
 
 
 def check_tp(model: ModelConfig, tp: int) -> None:
-    if tp < 1 or model.num_attention_heads % tp:
-        raise ValueError(f"tp={tp} must divide the {model.num_attention_heads} attention heads")
-    if model.num_key_value_heads % tp and tp % model.num_key_value_heads:
-        raise ValueError(
-            f"tp={tp} and {model.num_key_value_heads} KV heads: one must divide the other"
-        )
+    model.check_tensor_parallel(tp)  # the engine's own rule: one place
 
 
 def kv_heads_per_gpu(model: ModelConfig, tp: int) -> int:
-    # Fewer KV heads than GPUs: each GPU keeps a replica of one head.
-    return max(1, model.num_key_value_heads // tp)
+    # Fewer KV heads than GPUs: each GPU keeps a replica of one head (as the engine does).
+    return model.kv_heads_per_rank(tp)
 
 
 def weight_bytes_per_gpu(model: ModelConfig, tp: int, precision: Precision) -> float:

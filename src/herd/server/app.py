@@ -19,6 +19,7 @@ from herd.protocol.errors import OpenAIError, error_middleware, log_refusal
 from herd.protocol.openapi import build_openapi
 from herd.protocol.requests import parse_body
 from herd.protocol.responses import ModelCard, ModelList, dump
+from herd.server.batches import mount_batches
 from herd.server.config import ServerConfig
 from herd.server.errors import APIError, bad_request
 from herd.server.lifecycle import ADMISSION, STATE, Admission, ServerState
@@ -124,12 +125,27 @@ def _fit_context(req: GenerateRequest, num_prompt: int, max_len: int) -> None:
 
 async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     app, t_arrival = request.app, time.monotonic()
-    config, engine = app[CONFIG], app[ENGINE]
     request_id = request[REQUEST_ID] = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     app[STATE].check_accepting()
     body = await _read_json(request)
+    return await respond(app, body, chat, request_id, t_arrival, request)
+
+
+async def respond(
+    app: web.Application,
+    body: Any,
+    chat: bool,
+    request_id: str,
+    t_arrival: float,
+    request: web.Request | None = None,
+) -> Any:
+    """Run one parsed request body: a JSON or SSE response to `request`, or, without one (the
+    Batch API's lines), the answer as a dict (a streaming body is then a 400)."""
+    config, engine = app[CONFIG], app[ENGINE]
     parse = parse_chat if chat else parse_completion
     req = parse(body, config.max_n, config.max_logprobs, config.max_tokens_default)
+    if req.stream and request is None:
+        raise bad_request("a batch request cannot stream", "stream")
     model = served_name(config)
     if req.model is not None and req.model != model:
         raise APIError(
@@ -182,7 +198,7 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         body["choices"] = [c for r in renderers for c in r.response()["choices"]]
         body.pop("prompt_token_ids", None)
         body["usage"] = batch_usage(renderers)
-    return web.json_response(body)
+    return web.json_response(body) if request is not None else body
 
 
 def _renderer(engine, req: GenerateRequest, request_id: str, model: str, parser: str) -> Renderer:
@@ -342,4 +358,5 @@ def create_app(engine, config: ServerConfig) -> web.Application:
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+    mount_batches(app, config, respond)
     return app

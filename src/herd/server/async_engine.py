@@ -92,6 +92,11 @@ class AsyncEngine:
         t0 = time.perf_counter()
         self._engine = self._factory()
         self.phases["load_engine"] = time.perf_counter() - t0
+        tp = getattr(self._engine, "tp", None)
+        if tp is not None:  # a tensor-parallel rank that dies while idle: unhealthy at once
+            from herd.engine.distributed import TensorParallelError
+
+            tp.on_death = lambda why: self._post(lambda: self._fail_all(TensorParallelError(why)))
         self.tokenizer = self._engine.tokenizer
         self.max_model_len = self._engine.max_model_len
         self.precision = self._engine.precision

@@ -49,6 +49,14 @@ class ServerConfig:
         "file holding the fleet's internal token; every route but /health and /ready then "
         "requires it (default: $HERD_FLEET_TOKEN if set)",
     )
+    # Batch API (/v1/files, /v1/batches)
+    batch_dir: str | None = setting(
+        None, "Batch API: keep files and batch state (SQLite) here; unset: the Batch API is off"
+    )
+    batch_concurrency: int = setting(
+        8, "Batch API: lines in flight at once, at the lowest priority (idle capacity only)"
+    )
+    max_batch_file_bytes: int = setting(200 << 20, "Batch API: largest file upload accepted")
     head_timeout: float = setting(10.0, "seconds a client may take to send a request head")
     body_timeout: float = setting(30.0, "seconds a client may take to send a request body")
 
@@ -60,6 +68,8 @@ class ServerConfig:
             raise ValueError(f"max_n must be >= 1, got {self.max_n}")
         if self.head_timeout <= 0 or self.body_timeout <= 0:
             raise ValueError("head_timeout and body_timeout must be > 0")
+        if self.batch_concurrency < 1:
+            raise ValueError(f"batch_concurrency must be >= 1, got {self.batch_concurrency}")
         for name in ("max_queued_requests", "max_queued_tokens", "max_logprobs", "drain_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

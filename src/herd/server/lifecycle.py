@@ -5,6 +5,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -86,6 +87,9 @@ class ServerState:
     def __init__(self) -> None:
         self.phase = "starting"
         self.phases: dict[str, float] = {}  # startup phase -> seconds
+        # Awaited when draining begins, before in-flight requests are waited for (the Batch
+        # API's runner stops there: its lines run again after a restart, so none holds a drain).
+        self.on_drain: list[Callable[[], Awaitable[None]]] = []
 
     def phase_done(self, name: str, seconds: float) -> None:
         self.phases[name] = seconds
@@ -139,6 +143,8 @@ async def serve(app, engine, config) -> int:
         return 1
 
     state.phase = "draining"
+    for hook in state.on_drain:
+        await hook()
     log.info(
         "draining: %d request(s) in flight, up to %.1f s", admission.in_flight, config.drain_timeout
     )
