@@ -1,22 +1,32 @@
-"""The GPU suite, one command (< 8 min on an H100): Llama-3.1-8B shapes with random bf16 weights,
-bf16 and fp8 weights; batch-1 decode tok/s, offline 128/128 throughput at 256 prompts, TTFT and
-ITL at 4 requests/s (engine-level arrivals, no HTTP), weight and KV memory; transformers' batch-1
-decode on the same GPU beside it. Writes one JSON.
+"""The GPU suite, one command (< 8 min on an H100): correctness first (gpu_checks.py: compiled
+FlexAttention against the reference backend, CUDA-graph decode against eager greedy tokens, fp8
+`_scaled_mm` against bf16), then Llama-3.1-8B shapes with random bf16 weights, bf16 and fp8
+weights; batch-1 decode tok/s (CUDA graphs, and eager beside it), offline 128/128 throughput at
+256 prompts, TTFT and ITL at 4 requests/s (engine-level arrivals, no HTTP), weight and KV memory,
+start-up and graph-capture time; transformers' batch-1 decode on the same GPU beside it. Each part
+runs under its own guard and time limit; the JSON is rewritten after every part (a part that
+failed records its error), and progress lines go to stdout.
 
     PYTHONPATH=src .venv/bin/python benchmarks/gpu_suite.py --out gpu_suite.json
     PYTHONPATH=src .venv/bin/python benchmarks/gpu_suite.py --tiny   # the same logic, CPU, seconds
 """
 
 import argparse
+import gc
 import json
 import platform
 import random
+import signal
 import statistics
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
+import gpu_checks  # beside this script
 import torch
+
+from herd.model.demo import write_demo_model
 
 LLAMA_8B = dict(
     hidden_size=4096,
@@ -33,23 +43,23 @@ TINY.update(num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_siz
 TINY.update(max_position_embeddings=1024)
 
 
-def write_random_checkpoint(path: Path, shape: dict, seed: int = 0) -> Path:
+def write_random_checkpoint(path: Path, shape: dict, seed: int = 0, device: str = "cpu") -> Path:
     """A Llama checkpoint of `shape` with random bf16 weights, written tensor by tensor (an 8B
-    model never exists in float32): the demo tokenizer and config, then our own safetensors."""
+    model never exists in float32): the demo tokenizer and config, then our own safetensors. The
+    numbers are drawn on `device` (a GPU draws 8B of them in well under a second; a CPU takes
+    minutes)."""
     from safetensors.torch import save_file
-
-    from herd.model.demo import write_demo_model
 
     write_demo_model(path, num_hidden_layers=1, hidden_size=64, intermediate_size=64)
     config = json.loads((path / "config.json").read_text())
     config.update(shape, torch_dtype="bfloat16", tie_word_embeddings=False)
     (path / "config.json").write_text(json.dumps(config))
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device).manual_seed(seed)
     h, i, d = shape["hidden_size"], shape["intermediate_size"], shape["head_dim"]
     q, kv = shape["num_attention_heads"] * d, shape["num_key_value_heads"] * d
 
     def rand(*dims):
-        return (torch.randn(*dims, generator=gen) * 0.02).to(torch.bfloat16)
+        return (torch.randn(*dims, generator=gen, device=device) * 0.02).to(torch.bfloat16).cpu()
 
     for old in path.glob("*.safetensors*"):
         old.unlink()
@@ -142,10 +152,22 @@ def run_herd(model_dir: Path, quantization: str | None, a: argparse.Namespace, v
     kw = dict(dtype="bfloat16", quantization=quantization, max_num_seqs=a.num_prompts)
     if a.tiny:
         kw.update(num_kv_blocks=512, enforce_eager=True)
+    t0 = time.perf_counter()
     llm = LLM(model_dir, **kw)
+    r = {"load_s": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    llm.engine.compile_decode()  # CUDA graphs for every decode bucket (on CPU --tiny: none)
+    graphs = llm.engine.runner.graphs
+    r["capture_s"] = time.perf_counter() - t0
+    r["graph_buckets"] = sorted(getattr(graphs, "captured", ())) if graphs else []
+    r["graph_buckets_failed"] = sorted(graphs.failed) if graphs else []
+    r["attention_backend"] = type(llm.engine.runner.backend).__name__
     one = prompts(1, a.input_len, vocab)
     generate_tok_s(llm, one, 8)  # warm-up
-    r = {"batch1_tok_s": generate_tok_s(llm, one, a.output_len)}
+    r["batch1_tok_s"] = generate_tok_s(llm, one, a.output_len)
+    llm.engine.runner.graphs = None  # the same engine without graphs: what they buy
+    r["batch1_tok_s_eager"] = generate_tok_s(llm, one, a.output_len)
+    llm.engine.runner.graphs = graphs
     many = prompts(a.num_prompts, a.input_len, vocab)
     r["offline_tok_s"] = generate_tok_s(llm, many, a.output_len)
     r["at_rate"] = arrivals(llm.engine, many[: a.rate_prompts], a.rate, a.output_len)
@@ -170,36 +192,104 @@ def run_transformers(model_dir: Path, a: argparse.Namespace, vocab: int, device:
     return {"batch1_tok_s": a.output_len / elapsed}
 
 
+class Suite:
+    """Runs parts in order under a total time budget, each guarded (an exception or its time
+    limit is recorded, the next part runs), rewriting the JSON after each."""
+
+    def __init__(self, out: Path, budget_s: float, result: dict) -> None:
+        self.out, self.budget_s, self.result = out, budget_s, result
+        self.t0 = time.perf_counter()
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}", flush=True)
+
+    def part(self, name: str, fn, *args, need_s: float = 0) -> None:
+        left = self.budget_s - (time.perf_counter() - self.t0)
+        if left < need_s:
+            self.result[name] = {"skipped": f"{left:.0f}s of the budget left, {need_s:.0f}s needed"}
+            self.log(f"{name}: skipped ({left:.0f}s left)")
+        else:
+            self.log(f"{name}: start")
+            t0 = time.perf_counter()
+            signal.signal(signal.SIGALRM, _timeout)
+            signal.alarm(max(1, int(left)))
+            try:
+                self.result[name] = fn(*args)
+            except BaseException as e:  # noqa: BLE001 - recorded; the suite goes on
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                self.result[name] = {"error": repr(e), "trace": traceback.format_exc()[-3000:]}
+            finally:
+                signal.alarm(0)
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            self.result[name]["part_s"] = time.perf_counter() - t0
+            self.log(f"{name}: {json.dumps(self.result[name])[:400]}")
+        self.result["total_s"] = time.perf_counter() - self.t0
+        self.out.write_text(json.dumps(self.result, indent=1))
+
+
+def _timeout(signum, frame):
+    raise TimeoutError("the suite's time budget ran out in this part")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a tiny model on CPU: checks the logic")
     ap.add_argument("--out", default="gpu_suite.json")
     ap.add_argument("--model-dir", help="reuse a checkpoint written by an earlier run")
     ap.add_argument("--quantizations", nargs="+", default=["none", "fp8"])
+    ap.add_argument("--budget-s", type=float, default=450, help="whole suite; parts past it skip")
     args = ap.parse_args()
     shape = TINY if args.tiny else LLAMA_8B
     sizes = (4, 8, 8, 4, 4.0) if args.tiny else (256, 128, 128, 64, 4.0)
     args.num_prompts, args.input_len, args.output_len, args.rate_prompts, args.rate = sizes
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
-    t0 = time.perf_counter()
-    model_dir = Path(args.model_dir or tempfile.mkdtemp(prefix="herd-gpu-suite-"))
-    if not (model_dir / "config.json").exists():
-        write_random_checkpoint(model_dir, shape)
     result = {
         "shape": "tiny" if args.tiny else "llama-3.1-8b",
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
         "torch": torch.__version__,
-        "checkpoint_s": time.perf_counter() - t0,
         "workload": dict(zip(["prompts", "in", "out", "rate_prompts", "rate"], sizes, strict=True)),
     }
+    suite = Suite(Path(args.out), args.budget_s, result)
+    model_dir = Path(args.model_dir or tempfile.mkdtemp(prefix="herd-gpu-suite-"))
+
+    def checkpoint() -> dict:
+        t0 = time.perf_counter()
+        if not (model_dir / "config.json").exists():
+            write_random_checkpoint(model_dir, shape, device=device)
+        return {"path": str(model_dir), "seconds": time.perf_counter() - t0}
+
+    if args.tiny:
+        suite.part("checkpoint", checkpoint)
+    suite.part("check_flex", gpu_checks.check_flex, device, args.tiny, need_s=20)
+
+    def graphs() -> dict:
+        small = model_dir  # --tiny: the suite's own tiny checkpoint serves
+        if not args.tiny:  # a small float32 model: graph and eager tokens comparable exactly
+            small = Path(tempfile.mkdtemp(prefix="herd-gpu-checks-"))
+            write_demo_model(small, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                             num_attention_heads=8, num_key_value_heads=2)  # fmt: skip
+        return gpu_checks.check_graphs(small, device, 6 if args.tiny else 16)
+
+    suite.part("check_graphs", graphs, need_s=20)
+    suite.part("check_fp8", gpu_checks.check_fp8, device, args.tiny, need_s=5)
+    if not args.tiny:
+        suite.part("checkpoint", checkpoint, need_s=60)
+    vocab = shape["vocab_size"]
     for q in args.quantizations:
-        result[f"herd_{q}"] = run_herd(
-            model_dir, None if q == "none" else q, args, shape["vocab_size"]
-        )
-    result["transformers_bf16"] = run_transformers(model_dir, args, shape["vocab_size"], device)
-    result["total_s"] = time.perf_counter() - t0
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+        quant = None if q == "none" else q
+        suite.part(f"herd_{q}", run_herd, model_dir, quant, args, vocab, need_s=60)
+    suite.part("transformers_bf16", run_transformers, model_dir, args, vocab, device, need_s=30)
+    checks = [result[k].get("ok") for k in ("check_flex", "check_graphs", "check_fp8")]
+    result["checks_ok"] = all(checks)
+    suite.out.write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {suite.out}; checks_ok {result['checks_ok']}; summary (no traces):")
+    for name, value in result.items():  # short: a remote run returns only the output's tail
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k != "trace"}
+        print(f"  {name}: {json.dumps(value)[:300]}")
 
 
 if __name__ == "__main__":

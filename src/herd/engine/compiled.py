@@ -1,7 +1,8 @@
 """`DecodeGraphs`: decode steps through `torch.compile`, one static-shape graph per batch bucket
 (inductor's C++ backend on CPU, with freezing: weights prepacked for oneDNN), as vLLM captures
-CUDA graphs. A decode batch is padded up to its bucket; its padding rows write their K/V into a
-scratch block nobody owns. Attention is an opaque custom op, so one graph covers the whole step
+CUDA graphs (on CUDA herd captures graphs instead: `cuda_graphs.GraphedDecode`). A decode batch
+is padded up to its bucket (`InputBuffers`); its padding rows write their K/V into a scratch
+block nobody owns. Attention is an opaque custom op, so one graph covers the whole step
 (embeddings to logits) while the paged cache stays outside the compiler's view.
 """
 
@@ -12,7 +13,8 @@ import time
 import torch
 from torch import nn
 
-from herd.engine.attention import AttentionBackend, AttentionMetadata
+from herd.engine.attention import AttentionBackend
+from herd.engine.input_buffers import InputBuffers, StepInputs
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +62,15 @@ class DecodeGraphs:
         model: nn.Module,
         backend: AttentionBackend,
         buckets: list[int],
-        scratch_block: int,
+        inputs: InputBuffers,
         device: torch.device,
     ) -> None:
         self.step = _DecodeStep(model)
         self.backend = backend
         self.buckets = sorted(buckets)
-        self.scratch_slot = scratch_block * backend.block_size
-        self.scratch_block = scratch_block
+        self.inputs = inputs
         self.device = device
+        self.full_width = False  # the table is outside the graph: any width
         self.compiled: set[int] = set()
         self.failed: set[int] = set()
         torch._dynamo.config.recompile_limit = max(8, 2 * len(self.buckets))
@@ -80,35 +82,20 @@ class DecodeGraphs:
                 return None if b in self.failed else b
         return None
 
-    def run(
-        self,
-        input_ids: list[int],
-        positions: list[int],
-        slots: list[int],
-        tables: list[list[int]],
-        lens: list[int],
-        kv_cache: torch.Tensor,
-    ) -> torch.Tensor | None:
-        n = len(input_ids)
-        b = self.bucket_for(n)
-        if b is None:
-            return None
-        pad = b - n
-        to = dict(device=self.device, dtype=torch.long)
-        args = (
-            torch.tensor(input_ids + [0] * pad, **to),
-            torch.tensor(positions + [0] * pad, **to),
-        )
+    def run(self, step: StepInputs, kv_cache: torch.Tensor) -> torch.Tensor | None:
+        """Logits of the real rows of a decode step padded to its bucket (`InputBuffers`), or
+        None when the bucket failed to compile."""
+        b = len(step.input_ids)
         _current.backend, _current.kv_cache = self.backend, kv_cache
-        _current.meta = self._metadata(slots, tables, lens, pad)
+        _current.meta = step.metadata()
         first = b not in self.compiled
         t0 = time.perf_counter()
         try:
             if first:  # compiles now; freezing is read outside inductor's per-compile options
                 with torch._inductor.config.patch(freezing=self.device.type == "cpu"):
-                    logits = self.fn(*args)
+                    logits = self.fn(step.input_ids, step.positions)
             else:
-                logits = self.fn(*args)
+                logits = self.fn(step.input_ids, step.positions)
         except Exception:  # noqa: BLE001 - any compiler failure leaves this bucket eager
             log.exception("compiling the decode step for batch %d failed; it stays eager", b)
             self.failed.add(b)
@@ -121,35 +108,15 @@ class DecodeGraphs:
                 time.perf_counter() - t0,
                 describe_backend(self.device),
             )
-        return logits[:n]
+        return logits[: step.num_rows]
 
     @torch.inference_mode()  # as the runner's steps: the graphs are guarded on the grad mode
     def compile_all(self, kv_cache: torch.Tensor) -> None:
         """Compile every bucket now (a server's start-up), so no request ever waits for the
-        compiler; the dummy rows write only to the scratch block."""
+        compiler; the dummy rows (all padding) write only to the scratch block."""
         for b in self.buckets:
             if b not in self.compiled and b not in self.failed:
-                self.run([0] * b, [0] * b, [self.scratch_slot] * b, [[self.scratch_block]] * b,
-                         [1] * b, kv_cache)  # fmt: skip
-
-    def _metadata(
-        self, slots: list[int], tables: list[list[int]], lens: list[int], pad: int
-    ) -> AttentionMetadata:
-        """The step's attention metadata with `pad` rows that own only the scratch block."""
-        width = max(len(t) for t in tables)
-        rows = [t + [self.scratch_block] * (width - len(t)) for t in tables]
-        rows += [[self.scratch_block] * width] * pad
-        to = dict(device=self.device, dtype=torch.long)
-        lens = lens + [1] * pad
-        return AttentionMetadata(
-            slot_mapping=torch.tensor(slots + [self.scratch_slot] * pad, **to),
-            num_decodes=len(lens),
-            query_lens=[1] * len(lens),
-            seq_lens=lens,
-            prefill_block_ids=[],
-            decode_block_table=torch.tensor(rows, **to),
-            decode_seq_lens=torch.tensor(lens, **to),
-        )
+                self.run(self.inputs.prepare([], pad_to=b), kv_cache)
 
 
 def describe_backend(device: torch.device) -> str:

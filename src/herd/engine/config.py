@@ -119,6 +119,12 @@ class EngineConfig:
         "recompute",
         KV_SWAP_POLICIES,
     )
+    # CUDA graphs (cuda_graphs.GraphedDecode): on CUDA decode batches are captured, not compiled.
+    cuda_graph_max_batch: int = setting(
+        256,
+        "CUDA only: largest decode batch replayed from a captured CUDA graph (batches padded up "
+        "to a power of two no larger; captured at start-up, largest first, seconds in all)",
+    )
     # Tensor parallelism (issue 12): one process per rank, herd.engine.distributed.
     tensor_parallel_size: int = setting(
         1,
@@ -137,6 +143,7 @@ class EngineConfig:
         _at_least(self, "max_model_len", 1)
         _at_least(self, "compile_max_batch", 1)
         self._check_kv_tiers()
+        _at_least(self, "cuda_graph_max_batch", 1)
         _at_least(self, "tensor_parallel_size", 1)
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(

@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from herd.engine.attention import AttentionMetadata
 from herd.engine.backends import get_backend
 from herd.engine.compiled import DecodeGraphs, describe_backend
 from herd.engine.config import EngineConfig
+from herd.engine.cuda_graphs import GraphedDecode
+from herd.engine.input_buffers import InputBuffers, StepInputs
 from herd.engine.request import Request
-from herd.engine.sampler import Sampler, rank_logprobs
+from herd.engine.sampler import Sampler, rank_logprobs, to_device
 from herd.engine.scheduler import ScheduledRequest, SchedulerOutput
 from herd.engine.structured import StructuredOutputs
 from herd.model.config import ModelConfig
@@ -136,30 +137,42 @@ class ModelRunner:
         log.info("attention backend %s", type(self.backend).__name__)
         self.sampler = Sampler(model_config.eos_token_ids, config.seed)
         self.structured: StructuredOutputs | None = None  # set by LLMEngine
+        sc = config.scheduler  # one preallocated, asynchronously copied set of inputs per step
+        self.inputs = InputBuffers(
+            max(sc.max_num_batched_tokens, sc.max_num_seqs),
+            sc.max_num_seqs,
+            -(-max_model_len // self.block_size) + 1,
+            self.block_size,
+            scratch_block=self.num_blocks,
+            device=self.device,
+        )
         self.graphs = self._decode_graphs()
 
-    def _decode_graphs(self) -> DecodeGraphs | None:
+    def _decode_graphs(self) -> DecodeGraphs | GraphedDecode | None:
         if self.config.enforce_eager:
             log.info("enforce_eager: every step runs eagerly")
             return None
         if self.shard.size > 1:
             log.info("tensor parallel: decode steps run eagerly (no compiled graphs across ranks)")
             return None
-        top = min(self.config.compile_max_batch, self.config.scheduler.max_num_seqs)
+        cuda = self.device.type == "cuda"
+        if cuda and not GraphedDecode.supports(self.backend):
+            log.info("no CUDA graphs with attention backend %s", type(self.backend).__name__)
+            return None
+        top = self.config.cuda_graph_max_batch if cuda else self.config.compile_max_batch
+        top = min(top, self.config.scheduler.max_num_seqs)
         buckets = [1 << i for i in range(top.bit_length()) if 1 << i < top] + [top]
+        kind = "captured as CUDA graphs" if cuda else "compiled"
         log.info(
-            "decode batches up to %d compiled (servers: at start-up; offline: on first use), buckets %s (%s)",
+            "decode batches up to %d %s (servers: at start-up; offline: on first use), buckets %s",
             top,
+            kind,
             buckets,
-            describe_backend(self.device),
         )
-        return DecodeGraphs(
-            self.model,
-            self.backend,
-            buckets,
-            scratch_block=self.num_blocks,
-            device=self.device,
-        )
+        if cuda:
+            return GraphedDecode(self.model, self.backend, buckets, self.inputs)
+        log.info("compiled decode steps: %s", describe_backend(self.device))
+        return DecodeGraphs(self.model, self.backend, buckets, self.inputs, self.device)
 
     def kv_bytes_per_block(self) -> int:
         m = self.model_config
@@ -204,67 +217,29 @@ class ModelRunner:
         return self._execute(items)
 
     def _execute(self, items: list[ScheduledRequest]) -> RunnerOutput:
-        input_ids, positions, slots = self._pack(items)
-        if self.graphs is not None and _all_plain_decodes(items):
-            logits = self.graphs.run(
-                input_ids,
-                positions,
-                slots,
-                [s.block_ids for s in items],
-                [s.start + 1 for s in items],
-                self.kv_cache,
-            )
+        graphs = self.graphs if self.graphs is not None and _all_plain_decodes(items) else None
+        bucket = graphs.bucket_for(len(items)) if graphs is not None else None
+        full = bucket is not None and graphs.full_width
+        step = self.inputs.prepare(items, pad_to=bucket, full_width=full)
+        if bucket is not None:
+            logits = graphs.run(step, self.kv_cache)
             if logits is not None:
                 return self._sample_logits([s.req for s in items], logits, RunnerOutput())
-        return self._sample(items, self._forward(items, input_ids, positions, slots))
+        return self._sample(items, self._forward(step))  # a failed bucket: eager, as padded
 
     @torch.inference_mode()
     def forward(self, items: list[ScheduledRequest]) -> torch.Tensor:
         """Hidden states of a step given as plain data (what tensor-parallel ranks > 0 run)."""
-        return self._forward(items, *self._pack(items))
+        return self._forward(self.inputs.prepare(items))
 
-    def _pack(self, items: list[ScheduledRequest]) -> tuple[list[int], list[int], list[int]]:
-        input_ids, positions, slots = [], [], []
-        for s in items:
-            input_ids.extend(s.token_ids)
-            pos = range(s.start, s.start + s.num_new_tokens)
-            positions.extend(pos)
-            bs = self.block_size
-            slots.extend(s.block_ids[p // bs] * bs + p % bs for p in pos)
-        return input_ids, positions, slots
-
-    def _forward(self, items, input_ids, positions, slots) -> torch.Tensor:
-        meta = self._metadata(items, slots)
-        to = dict(device=self.device, dtype=torch.long)
+    def _forward(self, step: StepInputs) -> torch.Tensor:
+        meta = step.metadata()
         return self.model(
-            torch.tensor(input_ids, **to),
-            torch.tensor(positions, **to),
+            step.input_ids,
+            step.positions,
             lambda layer, q, k, v: self.backend.forward(
                 q, k, v, self.kv_cache[layer, 0], self.kv_cache[layer, 1], meta
             ),
-        )
-
-    def _metadata(self, items: list[ScheduledRequest], slots: list[int]) -> AttentionMetadata:
-        nd = sum(1 for s in items if s.num_new_tokens == 1)
-        seq_lens = [s.start + s.num_new_tokens for s in items]
-        tables = [s.block_ids for s in items]
-        table = lens = None
-        if nd:
-            width = max(len(t) for t in tables[:nd])
-            padded = [t + [0] * (width - len(t)) for t in tables[:nd]]
-            table = torch.tensor(padded, dtype=torch.long, device=self.device)
-            lens = torch.tensor(seq_lens[:nd], device=self.device)
-        return AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
-            num_decodes=nd,
-            query_lens=[s.num_new_tokens for s in items],
-            seq_lens=seq_lens,
-            prefill_block_ids=[
-                torch.tensor(t[: -(-n // self.block_size)], dtype=torch.long, device=self.device)
-                for t, n in zip(tables[nd:], seq_lens[nd:], strict=True)
-            ],
-            decode_block_table=table,
-            decode_seq_lens=lens,
         )
 
     def _sample(self, items: list[ScheduledRequest], hidden: torch.Tensor) -> RunnerOutput:
@@ -280,7 +255,7 @@ class ModelRunner:
                 samplers.append(s.req)
             start = end
         if rows:
-            logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+            logits = self.model.compute_logits(hidden[to_device(rows, torch.long, self.device)])
             self._sample_logits(samplers, logits, out)
         for s, a, b in prompt_rows:
             out.prompt_logprobs[s.req.request_id] = self._prompt_logprobs(s, hidden[a:b])

@@ -1,0 +1,132 @@
+"""Correctness checks gpu_suite.py runs before it times anything, each returning a dict for the
+suite's JSON with an `ok` verdict: FlexAttention against the reference backend (bf16, a step of
+decodes and prefill chunks over many key tiles), CUDA-graph decode against eager greedy tokens on a
+small model, and fp8 `_scaled_mm` linears against bf16. On CPU (--tiny) the same code runs:
+compiled flex and graph capture are CUDA-only, so there the static-buffer path runs uncaptured.
+"""
+
+import random
+
+import torch
+
+from herd.engine.attention import AttentionMetadata, TorchAttention
+from herd.engine.flex_attention import FlexAttention
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """||got - ref|| / ||ref|| in float64 (NaN anywhere gives inf)."""
+    got, ref = got.double(), ref.double()
+    if not torch.isfinite(got).all():
+        return float("inf")
+    return float((got - ref).norm() / ref.norm())
+
+
+def _attention_step(dev: str, dtype: torch.dtype, bs: int, hq: int, hkv: int, d: int, seed: int):
+    """Decodes of contexts 1..~1000 sharing prefix blocks, a prefill from 0 and a chunk after a
+    cached prefix; blocks scattered over the cache."""
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    query_lens = [1] * 24 + [300, 64]
+    seq_lens = [rng.randrange(1, 1000) for _ in range(24)] + [300, 700]
+    need = [-(-n // bs) for n in seq_lens]
+    free = rng.sample(range(sum(need) + 64), sum(need) + 64)
+    tables = [[free.pop() for _ in range(k)] for k in need]
+    share = min(need[0], need[1]) - 1  # decodes 0 and 1 share their full prefix blocks
+    tables[1][:share] = tables[0][:share]
+    slots = [t[p // bs] * bs + p % bs for t, q, n in zip(tables, query_lens, seq_lens, strict=True)
+             for p in range(n - q, n)]  # fmt: skip
+    nd, w = 24, max(need[:24])
+
+    def meta() -> AttentionMetadata:
+        return AttentionMetadata(
+            slot_mapping=torch.tensor(slots, device=dev),
+            num_decodes=nd,
+            query_lens=query_lens,
+            seq_lens=seq_lens,
+            prefill_block_ids=[torch.tensor(t, device=dev) for t in tables[nd:]],
+            decode_block_table=torch.tensor(
+                [t + [0] * (w - len(t)) for t in tables[:nd]], device=dev
+            ),
+            decode_seq_lens=torch.tensor(seq_lens[:nd], device=dev),
+        )
+
+    t = sum(query_lens)
+    q, k, v = (torch.randn(t, h, d, generator=g).to(dev, dtype) for h in (hq, hkv, hkv))
+    cache = torch.randn(2, len(free) + sum(need) + 1, bs, hkv, d, generator=g).to(dev, dtype)
+    return q, k, v, cache, meta
+
+
+def check_flex(dev: str, tiny: bool) -> dict:
+    """Flex (compiled on CUDA) and the torch backend in bf16 against the torch backend in float32
+    on upcast inputs, Llama-3-8B head shapes (32 / 8 heads of 128) unless tiny."""
+    shape = (16, 4, 2, 16) if tiny else (16, 32, 8, 128)
+    q, k, v, cache, meta = _attention_step(dev, torch.bfloat16, *shape, seed=0)
+    bs = shape[0]
+    ref = TorchAttention(bs).forward(q.float(), k.float(), v.float(), *cache.float(), meta())
+    flex_cache, torch_cache = cache.clone(), cache.clone()
+    flex = FlexAttention(bs).forward(q, k, v, *flex_cache, meta())
+    plain = TorchAttention(bs).forward(q, k, v, *torch_cache, meta())
+    r = {"flex_rel_err": rel_err(flex, ref), "torch_rel_err": rel_err(plain, ref)}
+    r["same_cache_writes"] = bool(torch.equal(flex_cache, torch_cache))
+    r["ok"] = r["flex_rel_err"] < 1e-2 and r["same_cache_writes"]
+    return r
+
+
+def check_graphs(model_dir, dev: str, tokens: int) -> dict:
+    """Greedy tokens of a small float32 model, decode batches 1, 3 (padded to 4) and 8, through
+    captured CUDA graphs (on CPU: the same static-buffer step, uncaptured) and eagerly."""
+    from herd.engine.cuda_graphs import GraphedDecode
+    from herd.engine.llm import LLM
+    from herd.engine.sampling_params import SamplingParams
+
+    greedy = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
+    kw = dict(dtype="float32", num_kv_blocks=256, max_num_seqs=8, device=dev)
+    graphed = LLM(model_dir, enforce_eager=False, cuda_graph_max_batch=8, **kw)
+    runner = graphed.engine.runner
+    if dev == "cpu":  # no capture off CUDA: the static-buffer step the graphs would replay
+        runner.graphs = GraphedDecode(runner.model, runner.backend, [1, 2, 4, 8], runner.inputs)
+    eager = LLM(model_dir, enforce_eager=True, **kw)
+    rng = random.Random(1)
+    vocab = runner.model_config.vocab_size
+    prompts = [[rng.randrange(10, vocab) for _ in range(rng.randrange(3, 40))] for _ in range(8)]
+    same = total = 0
+    for batch in (prompts[:1], prompts[:3], prompts):
+        inputs = [{"prompt_token_ids": p} for p in batch]
+        a = [o.outputs[0].token_ids for o in graphed.generate(inputs, greedy)]
+        b = [o.outputs[0].token_ids for o in eager.generate(inputs, greedy)]
+        same += sum(x == y for x, y in zip(a, b, strict=True))
+        total += len(a)
+    graphs = runner.graphs
+    return {
+        "sequences_identical": f"{same}/{total}",
+        "buckets_run": sorted(graphs.captured),
+        "buckets_failed": sorted(graphs.failed),
+        "kind": type(graphs).__name__,
+        "ok": same == total and not graphs.failed and {1, 4, 8} <= graphs.captured,
+    }
+
+
+def check_fp8(dev: str, tiny: bool) -> dict:
+    """An fp8 linear (`_scaled_mm` on CUDA) against bf16 and against its own dequantized weight,
+    8B's MLP shape unless tiny, at M = 1 and 256 tokens."""
+    from torch import nn
+
+    from herd.model.quant import Fp8Linear
+
+    k, n = (64, 128) if tiny else (4096, 14336)
+    g = torch.Generator().manual_seed(2)
+    lin = nn.Linear(k, n, bias=False)
+    lin.weight.data = (torch.randn(n, k, generator=g) * 0.02).to(torch.bfloat16)
+    lin = lin.to(dev)
+    fp8 = Fp8Linear.from_float(lin)
+    dequant = fp8.weight.float() * fp8.weight_scale.float()[:, None]
+    r = {"scaled_mm": dev == "cuda"}
+    for m in (1, 256):
+        x = torch.randn(m, k, generator=g).to(dev, torch.bfloat16)
+        with torch.inference_mode():
+            got = fp8(x)
+        r[f"m{m}_rel_err_vs_bf16"] = rel_err(got, x.float() @ lin.weight.float().t())
+        r[f"m{m}_rel_err_vs_dequant"] = rel_err(got, x.float() @ dequant.t())
+    # e4m3 keeps 3 mantissa bits: a few percent per product, averaged down over k terms
+    r["ok"] = all(v < 0.08 for key, v in r.items() if key.endswith("_vs_bf16"))
+    return r
