@@ -9,7 +9,7 @@ import torch
 
 from herd.engine.attention import AttentionMetadata
 from herd.engine.backends import get_backend
-from herd.engine.compiled import DecodeGraphs, describe_backend
+from herd.engine.compiled import DecodeGraphs, describe_backend, describe_kernels
 from herd.engine.config import EngineConfig
 from herd.engine.request import Request
 from herd.engine.sampler import Sampler, rank_logprobs
@@ -126,6 +126,9 @@ class ModelRunner:
         self.sampler = Sampler(model_config.eos_token_ids, config.seed)
         self.structured: StructuredOutputs | None = None  # set by LLMEngine
         self.graphs = self._decode_graphs()
+        log.info(
+            "kernels: %s", describe_kernels(self.backend, self.graphs, self.device, self.dtype)
+        )
 
     def _decode_graphs(self) -> DecodeGraphs | None:
         if self.config.enforce_eager:
