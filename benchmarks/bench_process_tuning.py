@@ -56,6 +56,7 @@ def run_one(config: str, n: int, args: argparse.Namespace) -> dict:
 
     parts = () if config == "plain" else tuple(config.split(","))
     base = {k: v for k, v in os.environ.items() if k != "HERD_PROCESS_TUNED"}
+    base.update(kv.split("=", 1) for kv in args.env)
     env, _ = tuned_environ(parts, base)
     cmd = [sys.executable, __file__, "--worker", "--num-prompts", str(n), "--model-dir",
            str(args.model_dir), "--dtype", args.dtype, "--output-len", str(args.output_len),
@@ -86,6 +87,9 @@ def main() -> None:
     ap.add_argument("--compile-max-batch", type=int)
     ap.add_argument("--model-dir")
     ap.add_argument("--timeout", type=int, default=1800)
+    ap.add_argument(
+        "--env", nargs="*", default=[], help="K=V set in every child (e.g. OMP_WAIT_POLICY=PASSIVE)"
+    )
     args = ap.parse_args()
     if args.worker:
         return worker(args)
