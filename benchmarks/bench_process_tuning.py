@@ -32,12 +32,16 @@ def worker(args: argparse.Namespace) -> None:
     from herd.engine.process_tuning import loaded_runtime
 
     prompts = make_prompts(args.num_prompts, args.input_len, SMALL["vocab_size"])
+    if args.prompts:  # the peers' workload (shared/peers/workload.py), as bench_offline --prompts
+        prompts = [p["ids"] for p in json.loads(Path(args.prompts).read_text())][: args.num_prompts]
     kw = {"enforce_eager": True} if args.enforce_eager else {}
     if args.compile_max_batch:
         kw["compile_max_batch"] = args.compile_max_batch
     llm = LLM(args.model_dir, dtype=args.dtype, max_num_seqs=len(prompts), **kw)
     inputs = [{"prompt_token_ids": p} for p in prompts]
-    llm.generate(inputs, SamplingParams(max_tokens=4))  # warm-up (compiles the decode graphs)
+    # Warm-up (compiles the decode graphs) on short prompts of other ids: no prefix-cache hits.
+    warm = make_prompts(len(prompts), 16, SMALL["vocab_size"], seed=1)
+    llm.generate([{"prompt_token_ids": p} for p in warm], SamplingParams(max_tokens=4))
     params = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
     t0, c0 = time.perf_counter(), time.process_time()
     outs = llm.generate(inputs, params)
@@ -63,6 +67,8 @@ def run_one(config: str, n: int, args: argparse.Namespace) -> dict:
            "--input-len", str(args.input_len)]  # fmt: skip
     if args.enforce_eager:
         cmd.append("--enforce-eager")
+    if args.prompts:
+        cmd += ["--prompts", args.prompts]
     if args.compile_max_batch:
         cmd += ["--compile-max-batch", str(args.compile_max_batch)]
     before = load()
@@ -86,6 +92,7 @@ def main() -> None:
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--compile-max-batch", type=int)
     ap.add_argument("--model-dir")
+    ap.add_argument("--prompts", help="prompts.json from shared/peers/workload.py")
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument(
         "--env", nargs="*", default=[], help="K=V set in every child (e.g. OMP_WAIT_POLICY=PASSIVE)"
