@@ -110,6 +110,10 @@ static void attend(const T* q, const T* kc, const T* vc, const int64_t* row, int
                    int64_t Hq, int64_t Hkv, int64_t D, int64_t bs, int64_t h0, int64_t h1,
                    float scale, std::vector<float>& buf) {
   const int64_t G = Hq / Hkv, R = (h1 - h0) * G;  // query rows handled here
+  if (L <= 0) {  // nothing to attend to (never scheduled): zeros rather than garbage
+    for (int64_t i = 0; i < R * D; i++) put(0.f, out + h0 * G * D + i);
+    return;
+  }
   buf.assign(R * L + 2 * R * D, 0.f);
   float *sc = buf.data(), *qf = sc + R * L, *acc = qf + R * D;
   for (int64_t r = 0; r < R; r++)
