@@ -51,6 +51,12 @@ def main() -> None:
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--compare", action="store_true", help="eager and compiled, interleaved")
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument(
+        "--attention-backends",
+        nargs="+",
+        default=["auto"],
+        help="one engine per backend (and per mode with --compare), interleaved",
+    )
     ap.add_argument("--compile-max-batch", type=int, default=32)
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table")
@@ -67,16 +73,19 @@ def main() -> None:
         write_demo_model(model_dir, **SMALL)
     modes = [True, False] if args.compare else [args.enforce_eager]
     engines = {}
-    for eager in modes:
-        config = EngineConfig.from_flat(
-            model=str(model_dir),
-            dtype=args.dtype,
-            enforce_eager=eager,
-            num_kv_blocks=2048,
-            compile_max_batch=args.compile_max_batch,
-        )
-        engines["eager" if eager else "compiled"] = engine = LLMEngine(config)
-        start_decoding(engine, args.batch)
+    for backend in args.attention_backends:
+        for eager in modes:
+            config = EngineConfig.from_flat(
+                model=str(model_dir),
+                dtype=args.dtype,
+                enforce_eager=eager,
+                num_kv_blocks=2048,
+                compile_max_batch=args.compile_max_batch,
+                attention_backend=backend,
+            )
+            name = f"{backend} {'eager' if eager else 'compiled'}"
+            engines[name] = engine = LLMEngine(config)
+            start_decoding(engine, args.batch)
     times = {name: [] for name in engines}
     cpu = {name: [] for name in engines}
     for _ in range(args.rounds):  # interleaved, so both see the same machine load

@@ -46,6 +46,9 @@ def engine_config(args: argparse.Namespace, **override):
 
 
 def handle(args: argparse.Namespace) -> int:
+    from herd.engine.process_tuning import maybe_reexec
+
+    maybe_reexec()  # once, before torch loads: preloads tcmalloc / Intel OpenMP when present
     from herd.cli.config_args import config_values
     from herd.server.config import ServerConfig
 

@@ -39,6 +39,10 @@ class AttentionBackend(ABC):
     def __init__(self, block_size: int) -> None:
         self.block_size = block_size
 
+    def describe(self) -> str:
+        """The kernels this backend runs, for the start-up log."""
+        return type(self).__name__
+
     @abstractmethod
     def forward(
         self,

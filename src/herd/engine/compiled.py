@@ -9,6 +9,7 @@ block nobody owns. Attention is an opaque custom op, so one graph covers the who
 import logging
 import threading
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -125,3 +126,21 @@ def describe_backend(device: torch.device) -> str:
         isa = torch.backends.cpu.get_cpu_capability()
         return f"C++/OpenMP kernels {isa}, freezing: linears as prepacked oneDNN"
     return "Triton kernels"
+
+
+def describe_kernels(backend: AttentionBackend, graphs: Any, device: torch.device, dtype) -> str:
+    """One start-up log line: which attention, compiled or eager decode, the CPU's kernel ISA,
+    threads, the OpenMP runtime and allocator loaded, and the process tuning applied."""
+    from herd.engine.process_tuning import applied, loaded_runtime
+
+    decode = f"{type(graphs).__name__} buckets {graphs.buckets}" if graphs else "eager"
+    parts = [f"attention {backend.describe()}", f"decode steps {decode}", f"{dtype}"]
+    if device.type == "cpu":
+        parts += [
+            f"ISA {torch.backends.cpu.get_cpu_capability()}",
+            f"oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}",
+            f"{torch.get_num_threads()} threads",
+            loaded_runtime(),
+            f"process tuning: {applied()}",
+        ]
+    return "; ".join(parts)

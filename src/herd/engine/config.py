@@ -11,7 +11,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int8", "int4", "fp8")
 KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8")
 # "auto" + herd.engine.backends.BACKENDS; checked by a test
-ATTENTION_BACKENDS = ("auto", "torch", "flex")
+ATTENTION_BACKENDS = ("auto", "torch", "flex", "cpu")
 KV_SWAP_POLICIES = ("auto", "swap", "recompute")  # herd.engine.swap_policy.MODES
 
 
@@ -80,7 +80,9 @@ class EngineConfig:
     max_model_len: int | None = setting(None, "context length (default: the model's)")
     enable_prefix_caching: bool = setting(True, "reuse KV blocks of shared prompt prefixes")
     attention_backend: str = setting(
-        "auto", "attention implementation (auto: flex on CUDA, torch elsewhere)", ATTENTION_BACKENDS
+        "auto",
+        "attention implementation (auto: flex on CUDA, else cpu: C++ paged decode on CPU)",
+        ATTENTION_BACKENDS,
     )
     seed: int = setting(0, "seed of requests that give none")
     # Default from the environment so a test suite (tests/conftest.py) and the replicas it starts

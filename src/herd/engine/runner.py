@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from herd.engine.backends import get_backend
-from herd.engine.compiled import DecodeGraphs, describe_backend
+from herd.engine.compiled import DecodeGraphs, describe_backend, describe_kernels
 from herd.engine.config import EngineConfig
 from herd.engine.cuda_graphs import GraphedDecode
 from herd.engine.input_buffers import InputBuffers, StepInputs
@@ -147,6 +147,9 @@ class ModelRunner:
             device=self.device,
         )
         self.graphs = self._decode_graphs()
+        log.info(
+            "kernels: %s", describe_kernels(self.backend, self.graphs, self.device, self.dtype)
+        )
 
     def _decode_graphs(self) -> DecodeGraphs | GraphedDecode | None:
         if self.config.enforce_eager:
