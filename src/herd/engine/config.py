@@ -3,9 +3,12 @@ carries its default, help text and choices; `LLM(**kwargs)` and the `herd replic
 `generate` / `chat` flags are derived from these declarations, so a new setting is written here only.
 A bad value is a `ValueError` naming the setting."""
 
+import json
 import os
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from typing import Any
+
+from herd.engine.spec_config import SpeculativeConfig, parse_speculative
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int8", "int4", "fp8")
@@ -99,11 +102,20 @@ class EngineConfig:
         "up to 8 made `herd serve` of SmolLM2 ready in 88 s instead of ~30 s); raise it where "
         "start-up time is cheap (~1.3x at 32, ~1.2x at 64)",
     )
+    # Speculative decoding (issue 15): vLLM's speculative_config, parsed by engine/spec_config.py.
+    speculative_config: dict | None = setting(
+        None,
+        'speculative decoding, as vLLM\'s: {"method": "ngram" | "draft", '
+        '"num_speculative_tokens": k, "model": DRAFT_DIR} (JSON on the command line; default off)',
+    )
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
         if self.quantization == "none":
             self.quantization = None
+        if isinstance(self.speculative_config, str):  # the CLI flag's JSON text
+            self.speculative_config = json.loads(self.speculative_config or "null")
+        parse_speculative(self.speculative_config)  # a ValueError naming it if bad
         check_settings(self)
         _at_least(self, "block_size", 1)
         _at_least(self, "num_kv_blocks", 1)
@@ -114,6 +126,11 @@ class EngineConfig:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
             )
+
+    @property
+    def speculative(self) -> SpeculativeConfig | None:
+        """`speculative_config` parsed (None: speculation off)."""
+        return parse_speculative(self.speculative_config)
 
     @classmethod
     def from_flat(cls, **kwargs: Any) -> "EngineConfig":

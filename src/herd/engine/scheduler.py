@@ -28,11 +28,14 @@ class ScheduledRequest:
     start: int  # num_computed_tokens before this step: the first position computed
     num_new_tokens: int  # tokens computed this step (a prefill chunk, or 1 for a decode)
     block_ids: list[int]  # the request's block table after allocation
+    # speculative decoding: drafts computed after the known tokens (their KV is rolled back
+    # where rejected); included in num_new_tokens
+    spec_token_ids: list[int] = field(default_factory=list)
 
     @property
     def samples(self) -> bool:
         """True when this step reaches the end of the known tokens, so a new token is sampled."""
-        return self.start + self.num_new_tokens == self.req.num_tokens
+        return self.start + self.num_new_tokens >= self.req.num_tokens
 
 
 @dataclass
@@ -89,7 +92,9 @@ class Scheduler:
             req = self.running[i]
             if cutoff is not None and req.priority > cutoff:
                 break  # this step is the higher class's: lower ones wait one step (sorted)
-            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            num_new = min(
+                req.num_tokens + len(req.spec_token_ids) - req.num_computed_tokens, budget
+            )
             fits, did_preempt = self._allocate_or_preempt(req, num_new)
             preempted = preempted or did_preempt
             if fits:
@@ -209,8 +214,13 @@ class Scheduler:
             budget -= num_new
 
     def _scheduled(self, req: Request, num_new: int) -> ScheduledRequest:
+        drafts = req.num_computed_tokens + num_new - req.num_tokens  # > 0: drafts that fit
         return ScheduledRequest(
-            req, req.num_computed_tokens, num_new, self.kv.block_ids(req.request_id)
+            req,
+            req.num_computed_tokens,
+            num_new,
+            self.kv.block_ids(req.request_id),
+            req.spec_token_ids[:drafts] if drafts > 0 else [],
         )
 
     def update_from_output(self, out: SchedulerOutput) -> None:
