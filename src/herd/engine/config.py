@@ -113,9 +113,9 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.quantization == "none":
             self.quantization = None
-        if isinstance(self.speculative_config, str):  # the CLI flag's JSON text
-            self.speculative_config = json.loads(self.speculative_config or "null")
         parse_speculative(self.speculative_config)  # a ValueError naming it if bad
+        if isinstance(self.speculative_config, str):  # the CLI flag's JSON text
+            self.speculative_config = json.loads(self.speculative_config)
         check_settings(self)
         _at_least(self, "block_size", 1)
         _at_least(self, "num_kv_blocks", 1)
