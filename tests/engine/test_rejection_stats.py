@@ -37,11 +37,10 @@ def _generate(target: torch.Tensor, proposal: torch.Tensor) -> list[tuple[int, .
                 last = int(proposal[last].argmax())
                 d.append(last)
             drafts.append(d)
-        lasts = [t for r, d in zip(todo, drafts) for t in [r.all_token_ids[-1], *d]]
+        lasts = [t for r, d in zip(todo, drafts, strict=True) for t in [r.all_token_ids[-1], *d]]
         logits = log_target[torch.tensor(lasts)]  # row j conditions on the first j drafts
-        for r, v in zip(
-            todo, verify_drafts(todo, drafts, logits, lambda rows, lg: sampler(lg, rows))
-        ):
+        verified = verify_drafts(todo, drafts, logits, lambda rows, lg: sampler(lg, rows))
+        for r, v in zip(todo, verified, strict=True):
             r.all_token_ids.extend(t for t, _, _ in v.emitted)
 
 
