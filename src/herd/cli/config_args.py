@@ -3,6 +3,7 @@
 Nothing here names a setting, so a field added to a config is a flag with no other edit."""
 
 import argparse
+import json
 import types
 import typing
 from dataclasses import MISSING, Field
@@ -37,6 +38,8 @@ def add_config_args(
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
+        if kind is dict:  # a dict-valued setting is given as JSON text
+            kind = json.loads
         choices = f.metadata.get("choices")
         if choices:
             kw["choices"] = choices
@@ -55,6 +58,8 @@ def as_flags(values: dict[str, Any]) -> list[str]:
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             out.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, dict):
+            out += [flag, json.dumps(value)]
         elif value is not None:
             out += [flag, str(value)]
     return out

@@ -3,9 +3,12 @@ carries its default, help text and choices; `LLM(**kwargs)` and the `herd replic
 `generate` / `chat` flags are derived from these declarations, so a new setting is written here only.
 A bad value is a `ValueError` naming the setting."""
 
+import json
 import os
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from typing import Any
+
+from herd.engine.spec_config import SpeculativeConfig, parse_speculative
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int8", "int4", "fp8")
@@ -133,11 +136,20 @@ class EngineConfig:
         "ranks that split the model (attention heads, MLP, vocabulary), one process each, as "
         "in vLLM: NCCL over that many GPUs, gloo on CPU",
     )
+    # Speculative decoding (issue 15): vLLM's speculative_config, parsed by engine/spec_config.py.
+    speculative_config: dict | None = setting(
+        None,
+        'speculative decoding, as vLLM\'s: {"method": "ngram" | "draft", '
+        '"num_speculative_tokens": k, "model": DRAFT_DIR} (JSON on the command line; default off)',
+    )
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
         if self.quantization == "none":
             self.quantization = None
+        parse_speculative(self.speculative_config)  # a ValueError naming it if bad
+        if isinstance(self.speculative_config, str):  # the CLI flag's JSON text
+            self.speculative_config = json.loads(self.speculative_config)
         check_settings(self)
         _at_least(self, "block_size", 1)
         _at_least(self, "num_kv_blocks", 1)
@@ -171,6 +183,10 @@ class EngineConfig:
         if self.kv_tiers_enabled and self.tensor_parallel_size > 1:
             # Each rank would run the step's kv_copies on its own shard: not wired yet.
             raise ValueError("KV tiers do not work with tensor_parallel_size > 1 yet")
+
+    def speculative(self) -> SpeculativeConfig | None:
+        """`speculative_config` parsed (None: speculation off)."""
+        return parse_speculative(self.speculative_config)
 
     @classmethod
     def from_flat(cls, **kwargs: Any) -> "EngineConfig":

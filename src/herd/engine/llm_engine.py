@@ -16,6 +16,7 @@ from herd.engine.request import Request, RequestStatus
 from herd.engine.runner import ModelRunner
 from herd.engine.sampling_params import SamplingParams
 from herd.engine.scheduler import Scheduler
+from herd.engine.spec_decode import SpecDecoder
 from herd.engine.structured import StructuredOutputs
 from herd.engine.tokenizer import Tokenizer
 from herd.engine.tpot import TpotController
@@ -76,6 +77,10 @@ class LLMEngine:
         self.finished_parents: list[str] = []  # finished outside a step (abort, unschedulable)
         self.prompt_tokens = 0
         self.generation_tokens = 0
+        spec = config.speculative  # speculative decoding (engine/spec_decode.py), None: off
+        self.spec = spec and SpecDecoder(
+            spec, config, self.model_config.vocab_size, self.max_model_len, self.runner.num_blocks
+        )
 
     def _runner(self) -> ModelRunner:
         if self.tp is None:
@@ -175,6 +180,8 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         touched: dict[str, ParentState] = {p: self.parents[p] for p in self.finished_parents}
         self.finished_parents.clear()
+        if self.spec is not None:
+            self.spec.propose(self.scheduler.running)
         sched = self.scheduler.schedule()
         for req in sched.unschedulable:
             parent = self.parents[req.parent_id]
@@ -187,31 +194,37 @@ class LLMEngine:
             started = time.perf_counter()
             result = self.runner.execute(sched)
             self._measure_step(sched, time.perf_counter() - started)
+            if self.spec is not None:
+                self.spec.observe(sched, result, time.perf_counter() - started)
             self.scheduler.update_from_output(sched)
             self._fork_siblings()  # before finished requests free the blocks siblings share
             for s in sched.scheduled:
                 req, parent = s.req, self.parents[s.req.parent_id]
                 self._take_prompt_logprobs(parent, req, result.prompt_logprobs.get(req.request_id))
-                token = result.sampled.get(req.request_id)
-                if token is None:
+                emitted = result.tokens_of(req.request_id)
+                if not emitted:
                     continue
-                accepted = self.structured.accept(req, token)
-                self.outputs.append_token(
-                    parent,
-                    req,
-                    token,
-                    result.logprobs[req.request_id],
-                    result.sampled_logprobs[req.request_id],
-                )
-                if not req.status.finished and (not accepted or self.structured.finished(req)):
-                    self.outputs.finish(parent, req, RequestStatus.FINISHED_STOPPED)  # grammar end
-                self.generation_tokens += 1
-                if req.num_output_tokens == 1 and req.index == 0:
-                    self.prompt_tokens += req.num_prompt_tokens
+                for token, logprobs, sampled_logprob in emitted:  # > 1: accepted drafts
+                    if req.status.finished:
+                        break  # a stop inside accepted drafts drops the rest
+                    self._append_token(parent, req, token, logprobs, sampled_logprob)
+                # KV of rejected drafts is stale: recompute from the last emitted token.
+                req.num_computed_tokens = min(req.num_computed_tokens, req.num_tokens - 1)
                 if req.status.finished:
                     self.scheduler.remove(req)
                 touched[parent.request_id] = parent
         return [self._collect(p) for p in touched.values()]
+
+    def _append_token(
+        self, parent: ParentState, req: Request, token: int, logprobs, sampled_logprob: float
+    ) -> None:
+        accepted = self.structured.accept(req, token)
+        self.outputs.append_token(parent, req, token, logprobs, sampled_logprob)
+        if not req.status.finished and (not accepted or self.structured.finished(req)):
+            self.outputs.finish(parent, req, RequestStatus.FINISHED_STOPPED)  # grammar end
+        self.generation_tokens += 1
+        if req.num_output_tokens == 1 and req.index == 0:
+            self.prompt_tokens += req.num_prompt_tokens
 
     def _measure_step(self, sched, step_s: float) -> None:
         """Feed a pure decode step's time to the TPOT controller and apply its cap (a step with
@@ -275,6 +288,7 @@ class LLMEngine:
             "prompt_tokens": self.prompt_tokens,
             "generation_tokens": self.generation_tokens,
             "kv_tiers": self.kv_tiers.stats() if self.kv_tiers is not None else {},
+            **(self.spec.stats() if self.spec is not None else {}),
         }
 
 

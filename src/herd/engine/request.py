@@ -58,6 +58,7 @@ class Request:
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     grammar: Any = None  # structured outputs: this sequence's matcher (herd.engine.structured)
+    spec_token_ids: list[int] = field(default_factory=list)  # drafts proposed for the next step
 
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.prompt_token_ids)

@@ -12,8 +12,9 @@ from herd.engine.compiled import DecodeGraphs, describe_backend, describe_kernel
 from herd.engine.config import EngineConfig
 from herd.engine.cuda_graphs import GraphedDecode
 from herd.engine.input_buffers import InputBuffers, StepInputs
+from herd.engine.rejection import Emitted, Verified, verify_drafts
 from herd.engine.request import Request
-from herd.engine.sampler import Sampler, rank_logprobs, to_device
+from herd.engine.sampler import Sampler, SamplerOutput, rank_logprobs, to_device
 from herd.engine.scheduler import ScheduledRequest, SchedulerOutput
 from herd.engine.structured import StructuredOutputs
 from herd.model.config import ModelConfig
@@ -38,6 +39,17 @@ class RunnerOutput:
     sampled_logprobs: dict[str, float] = field(default_factory=dict)
     # request id -> logprobs of the prompt positions computed this step (prompt_logprobs)
     prompt_logprobs: dict[str, list[dict[int, float]]] = field(default_factory=dict)
+    # speculative decoding: request id -> its verified drafts (engine/rejection.py)
+    verified: dict[str, Verified] = field(default_factory=dict)
+
+    def tokens_of(self, request_id: str) -> list[Emitted]:
+        """The tokens this step emits for a request, in order (none, one, or verified drafts)."""
+        if request_id in self.verified:
+            return self.verified[request_id].emitted
+        if request_id not in self.sampled:
+            return []
+        lps = self.logprobs[request_id]
+        return [(self.sampled[request_id], lps, self.sampled_logprobs[request_id])]
 
 
 def resolve_dtype(name: str, model_config: ModelConfig, device: torch.device) -> torch.dtype:
@@ -253,13 +265,18 @@ class ModelRunner:
             end = start + s.num_new_tokens
             if s.req.params.prompt_logprobs is not None and s.start < s.req.num_prompt_tokens:
                 prompt_rows.append((s, start, end))
-            if s.samples:
-                rows.append(end - 1)
-                samplers.append(s.req)
+            if s.samples:  # one row, or 1 + k rows when k drafts are verified
+                rows.extend(range(end - 1 - len(s.spec_token_ids), end))
+                samplers.append(s)
             start = end
         if rows:
             logits = self.model.compute_logits(hidden[to_device(rows, torch.long, self.device)])
-            self._sample_logits(samplers, logits, out)
+            if len(rows) == len(samplers):
+                self._sample_logits([s.req for s in samplers], logits, out)
+            else:  # speculative decoding: rejection sampling over the drafts
+                reqs, drafts = [s.req for s in samplers], [s.spec_token_ids for s in samplers]
+                verified = verify_drafts(reqs, drafts, logits, self._sample_rows)
+                out.verified = {r.request_id: v for r, v in zip(reqs, verified, strict=True)}
         for s, a, b in prompt_rows:
             out.prompt_logprobs[s.req.request_id] = self._prompt_logprobs(s, hidden[a:b])
         return out
@@ -267,16 +284,19 @@ class ModelRunner:
     def _sample_logits(
         self, reqs: list[Request], logits: torch.Tensor, out: RunnerOutput
     ) -> RunnerOutput:
-        # Structured outputs: the one place grammar masks touch logits (rows without a grammar
-        # are left alone), before every sampling transform, on the eager and compiled paths.
-        if self.structured is not None:
-            logits = self.structured.mask_logits(logits, reqs)
-        result = self.sampler(logits, reqs)
+        result = self._sample_rows(reqs, logits)
         for i, req in enumerate(reqs):
             out.sampled[req.request_id] = result.token_ids[i]
             out.logprobs[req.request_id] = result.logprobs[i]
             out.sampled_logprobs[req.request_id] = result.sampled_logprobs[i]
         return out
+
+    def _sample_rows(self, reqs: list[Request], logits: torch.Tensor) -> SamplerOutput:
+        # Structured outputs: the one place grammar masks touch logits (rows without a grammar
+        # are left alone), before every sampling transform, on the eager and compiled paths.
+        if self.structured is not None:
+            logits = self.structured.mask_logits(logits, reqs)
+        return self.sampler(logits, reqs)
 
     def _prompt_logprobs(self, s: ScheduledRequest, hidden: torch.Tensor) -> list[dict[int, float]]:
         """Logprobs of prompt tokens start+1 .. (the first prompt token has none)."""

@@ -30,26 +30,35 @@ class ScheduledRequest:
     start: int  # num_computed_tokens before this step: the first position computed
     num_new_tokens: int  # tokens computed this step (a prefill chunk, or 1 for a decode)
     block_ids: list[int]  # the request's block table after allocation
-    token_ids: list[int] | None = None  # the tokens computed (default: from req)
+    token_ids: list[int] | None = None  # the tokens computed (default: from req, then drafts)
     request_id: str = ""
+    # speculative decoding: drafts computed after the known tokens (their KV is rolled back
+    # where rejected); included in num_new_tokens and at the end of token_ids
+    spec_token_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.req is not None:
             self.request_id = self.req.request_id
             if self.token_ids is None:
-                end = self.start + self.num_new_tokens
-                self.token_ids = self.req.all_token_ids[self.start : end]
+                end = self.start + self.num_new_tokens - len(self.spec_token_ids)
+                self.token_ids = self.req.all_token_ids[self.start : end] + self.spec_token_ids
 
     def plain(self) -> "ScheduledRequest":
         """This share without the live request: ints and lists only."""
         return ScheduledRequest(
-            None, self.start, self.num_new_tokens, self.block_ids, self.token_ids, self.request_id
+            None,
+            self.start,
+            self.num_new_tokens,
+            self.block_ids,
+            self.token_ids,
+            self.request_id,
+            self.spec_token_ids,
         )
 
     @property
     def samples(self) -> bool:
         """True when this step reaches the end of the known tokens, so a new token is sampled."""
-        return self.start + self.num_new_tokens == self.req.num_tokens
+        return self.start + self.num_new_tokens >= self.req.num_tokens
 
 
 @dataclass
@@ -109,7 +118,9 @@ class Scheduler:
             req = self.running[i]
             if cutoff is not None and req.priority > cutoff:
                 break  # this step is the higher class's: lower ones wait one step (sorted)
-            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            num_new = min(
+                req.num_tokens + len(req.spec_token_ids) - req.num_computed_tokens, budget
+            )
             fits, did_preempt = self._allocate_or_preempt(req, num_new)
             preempted = preempted or did_preempt
             if fits:
@@ -231,8 +242,13 @@ class Scheduler:
             budget -= num_new
 
     def _scheduled(self, req: Request, num_new: int) -> ScheduledRequest:
+        drafts = req.num_computed_tokens + num_new - req.num_tokens  # > 0: drafts that fit
         return ScheduledRequest(
-            req, req.num_computed_tokens, num_new, self.kv.block_ids(req.request_id)
+            req,
+            req.num_computed_tokens,
+            num_new,
+            self.kv.block_ids(req.request_id),
+            spec_token_ids=req.spec_token_ids[:drafts] if drafts > 0 else [],
         )
 
     def update_from_output(self, out: SchedulerOutput) -> None:

@@ -22,6 +22,15 @@ ENGINE_GAUGES = {
     "kv_usage": ("herd_kv_cache_usage_ratio", "Share of KV cache blocks in use, 0..1"),
     "num_free_blocks": ("herd_kv_cache_free_blocks", "KV blocks free or evictable"),
     "num_total_blocks": ("herd_kv_cache_total_blocks", "KV blocks in the pool"),
+    # speculative decoding (0 when off)
+    "spec_acceptance_rate": (
+        "herd_spec_acceptance_rate",
+        "Share of speculative draft tokens accepted since start, 0..1",
+    ),
+    "spec_num_tokens": (
+        "herd_spec_num_speculative_tokens",
+        "Drafts per sequence the adaptive policy chose for the latest step (0: off)",
+    ),
 }
 # stats() key -> (metric name without _total, help); counters count from the end of warm-up.
 ENGINE_COUNTERS = {
@@ -33,6 +42,8 @@ ENGINE_COUNTERS = {
     "preemptions": ("herd_preemptions", "Requests preempted because KV blocks ran out"),
     "prompt_tokens": ("herd_prompt_tokens", "Prompt tokens processed (prefill)"),
     "generation_tokens": ("herd_generation_tokens", "Tokens generated"),
+    "spec_proposed_tokens": ("herd_spec_proposed_tokens", "Speculative draft tokens verified"),
+    "spec_accepted_tokens": ("herd_spec_accepted_tokens", "Speculative draft tokens accepted"),
 }
 # KV tiers (stats()["kv_tiers"][tier] key -> metric, help), labelled by tier (host, disk).
 TIER_GAUGES = {
