@@ -184,6 +184,7 @@ class EngineConfig:
             # Each rank would run the step's kv_copies on its own shard: not wired yet.
             raise ValueError("KV tiers do not work with tensor_parallel_size > 1 yet")
 
+    @property
     def speculative(self) -> SpeculativeConfig | None:
         """`speculative_config` parsed (None: speculation off)."""
         return parse_speculative(self.speculative_config)
