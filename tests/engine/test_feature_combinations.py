@@ -1,0 +1,50 @@
+"""Features that meet in one step keep transformers' greedy tokens together: speculative drafts
+with KV tiers under a pool too small for the load (drafts, preemption, eviction and restores in
+the same steps), and speculative drafts across two tensor-parallel ranks (drafts travel in the
+plain-data step message)."""
+
+from herd import LLM, SamplingParams
+from tests.engine.conftest import MAX_TOKENS
+
+GREEDY = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "adaptive": False}
+
+
+def greedy(llm: LLM, prompt_ids: list[list[int]]) -> list[list[int]]:
+    outs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], GREEDY)
+    return [o.outputs[0].token_ids for o in outs]
+
+
+def test_speculation_with_kv_tiers_under_a_tiny_pool(model_dirs, hf_reference):
+    prompt_ids, expected = hf_reference["gqa"]
+    llm = LLM(
+        model_dirs["gqa"],
+        dtype="float32",
+        block_size=4,
+        num_kv_blocks=20,
+        kv_offload_bytes=200_000,
+        kv_swap_policy="swap",
+        speculative_config=NGRAM,
+    )
+    for order in (prompt_ids, prompt_ids[::-1]):
+        assert greedy(llm, order) == [expected[prompt_ids.index(p)] for p in order]
+    stats = llm.stats()
+    assert stats["preemptions"] > 0
+    assert stats["spec_proposed_tokens"] > 0
+    assert stats["kv_tiers"]["restored_blocks"] > 0
+
+
+def test_speculation_across_two_tensor_parallel_ranks(model_dirs, hf_reference):
+    prompt_ids, expected = hf_reference["tied_llama3"]
+    llm = LLM(
+        str(model_dirs["tied_llama3"]),
+        dtype="float32",
+        device="cpu",
+        tensor_parallel_size=2,
+        speculative_config=NGRAM,
+    )
+    try:
+        assert greedy(llm, prompt_ids) == expected
+        assert llm.stats()["spec_proposed_tokens"] > 0
+    finally:
+        llm.engine.close()
