@@ -20,14 +20,14 @@ from typing import Any
 import torch
 
 from herd.engine.outputs import TokenLogprobs
-from herd.engine.request import Request
+from herd.engine.request import Request, TokenCounts
 from herd.engine.sampler import SamplerOutput
 
 # (token, its top logprobs when asked, its logprob): one emitted token
 Emitted = tuple[int, TokenLogprobs | None, float]
 
 
-class RowView:
+class RowView(TokenCounts):
     """A request as the sampler sees it at one draft position: its tokens plus the first `j`
     drafts, so penalties, min_tokens and the seeded noise's position are those the
     non-speculative engine would have at that point."""
@@ -40,18 +40,6 @@ class RowView:
         self.request_id = req.request_id
         self.all_token_ids = req.all_token_ids + drafts if drafts else req.all_token_ids
         self.num_prompt_tokens = req.num_prompt_tokens
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.all_token_ids)
-
-    @property
-    def output_token_ids(self) -> list[int]:
-        return self.all_token_ids[self.num_prompt_tokens :]
-
-    @property
-    def num_output_tokens(self) -> int:
-        return self.num_tokens - self.num_prompt_tokens
 
 
 @dataclass

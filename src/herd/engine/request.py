@@ -34,8 +34,28 @@ FINISH_REASONS = {
 }
 
 
+class TokenCounts:
+    """Counts derived from `all_token_ids` (prompt + output) and `num_prompt_tokens`, for a
+    request and for the views of one the sampler takes (speculative draft positions)."""
+
+    all_token_ids: list[int]
+    num_prompt_tokens: int
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.all_token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.all_token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return self.num_tokens - self.num_prompt_tokens
+
+
 @dataclass(eq=False)
-class Request:
+class Request(TokenCounts):
     """One sequence: `n` > 1 completions are sibling Requests of one parent id.
 
     `all_token_ids` is prompt + output; `num_computed_tokens` of them have KV in the cache.
@@ -66,18 +86,6 @@ class Request:
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_token_ids)
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.all_token_ids)
-
-    @property
-    def output_token_ids(self) -> list[int]:
-        return self.all_token_ids[self.num_prompt_tokens :]
-
-    @property
-    def num_output_tokens(self) -> int:
-        return self.num_tokens - self.num_prompt_tokens
 
     @property
     def sort_key(self) -> tuple[int, float, str]:
