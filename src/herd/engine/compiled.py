@@ -78,10 +78,7 @@ class DecodeGraphs:
         self.fn = torch.compile(self.step, dynamic=False)
 
     def bucket_for(self, n: int) -> int | None:
-        for b in self.buckets:
-            if b >= n:
-                return None if b in self.failed else b
-        return None
+        return bucket_for(self.buckets, self.failed, n)
 
     def run(self, step: StepInputs, kv_cache: torch.Tensor) -> torch.Tensor | None:
         """Logits of the real rows of a decode step padded to its bucket (`InputBuffers`), or
@@ -118,6 +115,15 @@ class DecodeGraphs:
         for b in self.buckets:
             if b not in self.compiled and b not in self.failed:
                 self.run(self.inputs.prepare([], pad_to=b), kv_cache)
+
+
+def bucket_for(buckets: list[int], failed: set[int], n: int) -> int | None:
+    """The smallest bucket (sorted `buckets`) that holds a batch of n, None when none does or
+    it failed to build: that batch runs eagerly."""
+    for b in buckets:
+        if b >= n:
+            return None if b in failed else b
+    return None
 
 
 def describe_backend(device: torch.device) -> str:

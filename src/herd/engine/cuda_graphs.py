@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from herd.engine.attention import AttentionBackend
+from herd.engine.compiled import bucket_for
 from herd.engine.flex_attention import FlexAttention
 from herd.engine.input_buffers import InputBuffers, StepInputs
 
@@ -52,10 +53,7 @@ class GraphedDecode:
         return isinstance(backend, FlexAttention)
 
     def bucket_for(self, n: int) -> int | None:
-        for b in self.buckets:
-            if b >= n:
-                return None if b in self.failed else b
-        return None
+        return bucket_for(self.buckets, self.failed, n)
 
     def run(self, step: StepInputs, kv_cache: torch.Tensor) -> torch.Tensor | None:
         """Logits of the real rows of a padded decode step."""
