@@ -123,9 +123,12 @@ class TensorParallel:
     def _watch(self) -> None:
         """Says at once when a rank dies, even while the engine is idle; the next step fails
         without touching it."""
-        wait([p.sentinel for p in self.workers])
+        ready = wait([p.sentinel for p in self.workers])
         if not self._closing:
-            self.broken = self._dead()
+            for proc in self.workers:  # its pipe closes before it can be reaped: wait for that
+                if proc.sentinel in ready:
+                    proc.join(timeout=5.0)
+            self.broken = self._dead() or "a tensor-parallel rank exited"
             log.error("%s: the engine cannot run another step", self.broken)
             if self.on_death is not None:
                 self.on_death(self.broken)
