@@ -179,7 +179,7 @@ class ModelRunner:
         buckets = [1 << i for i in range(top.bit_length()) if 1 << i < top] + [top]
         kind = "captured as CUDA graphs" if cuda else "compiled"
         log.info(
-            "decode batches up to %d %s (servers: at start-up; offline: on first use), buckets %s",
+            "decode batches up to %d %s (built at start-up: LLMEngine.compile_decode), buckets %s",
             top,
             kind,
             buckets,
