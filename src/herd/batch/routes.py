@@ -128,13 +128,17 @@ class BatchRoutes:
         rows, more = self.store.files(owner, q.get("purpose"), q.get("after"), limit, order)
         return web.json_response(page([file_object(r) for r in rows], more))
 
-    def _file(self, request: web.Request) -> dict[str, Any]:
+    def _owned(self, request: web.Request, kind: str, lookup: Callable) -> dict[str, Any]:
+        """The caller's file or batch named in the path; another owner's is a 404 like none."""
         owner, _ = self.identify(request)
-        file_id = request.match_info["file_id"]
-        row = self.store.file(owner, file_id)
+        obj_id = request.match_info[f"{kind}_id"]
+        row = lookup(owner, obj_id)
         if row is None:
-            raise not_found("file", file_id)
+            raise not_found(kind, obj_id)
         return row
+
+    def _file(self, request: web.Request) -> dict[str, Any]:
+        return self._owned(request, "file", self.store.file)
 
     async def get_file(self, request: web.Request) -> web.Response:
         return web.json_response(file_object(self._file(request)))
@@ -198,12 +202,7 @@ class BatchRoutes:
         return batch_object(row, self.store.counts(row["id"]))
 
     def _batch(self, request: web.Request) -> dict[str, Any]:
-        owner, _ = self.identify(request)
-        batch_id = request.match_info["batch_id"]
-        row = self.store.batch(owner, batch_id)
-        if row is None:
-            raise not_found("batch", batch_id)
-        return row
+        return self._owned(request, "batch", self.store.batch)
 
     async def list_batches(self, request: web.Request) -> web.Response:
         owner, _ = self.identify(request)
