@@ -37,10 +37,18 @@ print(json.dumps(out))
 """
 
 
-def herd_rounds(path: str, n: int, rounds: int, eager: bool) -> list[float]:
+# herd's batch-1 paths: the fused C++ step (the default), a compiled graph, eager op by op
+HERD = {
+    "herd fused": dict(enforce_eager=True),
+    "herd compiled": dict(enforce_eager=False, fused_decode_max_batch=0),
+    "herd eager": dict(enforce_eager=True, fused_decode_max_batch=0),
+}
+
+
+def herd_rounds(path: str, n: int, rounds: int, **kw) -> list[float]:
     from herd import LLM, SamplingParams
 
-    llm = LLM(path, dtype="bfloat16", enforce_eager=eager, compile_max_batch=1, max_num_seqs=1)
+    llm = LLM(path, dtype="bfloat16", compile_max_batch=1, max_num_seqs=1, **kw)
     params = SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
     llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=8))  # warm-up, compiles
     out = []
@@ -63,16 +71,17 @@ def main() -> None:
     ap.add_argument("--llama-python", required=True, help="python of llama-cpp-python's venv")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--herd", nargs="+", default=list(HERD), choices=list(HERD))
     a = ap.parse_args()
-    results: dict[str, list[float]] = {"llama.cpp": [], "herd eager": [], "herd compiled": []}
+    results: dict[str, list[float]] = {"llama.cpp": [], **{k: [] for k in a.herd}}
     for r in range(a.rounds):
         sides = ["llama.cpp", "herd"] if r % 2 else ["herd", "llama.cpp"]
         for side in sides:
             if side == "llama.cpp":
                 results["llama.cpp"] += llamacpp_rounds(a.llama_python, a.model, a.tokens, 2)
             else:
-                results["herd eager"] += herd_rounds(a.model, a.tokens, 2, eager=True)
-                results["herd compiled"] += herd_rounds(a.model, a.tokens, 2, eager=False)
+                for name in a.herd:
+                    results[name] += herd_rounds(a.model, a.tokens, 2, **HERD[name])
         print(f"round {r + 1}/{a.rounds}: load {os.getloadavg()[0]:.2f}", file=sys.stderr)
     table = {k: {"median_tok_s": sorted(v)[len(v) // 2], "all": v} for k, v in results.items()}
     print(json.dumps(table, indent=1))

@@ -80,7 +80,10 @@ def check_graphs(model_dir, dev: str, tokens: int) -> dict:
     from herd.engine.sampling_params import SamplingParams
 
     greedy = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
-    kw = dict(dtype="float32", num_kv_blocks=256, max_num_seqs=8, device=dev)
+    # fused_decode_max_batch=0: on CPU the fused C++ step would take the batches the graphs are for
+    kw = dict(
+        dtype="float32", num_kv_blocks=256, max_num_seqs=8, device=dev, fused_decode_max_batch=0
+    )
     graphed = LLM(model_dir, enforce_eager=False, cuda_graph_max_batch=8, **kw)
     runner = graphed.engine.runner
     if dev == "cpu":  # no capture off CUDA: the static-buffer step the graphs would replay

@@ -232,7 +232,8 @@ async def test_fallback_pool_answers_under_its_own_name_when_the_main_pool_is_fu
 
         async def one() -> tuple[int, dict]:
             url = running.url + "/v1/completions"
-            async with running.session.post(url, json=completion(running, 48)) as resp:
+            # long enough that the queued ones wait past fallback_after_s however fast decode is
+            async with running.session.post(url, json=completion(running, 400)) as resp:
                 return resp.status, await resp.json()
 
         answers = await asyncio.gather(*(one() for _ in range(6)))

@@ -134,12 +134,16 @@ def describe_backend(device: torch.device) -> str:
     return "Triton kernels"
 
 
-def describe_kernels(backend: AttentionBackend, graphs: Any, device: torch.device, dtype) -> str:
-    """One start-up log line: which attention, compiled or eager decode, the CPU's kernel ISA,
-    threads, the OpenMP runtime and allocator loaded, and the process tuning applied."""
+def describe_kernels(
+    backend: AttentionBackend, graphs: Any, device: torch.device, dtype, fused: Any = None
+) -> str:
+    """One start-up log line: which attention, fused, compiled or eager decode, the CPU's kernel
+    ISA, threads, the OpenMP runtime and allocator loaded, and the process tuning applied."""
     from herd.engine.process_tuning import applied, loaded_runtime
 
     decode = f"{type(graphs).__name__} buckets {graphs.buckets}" if graphs else "eager"
+    if fused is not None:
+        decode = f"{fused.describe()}, above it {decode}"
     parts = [f"attention {backend.describe()}", f"decode steps {decode}", f"{dtype}"]
     if device.type == "cpu":
         parts += [

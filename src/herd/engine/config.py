@@ -105,6 +105,13 @@ class EngineConfig:
         "up to 8 made `herd serve` of SmolLM2 ready in 88 s instead of ~30 s); raise it where "
         "start-up time is cheap (~1.3x at 32, ~1.2x at 64)",
     )
+    # The fused C++ decode step on CPUs (engine/cpu_decoder.py): whole small decode steps in one
+    # native call; measured against eager and compiled steps in benchmarks/RESULTS.md.
+    fused_decode_max_batch: int = setting(
+        16,
+        "CPU only: largest decode batch run as one fused C++ step (all layers in one native call, "
+        "no compiling); larger batches go to compiled graphs or eager steps; 0 turns it off",
+    )
     # KV cache tiers (issue 15): prefix-cache blocks evicted from the pool go to host memory,
     # then disk, and come back on a later hit instead of being recomputed.
     kv_offload_bytes: float | None = setting(
@@ -156,6 +163,7 @@ class EngineConfig:
         _at_least(self, "kv_cache_memory", 1)
         _at_least(self, "max_model_len", 1)
         _at_least(self, "compile_max_batch", 1)
+        _at_least(self, "fused_decode_max_batch", 0)
         self._check_kv_tiers()
         _at_least(self, "cuda_graph_max_batch", 1)
         _at_least(self, "tensor_parallel_size", 1)

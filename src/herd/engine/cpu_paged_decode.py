@@ -1,78 +1,21 @@
-"""Builds and calls the C++ paged decode-attention kernel (`paged_decode.cpp`) on CPUs: compiled on
-first use with the system compiler (g++, as inductor uses), cached under ~/.cache/herd/kernels/
-by source, flags and CPU. It reads K/V straight through the block table, so no padded context is
-copied out of the cache; OpenMP over sequences, float32 accumulation."""
+"""Calls the C++ paged decode-attention kernel (`paged_decode.cpp`, built by `native_build`) on
+CPUs. It reads K/V straight through the block table, so no padded context is copied out of the
+cache; OpenMP over sequences, float32 accumulation."""
 
 import ctypes
-import hashlib
-import logging
-import os
-import shutil
-import subprocess
-import tempfile
-import threading
-from pathlib import Path
 
 import torch
 
 from herd.engine.attention import TorchAttention
+from herd.engine.native_build import load_library
 
-log = logging.getLogger(__name__)
-
-SOURCE = (Path(__file__).parent / "paged_decode.cpp").read_text()
-FLAGS = [
-    "-O3",
-    "-march=native",
-    "-mprefer-vector-width=512",
-    "-fno-math-errno",
-    "-fopenmp",
-    "-shared",
-    "-fPIC",
-    "-std=gnu++17",
-]
 SYMBOLS = {torch.float32: "herd_paged_decode_f32", torch.bfloat16: "herd_paged_decode_bf16"}
-_lock = threading.Lock()
-_lib: list = []  # [CDLL or None] once tried
-
-
-def _cache_path(compiler: str) -> Path:
-    try:
-        cpu = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
-    except (OSError, IndexError):
-        cpu = ""
-    key = hashlib.sha256("\0".join([SOURCE, compiler, *FLAGS, cpu]).encode()).hexdigest()[:16]
-    root = Path(os.environ.get("HERD_KERNEL_CACHE", Path.home() / ".cache/herd/kernels"))
-    return root / f"paged_decode_{key}.so"
-
-
-def _build() -> ctypes.CDLL | None:
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if compiler is None or os.environ.get("HERD_CPU_KERNELS") == "0":
-        return None
-    path = _cache_path(compiler)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            src, so = Path(tmp) / "k.cpp", Path(tmp) / "k.so"
-            src.write_text(SOURCE)
-            subprocess.run([compiler, *FLAGS, str(src), "-o", str(so)], check=True,
-                           capture_output=True, timeout=300)  # fmt: skip
-            os.replace(so, path)  # atomic: replicas building at once never see half a file
-        log.info("built the CPU paged decode kernel: %s", path)
-    return ctypes.CDLL(str(path))
 
 
 def load_kernel() -> ctypes.CDLL | None:
     """The kernel library, built once per process (None if no compiler, `HERD_CPU_KERNELS=0`,
-    or the build failed; the failure is logged and the caller stays on its torch path)."""
-    with _lock:
-        if not _lib:
-            try:
-                _lib.append(_build())
-            except (OSError, subprocess.SubprocessError) as exc:
-                log.warning("CPU paged decode kernel unavailable, using torch's: %s", exc)
-                _lib.append(None)
-        return _lib[0]
+    or the build failed; the caller stays on its torch path)."""
+    return load_library("paged_decode.cpp")
 
 
 def supports(q: torch.Tensor, k_cache: torch.Tensor) -> bool:

@@ -1,0 +1,252 @@
+// Whole decode steps of a Llama model on CPUs, in one native call per step (herd.engine.cpu_decoder
+// builds and calls this file). Small decode batches are bound by streaming the weights once per
+// step; done op by op from Python they lose most of the time to per-op overhead between ~200
+// small GEMVs. Here one OpenMP team runs every layer: each GEMV splits the weight rows over the
+// threads (read once, every batch row per row block), the small elementwise work runs on one
+// thread between barriers, and attention is paged_decode.cpp's kernel over (sequence, KV head).
+// Rounding mirrors the eager bf16 model (each op's output rounded to the activation dtype), so
+// the logits match it to accumulation order; float32 models run in float32 throughout.
+#include "paged_decode.cpp"
+
+#include <omp.h>
+
+#include <type_traits>
+
+struct LayerW {  // one decoder layer's weights (dtype T); biases may be null
+  const void *in_norm, *qkv, *qkv_b, *o, *o_b, *post_norm, *gate_up, *gate_up_b, *down, *down_b;
+};
+
+struct ModelW {  // the model, its KV cache [L, 2, blocks, block_size, Hkv, D] and RoPE tables
+  int64_t hidden, heads, kv_heads, head_dim, inter, vocab, layers, block_size, cache_blocks;
+  float eps, scale;
+  const void *embed, *final_norm, *lm_head;
+  const LayerW* layer;
+  void* kv;
+  const float *cos, *sin;  // [max_positions, D]
+};
+
+struct Step {  // one decode step: a token per sequence
+  const int64_t *ids, *pos, *slots, *table, *lens;
+  int64_t batch, width;
+  float* logits;   // [batch, vocab]
+  float* scratch;  // herd_decoder_scratch_floats(model, batch) floats
+};
+
+template <typename T>
+static inline float rnd(float x) {  // x as the activation dtype holds it
+  T t;
+  put(x, &t);
+  return to_f(t);
+}
+
+// ---- out[m, n] = rnd(bias[n] + x[m, :] . w[n, :]) for rows n in [n0, n1), m < M ----------------
+// One weight row at a time against up to 4 batch rows: the weights are read as one sequential
+// stream (interleaving 4 weight rows halved the bandwidth on a 2-core EPYC). bf16 is widened to
+// float32 on load (faster there than AVX512-BF16 dot products at batch 1: 32 vs 26 GB/s, and the
+// products are exact), two accumulators per batch row; masked loads take any K.
+#if defined(HERD_AVX512)
+static inline __m512 widen(__mmask16 mask, const float* p) { return _mm512_maskz_loadu_ps(mask, p); }
+static inline __m512 widen(__mmask16 mask, const uint16_t* p) {
+  __m256i v = _mm256_maskz_loadu_epi16(mask, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+#endif
+
+template <int MT, typename T>
+static inline void dot_row(const T* x, int64_t K, const T* w, float* out) {
+#if defined(HERD_AVX512)
+  __m512 a[MT], b[MT];
+  for (int m = 0; m < MT; m++) a[m] = b[m] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    const __m512 w0 = widen(0xffff, w + k), w1 = widen(0xffff, w + k + 16);
+    for (int m = 0; m < MT; m++) {
+      a[m] = _mm512_fmadd_ps(w0, widen(0xffff, x + m * K + k), a[m]);
+      b[m] = _mm512_fmadd_ps(w1, widen(0xffff, x + m * K + k + 16), b[m]);
+    }
+  }
+  for (; k < K; k += 16) {
+    const __mmask16 mask = K - k >= 16 ? 0xffff : (1u << (K - k)) - 1;
+    const __m512 wv = widen(mask, w + k);
+    for (int m = 0; m < MT; m++) a[m] = _mm512_fmadd_ps(wv, widen(mask, x + m * K + k), a[m]);
+  }
+  for (int m = 0; m < MT; m++) out[m] = _mm512_reduce_add_ps(_mm512_add_ps(a[m], b[m]));
+#else
+  for (int m = 0; m < MT; m++) {  // portable: the compiler vectorises the reduction (omp simd)
+    float s = 0.f;
+    const T* xm = x + m * K;
+#pragma omp simd reduction(+ : s)
+    for (int64_t k = 0; k < K; k++) s += to_f(xm[k]) * to_f(w[k]);
+    out[m] = s;
+  }
+#endif
+}
+
+template <typename T, typename O>
+static void linear(const T* x, int64_t M, const void* w, const void* bias, int64_t K, int64_t n0,
+                   int64_t n1, O* out, int64_t ldo) {
+  const T *wt = (const T*)w, *bt = (const T*)bias;
+  float acc[4];
+  for (int64_t n = n0; n < n1; n++)
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {  // the row stays in L1 for every 4 batch rows
+      const int64_t mt = std::min<int64_t>(4, M - m0);
+      const T *xm = x + m0 * K, *wn = wt + n * K;
+      switch (mt) {
+        case 4: dot_row<4>(xm, K, wn, acc); break;
+        case 3: dot_row<3>(xm, K, wn, acc); break;
+        case 2: dot_row<2>(xm, K, wn, acc); break;
+        default: dot_row<1>(xm, K, wn, acc);
+      }
+      const float b = bt ? to_f(bt[n]) : 0.f;
+      for (int64_t m = 0; m < mt; m++) put(rnd<T>(acc[m] + b), out + (m0 + m) * ldo + n);
+    }
+}
+
+static inline void span(int64_t N, int tid, int nt, int64_t& n0, int64_t& n1) {
+  const int64_t per = (N + nt - 1) / nt;
+  n0 = std::min(N, tid * per);
+  n1 = std::min(N, n0 + per);
+}
+
+// ---- the small elementwise steps (one thread) -------------------------------------------------
+template <typename T>  // out = w * rnd(x / rms(x)), as the eager RMSNorm
+static void rmsnorm(const float* x, const void* w, int64_t H, float eps, T* out) {
+  float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+  for (int64_t k = 0; k < H; k++) ss += x[k] * x[k];
+  const float inv = 1.f / std::sqrt(ss / H + eps);
+  for (int64_t k = 0; k < H; k++) put(to_f(((const T*)w)[k]) * rnd<T>(x[k] * inv), out + k);
+}
+
+template <typename T>  // rotate q and k heads of one token (half-split layout) in place
+static void rope(T* x, int64_t heads, int64_t D, const float* cos, const float* sin) {
+  const int64_t half = D / 2;
+  float c[512], s[512], v[512];  // head_dim <= 512 (checked by cpu_decoder.py)
+  for (int64_t d = 0; d < D; d++) c[d] = rnd<T>(cos[d]), s[d] = rnd<T>(sin[d]);
+  for (int64_t h = 0; h < heads; h++) {
+    T* p = x + h * D;
+    for (int64_t d = 0; d < D; d++) v[d] = to_f(p[d]);
+    for (int64_t d = 0; d < D; d++) {
+      const float rot = d < half ? -v[d + half] : v[d - half];
+      put(rnd<T>(v[d] * c[d]) + rnd<T>(rot * s[d]), p + d);
+    }
+  }
+}
+
+template <typename T>  // SwiGLU of columns [n0, n1): act = rnd(silu(gate)) * up
+static void swiglu(const T* gu, int64_t M, int64_t I, int64_t n0, int64_t n1, T* act) {
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t n = n0; n < n1; n++) {
+      const float g = to_f(gu[m * 2 * I + n]);
+      put(rnd<T>(g / (1.f + std::exp(-g))) * to_f(gu[m * 2 * I + I + n]), act + m * I + n);
+    }
+}
+
+template <typename T>
+static void residual(float* h, const T* add, int64_t n) {  // h = rnd(h + add), as eager's x + y
+  for (int64_t k = 0; k < n; k++) h[k] = rnd<T>(h[k] + to_f(add[k]));
+}
+
+struct Buffers {  // views of the scratch: the residual stream in float32, the rest dtype T
+  float* h;
+  void *xn, *qkv, *att, *out, *gu, *act;
+};
+
+static Buffers carve(const ModelW& m, int64_t B, float* s) {
+  const int64_t H = m.hidden, qkv = (m.heads + 2 * m.kv_heads) * m.head_dim;
+  Buffers b;
+  b.h = s;
+  b.xn = s += B * H;
+  b.qkv = s += B * H;
+  b.att = s += B * qkv;
+  b.out = s += B * m.heads * m.head_dim;
+  b.gu = s += B * H;
+  b.act = s += B * 2 * m.inter;
+  return b;
+}
+
+extern "C" int64_t herd_decoder_scratch_floats(const ModelW* m, int64_t B) {
+  return B * (3 * m->hidden + (m->heads + 2 * m->kv_heads) * m->head_dim +
+              m->heads * m->head_dim + 3 * m->inter);
+}
+
+template <typename T>  // rope q and k, then write this step's k and v into the cache
+static void rope_and_store(const ModelW& m, const Step& s, T* qkv, T* kc, T* vc) {
+  const int64_t D = m.head_dim, Hq = m.heads, Hkv = m.kv_heads, row = (Hq + 2 * Hkv) * D;
+  for (int64_t b = 0; b < s.batch; b++) {
+    T* x = qkv + b * row;
+    rope(x, Hq + Hkv, D, m.cos + s.pos[b] * D, m.sin + s.pos[b] * D);
+    std::memcpy(kc + s.slots[b] * Hkv * D, x + Hq * D, Hkv * D * sizeof(T));
+    std::memcpy(vc + s.slots[b] * Hkv * D, x + (Hq + Hkv) * D, Hkv * D * sizeof(T));
+  }
+}
+
+template <typename T>
+static void layer(const ModelW& m, const LayerW& L, const Step& s, T* kc, T* vc, Buffers& b,
+                  int tid, int nt, std::vector<float>& abuf) {
+  const int64_t B = s.batch, H = m.hidden, D = m.head_dim, Hq = m.heads, Hkv = m.kv_heads;
+  const int64_t I = m.inter, NQKV = (Hq + 2 * Hkv) * D;
+  T *xn = (T*)b.xn, *qkv = (T*)b.qkv, *att = (T*)b.att, *out = (T*)b.out, *gu = (T*)b.gu;
+  int64_t n0, n1;
+#pragma omp single
+  for (int64_t r = 0; r < B; r++) rmsnorm(b.h + r * H, L.in_norm, H, m.eps, xn + r * H);
+  span(NQKV, tid, nt, n0, n1);
+  linear(xn, B, L.qkv, L.qkv_b, H, n0, n1, qkv, NQKV);
+#pragma omp barrier
+#pragma omp single
+  rope_and_store(m, s, qkv, kc, vc);
+#pragma omp for collapse(2) schedule(dynamic, 1)
+  for (int64_t r = 0; r < B; r++)
+    for (int64_t g = 0; g < Hkv; g++)
+      attend(qkv + r * NQKV, kc, vc, s.table + r * s.width, s.lens[r], att + r * Hq * D, Hq, Hkv,
+             D, m.block_size, g, g + 1, m.scale, abuf);
+  span(H, tid, nt, n0, n1);
+  linear(att, B, L.o, L.o_b, Hq * D, n0, n1, out, H);
+#pragma omp barrier
+#pragma omp single
+  for (int64_t r = 0; r < B; r++) {
+    residual(b.h + r * H, out + r * H, H);
+    rmsnorm(b.h + r * H, L.post_norm, H, m.eps, xn + r * H);
+  }
+  span(I, tid, nt, n0, n1);  // this thread's gate rows and the matching up rows, then SwiGLU
+  linear(xn, B, L.gate_up, L.gate_up_b, H, n0, n1, gu, 2 * I);
+  linear(xn, B, L.gate_up, L.gate_up_b, H, I + n0, I + n1, gu, 2 * I);
+  swiglu(gu, B, I, n0, n1, (T*)b.act);
+#pragma omp barrier
+  span(H, tid, nt, n0, n1);
+  linear((T*)b.act, B, L.down, L.down_b, I, n0, n1, out, H);
+#pragma omp barrier
+#pragma omp single
+  for (int64_t r = 0; r < B; r++) residual(b.h + r * H, out + r * H, H);
+}
+
+template <typename T>
+static void forward(const ModelW& m, const Step& s, int nthreads) {
+  const int64_t B = s.batch, H = m.hidden, V = m.vocab;
+  Buffers b = carve(m, B, s.scratch);
+  const int64_t half = m.cache_blocks * m.block_size * m.kv_heads * m.head_dim;
+#pragma omp parallel num_threads(nthreads)
+  {
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    std::vector<float> abuf;
+#pragma omp single
+    for (int64_t r = 0; r < B; r++)
+      for (int64_t k = 0; k < H; k++) b.h[r * H + k] = to_f(((const T*)m.embed)[s.ids[r] * H + k]);
+    for (int64_t l = 0; l < m.layers; l++) {
+      T* kc = (T*)m.kv + 2 * l * half;
+      layer<T>(m, m.layer[l], s, kc, kc + half, b, tid, nt, abuf);
+    }
+#pragma omp single
+    for (int64_t r = 0; r < B; r++) rmsnorm(b.h + r * H, m.final_norm, H, m.eps, (T*)b.xn + r * H);
+    int64_t n0, n1;
+    span(V, tid, nt, n0, n1);
+    linear((const T*)b.xn, B, m.lm_head, nullptr, H, n0, n1, s.logits, V);
+  }
+}
+
+extern "C" void herd_decoder_f32(const ModelW* m, const Step* s, int nthreads) {
+  forward<float>(*m, *s, nthreads);
+}
+extern "C" void herd_decoder_bf16(const ModelW* m, const Step* s, int nthreads) {
+  forward<uint16_t>(*m, *s, nthreads);
+}

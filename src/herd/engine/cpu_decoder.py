@@ -1,0 +1,145 @@
+"""`CpuDecoder`: a whole decode step of a small batch as one native call (`cpu_decoder.cpp`, built by
+`native_build`): every layer's GEMVs, RoPE, the paged cache writes, attention and the lm_head run
+in one OpenMP team, so a batch-1 step streams the weights once without ~200 op dispatches around
+small matrix-vector products. The runner uses it for plain decode batches up to
+`fused_decode_max_batch` when the model is a bf16 or float32 Llama on one rank with `CpuAttention`.
+"""
+
+import ctypes
+import logging
+
+import torch
+from torch import nn
+
+from herd.engine.cpu_paged_decode import CpuAttention
+from herd.engine.input_buffers import StepInputs
+from herd.engine.native_build import load_library
+
+log = logging.getLogger(__name__)
+
+SYMBOLS = {torch.float32: "herd_decoder_f32", torch.bfloat16: "herd_decoder_bf16"}
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+LAYER_FIELDS = ("in_norm", "qkv", "qkv_b", "o", "o_b", "post_norm", "gate_up", "gate_up_b", "down",
+                "down_b")  # fmt: skip
+
+
+class _LayerW(ctypes.Structure):
+    _fields_ = [(name, _P) for name in LAYER_FIELDS]
+
+
+class _ModelW(ctypes.Structure):
+    _fields_ = [
+        *[(n, _I) for n in ("hidden", "heads", "kv_heads", "head_dim", "inter", "vocab")],
+        *[(n, _I) for n in ("layers", "block_size", "cache_blocks")],
+        ("eps", ctypes.c_float),
+        ("scale", ctypes.c_float),
+        *[(n, _P) for n in ("embed", "final_norm", "lm_head")],
+        ("layer", ctypes.POINTER(_LayerW)),
+        *[(n, _P) for n in ("kv", "cos", "sin")],
+    ]
+
+
+class _Step(ctypes.Structure):
+    _fields_ = [
+        *[(n, _P) for n in ("ids", "pos", "slots", "table", "lens")],
+        ("batch", _I),
+        ("width", _I),
+        ("logits", _P),
+        ("scratch", _P),
+    ]
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def unsupported(model: nn.Module, dtype: torch.dtype, kv_cache: torch.Tensor, backend) -> str:
+    """Why the fused decoder cannot run this model ('' when it can)."""
+    if not isinstance(backend, CpuAttention) or backend.lib is None:
+        return f"attention backend {type(backend).__name__} (the fused decoder is CpuAttention's)"
+    if kv_cache.device.type != "cpu" or dtype not in SYMBOLS or kv_cache.dtype != dtype:
+        return f"{dtype} weights with a {kv_cache.dtype} cache on {kv_cache.device.type}"
+    if model.shard.size > 1:
+        return "tensor parallelism"
+    if model.config.head_dim > 512 or model.config.head_dim % 2:
+        return f"head_dim {model.config.head_dim}"
+    if getattr(model, "quantization", None):
+        return f"{model.quantization} quantization"
+    linears = [model.lm_head]
+    for layer in model.model.layers:
+        linears += [layer.self_attn.qkv_proj, layer.self_attn.o_proj]
+        linears += [layer.mlp.gate_up_proj, layer.mlp.down_proj]
+    if any(type(m) is not nn.Linear for m in linears):
+        return "projections that are not plain linears"
+    if any(p.dtype != dtype or not p.is_contiguous() for p in model.parameters()):
+        return "weights of mixed dtypes or layouts"
+    return ""
+
+
+class CpuDecoder:
+    """Runs plain decode steps (one new token per sequence) of up to `max_batch` sequences and
+    returns their float32 logits. Writes each step's K/V into `kv_cache` as `CpuAttention` does;
+    the logits equal the eager model's to accumulation order (rounding to the model dtype after
+    every op, as eager does). Build with `create`, which says why when it cannot."""
+
+    def __init__(self, model: nn.Module, kv_cache: torch.Tensor, max_batch: int, lib) -> None:
+        cfg = model.config
+        self.max_batch, self.lib = max_batch, lib
+        self.fn = getattr(lib, SYMBOLS[kv_cache.dtype])
+        self.threads = torch.get_num_threads()
+        rotary = model.model.rotary_emb
+        self.cos, self.sin = rotary.cos.float().contiguous(), rotary.sin.float().contiguous()
+        self.layers = (_LayerW * cfg.num_hidden_layers)(*map(_layer, model.model.layers))
+        self.model = _ModelW(
+            hidden=cfg.hidden_size, heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads,
+            head_dim=cfg.head_dim, inter=cfg.intermediate_size, vocab=cfg.vocab_size,
+            layers=cfg.num_hidden_layers, block_size=kv_cache.shape[3],
+            cache_blocks=kv_cache.shape[2], eps=cfg.rms_norm_eps, scale=cfg.head_dim**-0.5,
+            embed=_ptr(model.model.embed_tokens.weight), final_norm=_ptr(model.model.norm.weight),
+            lm_head=_ptr(model.lm_head.weight), layer=self.layers, kv=_ptr(kv_cache),
+            cos=_ptr(self.cos), sin=_ptr(self.sin),
+        )  # fmt: skip
+        self.kv_cache = kv_cache
+        lib.herd_decoder_scratch_floats.restype = _I
+        floats = lib.herd_decoder_scratch_floats(ctypes.byref(self.model), _I(max_batch))
+        self.scratch = torch.empty(floats, dtype=torch.float32)
+        self.vocab = cfg.vocab_size
+
+    @classmethod
+    def create(cls, model: nn.Module, kv_cache: torch.Tensor, backend, max_batch: int):
+        """A decoder for `model`, or None (logged) when the model or build does not allow one."""
+        if max_batch < 1:
+            return None
+        why = unsupported(model, kv_cache.dtype, kv_cache, backend)
+        lib = None if why else load_library("cpu_decoder.cpp")
+        if lib is None:
+            log.info("fused CPU decode off: %s", why or "the kernel did not build")
+            return None
+        return cls(model, kv_cache, max_batch, lib)
+
+    def describe(self) -> str:
+        return f"fused C++ decode step for batches up to {self.max_batch}"
+
+    def run(self, step: StepInputs, kv_cache: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [B, vocab] of a step of B <= max_batch plain decodes."""
+        assert kv_cache is self.kv_cache and step.decode_table is not None
+        b = step.num_rows
+        logits = torch.empty(b, self.vocab, dtype=torch.float32)
+        args = _Step(
+            ids=_ptr(step.input_ids), pos=_ptr(step.positions), slots=_ptr(step.slot_mapping),
+            table=_ptr(step.decode_table), lens=_ptr(step.seq_lens), batch=b,
+            width=step.decode_table.shape[1], logits=_ptr(logits), scratch=_ptr(self.scratch),
+        )  # fmt: skip
+        self.fn(ctypes.byref(self.model), ctypes.byref(args), ctypes.c_int(self.threads))
+        return logits
+
+
+def _layer(layer: nn.Module) -> _LayerW:
+    attn, mlp = layer.self_attn, layer.mlp
+    return _LayerW(
+        *map(_ptr, (layer.input_layernorm.weight, attn.qkv_proj.weight, attn.qkv_proj.bias,
+                    attn.o_proj.weight, attn.o_proj.bias, layer.post_attention_layernorm.weight,
+                    mlp.gate_up_proj.weight, mlp.gate_up_proj.bias, mlp.down_proj.weight,
+                    mlp.down_proj.bias))
+    )  # fmt: skip
