@@ -14,6 +14,13 @@ from pathlib import Path
 import torch
 from bench_offline import SMALL, make_prompts
 
+# --modes: how a decode step runs (the fused C++ step takes any batch when asked for by name)
+MODES = {
+    "fused": dict(enforce_eager=True, fused_decode_max_batch=256),
+    "eager": dict(enforce_eager=True, fused_decode_max_batch=0),
+    "compiled": dict(enforce_eager=False, fused_decode_max_batch=0),
+}
+
 
 def decode_steps(engine, n: int, cpu: list[float] | None = None) -> list[float]:
     """Wall seconds of each of n steps; their process CPU seconds appended to `cpu`."""
@@ -50,6 +57,7 @@ def main() -> None:
     ap.add_argument("--model-dir")
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--compare", action="store_true", help="eager and compiled, interleaved")
+    ap.add_argument("--modes", nargs="+", choices=list(MODES), help="these, interleaved")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument(
         "--attention-backends",
@@ -69,21 +77,22 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir = Path(args.model_dir or tempfile.mkdtemp(prefix="herd-prof-"))
-    if not (model_dir / "config.json").exists():
+    if model_dir.suffix != ".gguf" and not (model_dir / "config.json").exists():
         write_demo_model(model_dir, **SMALL)
-    modes = [True, False] if args.compare else [args.enforce_eager]
+    modes = args.modes or (["eager", "compiled"] if args.compare else [None])
     engines = {}
     for backend in args.attention_backends:
-        for eager in modes:
+        for mode in modes:
+            kw = MODES[mode] if mode else dict(enforce_eager=args.enforce_eager)
             config = EngineConfig.from_flat(
                 model=str(model_dir),
                 dtype=args.dtype,
-                enforce_eager=eager,
                 num_kv_blocks=2048,
                 compile_max_batch=args.compile_max_batch,
                 attention_backend=backend,
+                **kw,
             )
-            name = f"{backend} {'eager' if eager else 'compiled'}"
+            name = f"{backend} {mode or ('eager' if args.enforce_eager else 'default')}"
             engines[name] = engine = LLMEngine(config)
             start_decoding(engine, args.batch)
     times = {name: [] for name in engines}

@@ -30,7 +30,9 @@ def _reference(q, cache, tables, lens):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
-@pytest.mark.parametrize("hq,hkv,d", [(4, 2, 16), (6, 2, 32), (4, 4, 24), (3, 1, 64)])
+@pytest.mark.parametrize(
+    "hq,hkv,d", [(4, 2, 16), (6, 2, 32), (4, 4, 24), (3, 1, 64), (8, 1, 128), (12, 4, 80)]
+)
 @pytest.mark.parametrize("batch", [1, 3, 17])
 def test_kernel_matches_sdpa_over_the_gathered_context(dtype, tol, hq, hkv, d, batch):
     g = torch.Generator().manual_seed(batch * 100 + d)

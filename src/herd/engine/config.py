@@ -106,9 +106,10 @@ class EngineConfig:
         "start-up time is cheap (~1.3x at 32, ~1.2x at 64)",
     )
     # The fused C++ decode step on CPUs (engine/cpu_decoder.py): whole small decode steps in one
-    # native call; measured against eager and compiled steps in benchmarks/RESULTS.md.
+    # native call. 8: where it still beats eager op-by-op steps on SmolLM2 (40.9 vs 47.1 ms a
+    # step; the ~100M bench model crosses over between 4 and 8; benchmarks/RESULTS.md).
     fused_decode_max_batch: int = setting(
-        16,
+        8,
         "CPU only: largest decode batch run as one fused C++ step (all layers in one native call, "
         "no compiling); larger batches go to compiled graphs or eager steps; 0 turns it off",
     )
