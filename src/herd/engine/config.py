@@ -113,6 +113,13 @@ class EngineConfig:
         "CPU only: largest decode batch run as one fused C++ step (all layers in one native call, "
         "no compiling); larger batches go to compiled graphs or eager steps; 0 turns it off",
     )
+    # oneDNN-prepacked weights on CPU (model/packed_linear.py): the op-by-op steps' matmuls.
+    prepack_weights: bool = setting(
+        True,
+        "CPU, bf16: also keep each linear's weight in oneDNN's blocked layout for op-by-op "
+        "steps (prefill, decode batches above the fused step): matmuls 8-25 percent faster at 64 rows, "
+        "twice the linear weights' memory; false keeps one copy",
+    )
     # KV cache tiers (issue 15): prefix-cache blocks evicted from the pool go to host memory,
     # then disk, and come back on a later hit instead of being recomputed.
     kv_offload_bytes: float | None = setting(

@@ -14,6 +14,7 @@ from torch import nn
 from herd.engine.cpu_paged_decode import CpuAttention
 from herd.engine.input_buffers import StepInputs
 from herd.engine.native_build import load_library
+from herd.model.packed_linear import PackedLinear
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def unsupported(model: nn.Module, dtype: torch.dtype, kv_cache: torch.Tensor, ba
     for layer in model.model.layers:
         linears += [layer.self_attn.qkv_proj, layer.self_attn.o_proj]
         linears += [layer.mlp.gate_up_proj, layer.mlp.down_proj]
-    if any(type(m) is not nn.Linear for m in linears):
+    if any(type(m) not in (nn.Linear, PackedLinear) for m in linears):
         return "projections that are not plain linears"
     if any(p.dtype != dtype or not p.is_contiguous() for p in model.parameters()):
         return "weights of mixed dtypes or layouts"

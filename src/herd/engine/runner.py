@@ -19,6 +19,7 @@ from herd.engine.request import Request
 from herd.engine.sampler import Sampler, SamplerOutput, rank_logprobs, to_device
 from herd.engine.scheduler import ScheduledRequest, SchedulerOutput
 from herd.engine.structured import StructuredOutputs
+from herd.model import packed_linear
 from herd.model.config import ModelConfig
 from herd.model.loader import load_model
 from herd.model.parallel import SINGLE, Shard
@@ -125,6 +126,9 @@ class ModelRunner:
         )
         if self.device.type == "cpu":
             rehome_weights(self.model)  # decode streams them: 2 MiB pages read faster
+            if config.prepack_weights and packed_linear.available():
+                n = packed_linear.pack_linears(self.model)
+                log.info("%d bf16 linears prepacked for oneDNN (prepack_weights)", n)
         self.kv_dtype = KV_DTYPES.get(config.kv_cache_dtype, self.dtype)
         # What /v1/models and herd_model_info report (a pre-quantized checkpoint included).
         self.precision = {

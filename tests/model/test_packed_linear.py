@@ -1,0 +1,55 @@
+"""`PackedLinear` computes what the `nn.Linear` it replaces computes, and the engine gives the same
+bf16 logprobs with weights prepacked or not."""
+
+import pytest
+import torch
+from torch import nn
+
+from herd.engine.llm import LLM
+from herd.engine.sampling_params import SamplingParams
+from herd.model.packed_linear import PackedLinear, available, pack_linears
+
+pytestmark = pytest.mark.skipif(not available(), reason="no oneDNN in this torch build")
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("lead", [(5,), (1,), (2, 3)])
+def test_same_outputs_as_the_plain_linear(bias, lead):
+    torch.manual_seed(0)
+    plain = nn.Linear(96, 80, bias=bias).to(torch.bfloat16)
+    packed = PackedLinear(plain)
+    x = torch.randn(*lead, 96, dtype=torch.bfloat16)
+    torch.testing.assert_close(packed(x), plain(x), atol=0, rtol=0)
+    assert packed.weight is plain.weight  # one parameter: the plain copy stays for its readers
+
+
+def test_only_plain_bf16_linears_are_swapped():
+    model = nn.Sequential(nn.Linear(8, 8).to(torch.bfloat16), nn.Linear(8, 8), nn.ReLU())
+    tied = nn.Linear(8, 8, bias=False).to(torch.bfloat16)
+    model.append(tied)
+    emb = nn.Embedding(8, 8).to(torch.bfloat16)
+    tied.weight = emb.weight
+    assert pack_linears(model) == 2
+    assert [type(m) for m in model] == [PackedLinear, nn.Linear, nn.ReLU, PackedLinear]
+    assert model[3].weight is emb.weight  # tied weights stay tied
+
+
+def test_engine_logprobs_do_not_change(tmp_path):
+    from herd.model.demo import write_demo_model
+
+    model_dir = write_demo_model(tmp_path, tie_word_embeddings=True)
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=2)
+    kw = dict(dtype="bfloat16", num_kv_blocks=64, fused_decode_max_batch=0)
+    outs = []
+    for prepack in (True, False):
+        llm = LLM(model_dir, prepack_weights=prepack, **kw)
+        swapped = any(isinstance(m, PackedLinear) for m in llm.engine.runner.model.modules())
+        assert swapped == prepack
+        got = llm.generate(["Hello there", "Numbers: 0 1 2 3"], params)
+        outs.append([_pairs(o.outputs[0]) for o in got])
+    assert outs[0] == outs[1]
+
+
+def _pairs(completion) -> list[tuple[int, float]]:
+    tokens, logprobs = completion.token_ids, completion.logprobs
+    return [(t, d[t].logprob) for t, d in zip(tokens, logprobs, strict=True)]
