@@ -95,15 +95,13 @@ class EngineConfig:
         "never torch.compile: every step runs eagerly, as vLLM's enforce_eager "
         "(default: false, or true when HERD_ENFORCE_EAGER=1)",
     )
-    # 64: bench_offline's 64 prompts ran 2.4x faster compiled (benchmarks/RESULTS.md).
     compile_max_batch: int = setting(
         1,
         "largest decode batch run through a compiled graph: batches are padded up to a power of "
-        "two no larger (a server compiles them all before it is ready, offline engines on first "
-        "use); larger batches and prefill run eagerly. 1 by default: batch 1 gains most (SmolLM2 "
-        "decode 28 -> 41 tok/s) and each bucket costs ~10-20 s of start-up on 2 cores (buckets "
-        "up to 8 made `herd serve` of SmolLM2 ready in 88 s instead of ~30 s); raise it where "
-        "start-up time is cheap (~1.3x at 32, ~1.2x at 64)",
+        "two no larger (a server compiles them all before it is ready, offline engines when "
+        "built); larger batches and prefill run eagerly. On CPU buckets up to "
+        "fused_decode_max_batch are left to the fused step, so the default 1 compiles nothing; "
+        "each bucket costs ~10-20 s of start-up on 2 cores, 64 buys ~6 percent in bulk",
     )
     # The fused C++ decode step on CPUs (engine/cpu_decoder.py): whole small decode steps in one
     # native call. 8: where it still beats eager op-by-op steps on SmolLM2 (40.9 vs 47.1 ms a
