@@ -88,7 +88,6 @@ class CpuDecoder:
         cfg = model.config
         self.max_batch, self.lib = max_batch, lib
         self.fn = getattr(lib, SYMBOLS[kv_cache.dtype])
-        self.threads = torch.get_num_threads()
         rotary = model.model.rotary_emb
         self.cos, self.sin = rotary.cos.float().contiguous(), rotary.sin.float().contiguous()
         self.layers = (_LayerW * cfg.num_hidden_layers)(*map(_layer, model.model.layers))
@@ -132,7 +131,8 @@ class CpuDecoder:
             table=_ptr(step.decode_table), lens=_ptr(step.seq_lens), batch=b,
             width=step.decode_table.shape[1], logits=_ptr(logits), scratch=_ptr(self.scratch),
         )  # fmt: skip
-        self.fn(ctypes.byref(self.model), ctypes.byref(args), ctypes.c_int(self.threads))
+        threads = ctypes.c_int(torch.get_num_threads())  # as torch's ops use now
+        self.fn(ctypes.byref(self.model), ctypes.byref(args), threads)
         return logits
 
 
