@@ -101,15 +101,17 @@ class TorchAttention(AttentionBackend):
             qpos = torch.arange(ctx - ql, ctx, device=q.device)
             mask = torch.arange(ctx, device=q.device)[None, :] <= qpos[:, None]
             causal = False
+        # A batch of one ([1, H, T, D]): on CPU the 4-D call takes the flash kernel, the 3-D one
+        # the math fallback (a 128-token bf16 prefill: 0.7 vs 1.3 ms).
         out = F.scaled_dot_product_attention(
-            q.transpose(0, 1),
-            k.transpose(0, 1),
-            v.transpose(0, 1),
+            q.transpose(0, 1)[None],
+            k.transpose(0, 1)[None],
+            v.transpose(0, 1)[None],
             attn_mask=mask,
             is_causal=causal,
             enable_gqa=True,
         )
-        return out.transpose(0, 1)
+        return out[0].transpose(0, 1)
 
 
 def store(cache: torch.Tensor, slots: torch.Tensor, x: torch.Tensor) -> None:
