@@ -4,6 +4,7 @@ from the shell."""
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from herd.cli import CliError
 
@@ -52,6 +53,10 @@ def fetch_model(args: argparse.Namespace) -> int:
 
 
 def generate(args: argparse.Namespace) -> int:
+    from herd.engine.process_tuning import maybe_reexec
+
+    if Path(sys.argv[0]).name == "herd":  # the command itself, never a host calling main()
+        maybe_reexec()  # as `herd replica`: tcmalloc / Intel OpenMP preloaded when present
     from herd import SamplingParams
     from herd.cli.config_args import config_values
     from herd.cli.gateway_cmds import default_model
