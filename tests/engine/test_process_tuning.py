@@ -55,3 +55,16 @@ def test_reexec_preloads_what_it_finds_and_the_opt_out_does_not():
     assert applied.startswith("tcmalloc (") and "tcmalloc allocator" in runtime
     applied, runtime = run(HERD_PROCESS_TUNING="0")
     assert applied == "nothing" and "tcmalloc" not in runtime
+
+
+def test_preload_hint_for_a_process_herd_did_not_start(monkeypatch):
+    monkeypatch.setattr(pt, "find_library", lambda part, extra=(): f"/opt/lib/{part}.so")
+    monkeypatch.delenv(pt.APPLIED_ENV, raising=False)
+    monkeypatch.delenv(pt.ENV, raising=False)
+    monkeypatch.setenv("LD_PRELOAD", "")
+    assert pt.preload_hint() == "LD_PRELOAD=/opt/lib/tcmalloc.so:/opt/lib/iomp.so"
+    monkeypatch.setenv(pt.ENV, "0")  # tuning turned off: no hint
+    assert pt.preload_hint() is None
+    monkeypatch.delenv(pt.ENV)
+    monkeypatch.setenv(pt.APPLIED_ENV, "tcmalloc")  # started tuned already
+    assert pt.preload_hint() is None

@@ -135,6 +135,18 @@ def maybe_reexec() -> None:
         print(f"herd: could not re-execute with process tuning: {exc}", file=sys.stderr)
 
 
+def preload_hint() -> str | None:
+    """For a process herd did not start itself (an offline `LLM` in someone's program): the
+    `LD_PRELOAD=...` that would give it the tuning, when this machine has libraries it lacks."""
+    if APPLIED_ENV in os.environ or not sys.platform.startswith("linux"):
+        return None
+    try:
+        t = plan(requested_parts(os.environ), os.environ)
+    except ValueError:
+        return None
+    return "LD_PRELOAD=" + ":".join(t.preload) if t.preload else None
+
+
 def applied() -> str:
     """What this process was started with, for the start-up log."""
     return os.environ.get(APPLIED_ENV, "none")

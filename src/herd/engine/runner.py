@@ -14,6 +14,7 @@ from herd.engine.cpu_decoder import CpuDecoder
 from herd.engine.cuda_graphs import GraphedDecode
 from herd.engine.huge_pages import rehome_weights
 from herd.engine.input_buffers import InputBuffers, StepInputs
+from herd.engine.process_tuning import preload_hint
 from herd.engine.rejection import Emitted, Verified, verify_drafts
 from herd.engine.request import Request
 from herd.engine.sampler import Sampler, SamplerOutput, rank_logprobs, to_device
@@ -170,6 +171,8 @@ class ModelRunner:
         self.graphs = self._decode_graphs()
         kernels = describe_kernels(self.backend, self.graphs, self.device, self.dtype, self.fused)
         log.info("kernels: %s", kernels)
+        if self.device.type == "cpu" and (hint := preload_hint()):
+            log.info("start this process with %s for herd replica's tuning (bulk +17%%)", hint)
 
     def _fused_decoder(self) -> CpuDecoder | None:
         if self.device.type != "cpu":
