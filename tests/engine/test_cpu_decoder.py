@@ -57,10 +57,10 @@ def test_biases(tmp_path):
     assert sizes
 
 
-def _logprobs(llm: LLM) -> list[list[tuple[int, float]]]:
+def _logprobs(llm: LLM, prompts: list[str] = PROMPTS) -> list[list[tuple[int, float]]]:
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=3)
     rows = []
-    for out in llm.generate(PROMPTS, params):
+    for out in llm.generate(prompts, params):
         c = out.outputs[0]
         rows.append([(t, lp[t].logprob) for t, lp in zip(c.token_ids, c.logprobs, strict=True)])
     return rows
@@ -74,6 +74,22 @@ def test_bf16_matches_the_eager_engine(model_dirs):
     )
     assert fused.engine.runner.fused is not None and eager.engine.runner.fused is None
     got, want = _logprobs(fused), _logprobs(eager)
+    for g, w in zip(got, want, strict=True):
+        assert [t for t, _ in g] == [t for t, _ in w]
+        assert [lp for _, lp in g] == pytest.approx([lp for _, lp in w], abs=2e-2)
+
+
+def test_bf16_batch_of_13_matches_the_eager_engine(model_dirs):
+    """13 rows: a full 8-row bf16 tile and a 5-row remainder in every linear."""
+    prompts = [f"{p} ({i})" for i in range(3) for p in PROMPTS][:13]
+    kw = dict(dtype="bfloat16", num_kv_blocks=128, block_size=4, fused_decode_max_batch=16)
+    fused, eager = (
+        LLM(model_dirs["gqa"], **kw),
+        LLM(model_dirs["gqa"], **kw | {"fused_decode_max_batch": 0}),
+    )
+    sizes = _spy(fused)
+    got, want = _logprobs(fused, prompts), _logprobs(eager, prompts)
+    assert max(sizes) == 13
     for g, w in zip(got, want, strict=True):
         assert [t for t, _ in g] == [t for t, _ in w]
         assert [lp for _, lp in g] == pytest.approx([lp for _, lp in w], abs=2e-2)
