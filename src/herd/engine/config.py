@@ -104,8 +104,8 @@ class EngineConfig:
         "each bucket costs ~10-20 s of start-up on 2 cores, 64 buys ~6 percent in bulk",
     )
     # The fused C++ decode step on CPUs (engine/cpu_decoder.py): whole small decode steps in one
-    # native call. 8: where it still beats eager op-by-op steps on SmolLM2 (40.9 vs 47.1 ms a
-    # step; the ~100M bench model crosses over between 4 and 8; benchmarks/RESULTS.md).
+    # native call. 8: it beats eager (prepacked) steps at 8 on SmolLM2 (22.6 vs 32.0 ms) and the
+    # ~100M bench model (14.8 vs 16.0), loses at 12 on both (benchmarks/RESULTS.md).
     fused_decode_max_batch: int = setting(
         8,
         "CPU only: largest decode batch run as one fused C++ step (all layers in one native call, "
