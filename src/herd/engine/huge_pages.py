@@ -6,6 +6,7 @@ just stay on small pages."""
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import sys
 import time
@@ -18,12 +19,17 @@ MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25
 HUGE = 2 << 20
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc
+
+
 def _madvise(addr: int, length: int, advice: int) -> bool:
     if not sys.platform.startswith("linux") or length <= 0:
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return libc.madvise(addr, length, advice) == 0
+    return _libc().madvise(addr, length, advice) == 0
 
 
 def collapse(buf: torch.Tensor) -> int:

@@ -100,6 +100,16 @@ static float exp_row(float* s, int64_t L, float m) {
   return total;
 }
 
+// Each of R score rows (stride L) replaced by its softmax numerators; returns their sums.
+static std::vector<float> softmax_numerators(float* sc, int64_t R, int64_t L) {
+  std::vector<float> sums(R);
+  for (int64_t r = 0; r < R; r++) {
+    float* s = sc + r * L;
+    sums[r] = exp_row(s, L, *std::max_element(s, s + L));
+  }
+  return sums;
+}
+
 template <typename T>
 static void prefetch_block(const T* cache, int64_t block, int64_t row_elems) {
 #ifdef HERD_AVX512
@@ -204,11 +214,7 @@ static void attend_avx512(const T* q, const T* kc, const T* vc, const int64_t* r
   float *qf = buf.data(), *acc = qf + R * D, *part = acc + R * D, *sc = part + R * 256;
   for (int64_t i = 0; i < R * D; i++) qf[i] = to_f(q[h0 * G * D + i]) * scale;
   scores(qf, kc + h0 * D, vc + h0 * D, row, L, bs, tok, D, heads, G, part, sc);
-  std::vector<float> sums(R);
-  for (int64_t r = 0; r < R; r++) {
-    float* s = sc + r * L;
-    sums[r] = exp_row(s, L, *std::max_element(s, s + L));
-  }
+  const std::vector<float> sums = softmax_numerators(sc, R, L);
   for (int64_t r0 = 0; r0 < R; r0 += 4) {  // row groups never straddle two KV heads
     const int64_t h = r0 / G, rg = std::min<int64_t>({4, R - r0, (h + 1) * G - r0});
     const T* v = vc + (h0 + h) * D;
@@ -252,11 +258,7 @@ static void attend(const T* q, const T* kc, const T* vc, const int64_t* row, int
       for (int64_t r = 0; r < R; r++) sc[r * L + t] = dot(qf + r * D, kp + (h0 + r / G) * D, D);
     }
   }
-  std::vector<float> sums(R);
-  for (int64_t r = 0; r < R; r++) {
-    float* s = sc + r * L;
-    sums[r] = exp_row(s, L, *std::max_element(s, s + L));
-  }
+  const std::vector<float> sums = softmax_numerators(sc, R, L);
   for (int64_t blk = 0; blk < nblk; blk++) {
     if (blk + 1 < nblk) prefetch_block(vc, row[blk + 1], bs * tok);
     const int64_t n = std::min(bs, L - blk * bs);
