@@ -2,12 +2,12 @@
 // One query token per sequence attends to its first lens[b] cached tokens, read through the block
 // table: cache [num_blocks, block_size, Hkv, D], q and out [B, Hq, D], GQA groups of G = Hq/Hkv.
 // A task takes one sequence and a range of KV heads; it walks the context token by token, so a
-// token's heads are read together (contiguous) and the next block is prefetched. Scores and
+// token's heads are read together (contiguous) and later tokens are prefetched a token at a time. Scores and
 // accumulation are float32; bf16 is widened on load and rounded to nearest even on store.
 // On AVX-512 (head_dim a multiple of 16) a key is widened once for its head's G query rows, 16
 // tokens' partial sums are reduced together, and the weighted values accumulate in registers,
-// a head at a time from cache: 1.9x faster with the cache hot, ~7% inside a batch-64 step (where
-// the scattered blocks come from DRAM), 1.4x at batch 1 over 2048 tokens.
+// a head at a time from cache: 1.9x faster with the cache hot, 1.4x at batch 1 over 2048 tokens;
+// with the cache cold (a batch-64 step) the spread prefetch took a layer from 1.04 to 0.65 ms.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -110,13 +110,16 @@ static std::vector<float> softmax_numerators(float* sc, int64_t R, int64_t L) {
   return sums;
 }
 
-template <typename T>
-static void prefetch_block(const T* cache, int64_t block, int64_t row_elems) {
+// [p, p + bytes) towards L2, a token's worth at a time: a whole block's prefetches issued at once
+// stalled the thread until they landed (batch 64, 192 tokens: 1.04 ms a layer; spread: 0.65).
+static inline void prefetch_l2(const void* p, int64_t bytes) {
 #ifdef HERD_AVX512
-  const char* p = (const char*)(cache + block * row_elems);
-  for (int64_t off = 0; off < row_elems * (int64_t)sizeof(T); off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+  for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch((const char*)p + off, _MM_HINT_T1);
 #endif
 }
+// How far ahead the keys are prefetched: 16 tokens of all KV heads (8-32 measured the same; a task
+// reading fewer heads goes as many more tokens ahead, which measured ~10% faster at batch 1-4).
+constexpr int64_t PREFETCH_AHEAD = 16;
 
 #ifdef HERD_AVX512
 // The lane sums of 16 vectors as one vector (s[j] = sum of v[j]): a transpose-and-add tree, ~3
@@ -163,13 +166,15 @@ static void weighted_values(const float* p, const T* vc, const int64_t* row, int
 // Scores of all R query rows (qf: scaled float32, stride D; rows of KV heads hb.., G a head) over
 // the context, in one pass: a token's keys for every head are contiguous and read once, each
 // head's slice widened once for its G rows; every 16 tokens the partial vectors are summed
-// together (hsum16). The pass prefetches the next key block and this block's values (for
-// weighted_values' per-head passes, which then read from cache). sc: R rows of stride L.
+// together (hsum16). The pass prefetches the keys PREFETCH_AHEAD tokens on and this token's values
+// (for weighted_values' per-head passes, which then read from L2). sc: R rows of stride L.
 template <typename T>
 static void scores(const float* qf, const T* kc, const T* vc, const int64_t* row, int64_t L,
                    int64_t bs, int64_t tok, int64_t D, int64_t heads, int64_t G, float* part,
                    float* sc) {
   const int64_t R = heads * G, C = D / 16, nblk = (L + bs - 1) / bs;
+  const int64_t span = heads * D * (int64_t)sizeof(T);  // the bytes of a token this task reads
+  const int64_t lead = PREFETCH_AHEAD * tok / (heads * D);
   int64_t blk = 0, off = 0;  // the next token's block and offset in it (no division per token)
   for (int64_t t0 = 0; t0 < L; t0 += 16) {
     const int n = (int)std::min<int64_t>(16, L - t0);
@@ -178,11 +183,10 @@ static void scores(const float* qf, const T* kc, const T* vc, const int64_t* row
         for (int64_t r = 0; r < R; r++) _mm512_storeu_ps(part + (r * 16 + j) * 16, _mm512_setzero_ps());
         continue;
       }
-      if (off == 0) {
-        if (blk + 1 < nblk) prefetch_block(kc, row[blk + 1], bs * tok);
-        prefetch_block(vc, row[blk], bs * tok);
-      }
       const T* kp = kc + (row[blk] * bs + off) * tok;
+      prefetch_l2(vc + (row[blk] * bs + off) * tok, span);
+      const int64_t ahead = off + lead, ab = blk + ahead / bs;
+      if (ab < nblk) prefetch_l2(kc + (row[ab] * bs + ahead % bs) * tok, span);
       if (++off == bs) off = 0, blk++;
       for (int64_t h = 0; h < heads; h++) {
         __m512 kv[16];
@@ -250,7 +254,6 @@ static void attend(const T* q, const T* kc, const T* vc, const int64_t* row, int
     for (int64_t d = 0; d < D; d++) qf[r * D + d] = to_f(q[(h0 * G + r) * D + d]) * scale;
   const int64_t tok = Hkv * D, nblk = (L + bs - 1) / bs;
   for (int64_t blk = 0; blk < nblk; blk++) {
-    if (blk + 1 < nblk) prefetch_block(kc, row[blk + 1], bs * tok);
     const int64_t n = std::min(bs, L - blk * bs);
     for (int64_t j = 0; j < n; j++) {
       const T* kp = kc + (row[blk] * bs + j) * tok;
@@ -260,7 +263,6 @@ static void attend(const T* q, const T* kc, const T* vc, const int64_t* row, int
   }
   const std::vector<float> sums = softmax_numerators(sc, R, L);
   for (int64_t blk = 0; blk < nblk; blk++) {
-    if (blk + 1 < nblk) prefetch_block(vc, row[blk + 1], bs * tok);
     const int64_t n = std::min(bs, L - blk * bs);
     for (int64_t j = 0; j < n; j++) {
       const T* vp = vc + (row[blk] * bs + j) * tok;
