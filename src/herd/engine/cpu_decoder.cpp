@@ -3,9 +3,11 @@
 // step; done op by op from Python they lose most of the time to per-op overhead between ~200
 // small GEMVs. Here one OpenMP team runs every layer: each GEMV splits the weight rows over the
 // threads (read once, every batch row per row block), the small elementwise work runs on one
-// thread between barriers, and attention is paged_decode.cpp's kernel over (sequence, KV head).
+// thread between barriers (cpu_layer_ops.cpp's row functions, which the eager model runs too),
+// and attention is paged_decode.cpp's kernel over (sequence, KV head).
 // Rounding mirrors the eager bf16 model (each op's output rounded to the activation dtype), so
 // the logits match it to accumulation order; float32 models run in float32 throughout.
+#include "cpu_layer_ops.cpp"
 #include "paged_decode.cpp"
 
 #include <omp.h>
@@ -31,13 +33,6 @@ struct Step {  // one decode step: a token per sequence
   float* logits;   // [batch, vocab]
   float* scratch;  // herd_decoder_scratch_floats(model, batch) floats
 };
-
-template <typename T>
-static inline float rnd(float x) {  // x as the activation dtype holds it
-  T t;
-  put(x, &t);
-  return to_f(t);
-}
 
 // ---- out[m, n] = rnd(bias[n] + x[m, :] . w[n, :]) for rows n in [n0, n1), m < M ----------------
 // One weight row at a time against up to 4 batch rows: the weights are read as one sequential
@@ -177,48 +172,8 @@ static inline void span(int64_t N, int tid, int nt, int64_t& n0, int64_t& n1) {
   n1 = std::min(N, n0 + per);
 }
 
-// ---- the small elementwise steps (one thread) -------------------------------------------------
-template <typename T>  // out = w * rnd(x / rms(x)), as the eager RMSNorm
-static void rmsnorm(const float* x, const void* w, int64_t H, float eps, T* out) {
-  float ss = 0.f;
-#pragma omp simd reduction(+ : ss)
-  for (int64_t k = 0; k < H; k++) ss += x[k] * x[k];
-  const float inv = 1.f / std::sqrt(ss / H + eps);
-  for (int64_t k = 0; k < H; k++) put(to_f(((const T*)w)[k]) * rnd<T>(x[k] * inv), out + k);
-}
-
-template <typename T>  // rotate q and k heads of one token (half-split layout) in place
-static void rope(T* x, int64_t heads, int64_t D, const float* cos, const float* sin) {
-  const int64_t half = D / 2;
-  float c[512], s[512], v[512];  // head_dim <= 512 (checked by cpu_decoder.py)
-  for (int64_t d = 0; d < D; d++) c[d] = rnd<T>(cos[d]), s[d] = rnd<T>(sin[d]);
-  for (int64_t h = 0; h < heads; h++) {
-    T* p = x + h * D;
-    for (int64_t d = 0; d < D; d++) v[d] = to_f(p[d]);
-    for (int64_t d = 0; d < D; d++) {
-      const float rot = d < half ? -v[d + half] : v[d - half];
-      put(rnd<T>(v[d] * c[d]) + rnd<T>(rot * s[d]), p + d);
-    }
-  }
-}
-
-template <typename T>  // SwiGLU of columns [n0, n1): act = rnd(silu(gate)) * up
-static void swiglu(const T* gu, int64_t M, int64_t I, int64_t n0, int64_t n1, T* act) {
-  for (int64_t m = 0; m < M; m++)
-    for (int64_t n = n0; n < n1; n++) {
-      const float g = to_f(gu[m * 2 * I + n]);
-      put(rnd<T>(g / (1.f + std::exp(-g))) * to_f(gu[m * 2 * I + I + n]), act + m * I + n);
-    }
-}
-
-template <typename T>
-static void residual(float* h, const T* add, int64_t n) {  // h = rnd(h + add), as eager's x + y
-  for (int64_t k = 0; k < n; k++) h[k] = rnd<T>(h[k] + to_f(add[k]));
-}
-
-struct Buffers {  // views of the scratch: the residual stream in float32, the rest dtype T
-  float* h;
-  void *xn, *qkv, *att, *out, *gu, *act;
+struct Buffers {  // views of the scratch (dtype T), the residual stream h among them
+  void *h, *xn, *qkv, *att, *out, *gu, *act;
 };
 
 static Buffers carve(const ModelW& m, int64_t B, float* s) {
@@ -244,7 +199,7 @@ static void rope_and_store(const ModelW& m, const Step& s, T* qkv, T* kc, T* vc)
   const int64_t D = m.head_dim, Hq = m.heads, Hkv = m.kv_heads, row = (Hq + 2 * Hkv) * D;
   for (int64_t b = 0; b < s.batch; b++) {
     T* x = qkv + b * row;
-    rope(x, Hq + Hkv, D, m.cos + s.pos[b] * D, m.sin + s.pos[b] * D);
+    rope_row(x, Hq + Hkv, D, m.cos + s.pos[b] * D, m.sin + s.pos[b] * D);
     std::memcpy(kc + s.slots[b] * Hkv * D, x + Hq * D, Hkv * D * sizeof(T));
     std::memcpy(vc + s.slots[b] * Hkv * D, x + (Hq + Hkv) * D, Hkv * D * sizeof(T));
   }
@@ -255,10 +210,12 @@ static void layer(const ModelW& m, const LayerW& L, const Step& s, T* kc, T* vc,
                   int tid, int nt, std::vector<float>& abuf) {
   const int64_t B = s.batch, H = m.hidden, D = m.head_dim, Hq = m.heads, Hkv = m.kv_heads;
   const int64_t I = m.inter, NQKV = (Hq + 2 * Hkv) * D;
-  T *xn = (T*)b.xn, *qkv = (T*)b.qkv, *att = (T*)b.att, *out = (T*)b.out, *gu = (T*)b.gu;
+  T *h = (T*)b.h, *xn = (T*)b.xn, *qkv = (T*)b.qkv, *att = (T*)b.att, *out = (T*)b.out;
+  T *gu = (T*)b.gu, *act = (T*)b.act;
+  const T *in_norm = (const T*)L.in_norm, *post_norm = (const T*)L.post_norm;
   int64_t n0, n1;
 #pragma omp single
-  for (int64_t r = 0; r < B; r++) rmsnorm(b.h + r * H, L.in_norm, H, m.eps, xn + r * H);
+  for (int64_t r = 0; r < B; r++) rmsnorm_row(h + r * H, in_norm, H, m.eps, xn + r * H);
   span(NQKV, tid, nt, n0, n1);
   linear(xn, B, L.qkv, L.qkv_b, H, n0, n1, qkv, NQKV);
 #pragma omp barrier
@@ -274,19 +231,20 @@ static void layer(const ModelW& m, const LayerW& L, const Step& s, T* kc, T* vc,
 #pragma omp barrier
 #pragma omp single
   for (int64_t r = 0; r < B; r++) {
-    residual(b.h + r * H, out + r * H, H);
-    rmsnorm(b.h + r * H, L.post_norm, H, m.eps, xn + r * H);
+    add_row(h + r * H, out + r * H, H);
+    rmsnorm_row(h + r * H, post_norm, H, m.eps, xn + r * H);
   }
   span(I, tid, nt, n0, n1);  // this thread's gate rows and the matching up rows, then SwiGLU
   linear(xn, B, L.gate_up, L.gate_up_b, H, n0, n1, gu, 2 * I);
   linear(xn, B, L.gate_up, L.gate_up_b, H, I + n0, I + n1, gu, 2 * I);
-  swiglu(gu, B, I, n0, n1, (T*)b.act);
+  for (int64_t r = 0; r < B; r++)
+    swiglu_row(gu + r * 2 * I + n0, gu + r * 2 * I + I + n0, n1 - n0, act + r * I + n0);
 #pragma omp barrier
   span(H, tid, nt, n0, n1);
-  linear((T*)b.act, B, L.down, L.down_b, I, n0, n1, out, H);
+  linear(act, B, L.down, L.down_b, I, n0, n1, out, H);
 #pragma omp barrier
 #pragma omp single
-  for (int64_t r = 0; r < B; r++) residual(b.h + r * H, out + r * H, H);
+  for (int64_t r = 0; r < B; r++) add_row(h + r * H, out + r * H, H);
 }
 
 template <typename T>
@@ -300,13 +258,14 @@ static void forward(const ModelW& m, const Step& s, int nthreads) {
     std::vector<float> abuf;
 #pragma omp single
     for (int64_t r = 0; r < B; r++)
-      for (int64_t k = 0; k < H; k++) b.h[r * H + k] = to_f(((const T*)m.embed)[s.ids[r] * H + k]);
+      std::memcpy((T*)b.h + r * H, (const T*)m.embed + s.ids[r] * H, H * sizeof(T));
     for (int64_t l = 0; l < m.layers; l++) {
       T* kc = (T*)m.kv + 2 * l * half;
       layer<T>(m, m.layer[l], s, kc, kc + half, b, tid, nt, abuf);
     }
 #pragma omp single
-    for (int64_t r = 0; r < B; r++) rmsnorm(b.h + r * H, m.final_norm, H, m.eps, (T*)b.xn + r * H);
+    for (int64_t r = 0; r < B; r++)
+      rmsnorm_row((T*)b.h + r * H, (const T*)m.final_norm, H, m.eps, (T*)b.xn + r * H);
     int64_t n0, n1;
     span(V, tid, nt, n0, n1);
     linear((const T*)b.xn, B, m.lm_head, nullptr, H, n0, n1, s.logits, V);

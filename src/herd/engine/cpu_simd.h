@@ -1,0 +1,84 @@
+// Scalar and AVX-512 helpers shared by herd's C++ CPU kernels (paged_decode.cpp,
+// cpu_layer_ops.cpp, cpu_decoder.cpp): activations are float32 or bf16 (uint16_t), widened to
+// float32 for arithmetic and rounded to nearest even on store, as torch rounds them.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+static inline float to_f(float x) { return x; }
+static inline float to_f(uint16_t x) {
+  uint32_t u = (uint32_t)x << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+static inline void put(float x, float* o) { *o = x; }
+static inline void put(float x, uint16_t* o) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) { *o = (uint16_t)((u >> 16) | 0x40); return; }  // NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  *o = (uint16_t)(u >> 16);
+}
+
+template <typename T>
+static inline float rnd(float x) {  // x as the activation dtype holds it
+  T t;
+  put(x, &t);
+  return to_f(t);
+}
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define HERD_AVX512 1
+static inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+static inline __m512 load16(const uint16_t* p) {
+  __m256i v = _mm256_loadu_si256((const __m256i*)p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
+// The first n (< 16 allowed) lanes: tails take the same vector arithmetic as whole vectors, so
+// a value's rounding never depends on where a row was split.
+static inline __mmask16 first(int64_t n) { return n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1); }
+static inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+static inline __m512 load16(const uint16_t* p, __mmask16 m) {
+  __m256i v = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+// bf16 bits of 16 floats, rounded to nearest even, NaN kept quiet (as put)
+static inline __m256i bf16_bits(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd));
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+}
+static inline void store16(float* p, __m512 x, __mmask16 m) { _mm512_mask_storeu_ps(p, m, x); }
+static inline void store16(uint16_t* p, __m512 x, __mmask16 m) {
+  _mm256_mask_storeu_epi16(p, m, bf16_bits(x));
+}
+template <typename T>
+static inline __m512 vrnd(__m512 x) {  // rnd of 16 lanes
+  if constexpr (sizeof(T) == 4) return x;
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16_bits(x)), 16));
+}
+
+// e^x: 2^n * p(r), |r| <= ln2/2, degree-6 Taylor (~1 ulp); x below -87 gives ~0, above 88 inf.
+static inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+#endif
