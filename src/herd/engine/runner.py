@@ -11,6 +11,7 @@ from herd.engine.backends import get_backend
 from herd.engine.compiled import DecodeGraphs, describe_backend, describe_kernels
 from herd.engine.config import EngineConfig
 from herd.engine.cpu_decoder import CpuDecoder
+from herd.engine.cpu_layer_ops import use_native_layer_ops
 from herd.engine.cuda_graphs import GraphedDecode
 from herd.engine.huge_pages import rehome_weights
 from herd.engine.input_buffers import InputBuffers, StepInputs
@@ -130,6 +131,8 @@ class ModelRunner:
             if config.prepack_weights and packed_linear.available():
                 n = packed_linear.pack_linears(self.model)
                 log.info("%d bf16 linears prepacked for oneDNN (prepack_weights)", n)
+            if n := use_native_layer_ops(self.model):
+                log.info("%d norms, activations and rotaries run native (cpu_layer_ops.cpp)", n)
         self.kv_dtype = KV_DTYPES.get(config.kv_cache_dtype, self.dtype)
         # What /v1/models and herd_model_info report (a pre-quantized checkpoint included).
         self.precision = {

@@ -48,6 +48,14 @@ class RotaryEmbedding(torch.nn.Module):
         return cos, self.sin[positions].unsqueeze(1).to(dtype)
 
 
+class Rotary(torch.nn.Module):
+    """Applies RoPE to a layer's q and k heads (`apply_rotary`); a module so that a backend can
+    swap in a native version, which may rotate in place."""
+
+    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return apply_rotary(x, cos_sin)
+
+
 def apply_rotary(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Rotate x [T, H, D] (half-split layout, as transformers does). The decoder passes q and k
     heads together ([T, Hq + Hkv, D], one slice of the fused projection): one set of ops a layer.
