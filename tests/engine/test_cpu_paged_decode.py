@@ -58,3 +58,24 @@ def test_engine_with_the_kernel_gives_the_reference_greedy_tokens(model_dirs):
         llm = LLM(model_dirs["gqa"], attention_backend=name, num_kv_blocks=64)
         outs[name] = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params)]
     assert outs["cpu"] == outs["torch"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float8_e4m3fn])
+def test_native_kv_store_writes_what_index_copy_writes(dtype):
+    """K and V as views into a fused QKV row (strided tokens) land in their slots; an fp8 cache
+    goes the torch way (cast first)."""
+    from herd.engine.attention import TorchAttention
+
+    g = torch.Generator().manual_seed(1)
+    hkv, d, t = 2, 8, 5
+    qkv = torch.randn(t, (3 + 2) * hkv * d, generator=g)
+    qkv = qkv.to(dtype if dtype != torch.float8_e4m3fn else torch.bfloat16)
+    k = qkv[:, 3 * hkv * d : 4 * hkv * d].view(t, hkv, d)
+    v = qkv[:, 4 * hkv * d :].view(t, hkv, d)
+    slots = torch.tensor([7, 0, 12, 3, 9])
+    caches = [torch.zeros(4, BS, hkv, d, dtype=dtype) for _ in range(4)]
+    CpuAttention(BS)._store(k, v, caches[0], caches[1], slots)
+    TorchAttention(BS)._store(k, v, caches[2], caches[3], slots)
+    for mine, ref in zip(caches[:2], caches[2:], strict=True):
+        assert torch.equal(mine.view(torch.uint8), ref.view(torch.uint8))
+    assert caches[0].view(torch.uint8).any()

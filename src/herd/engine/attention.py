@@ -62,8 +62,7 @@ class TorchAttention(AttentionBackend):
     enable_gqa on CPU, see shared/notes/fast-path.md). Prefill chunks run one sequence each."""
 
     def forward(self, q, k, v, k_cache, v_cache, meta):
-        store(k_cache, meta.slot_mapping, k)
-        store(v_cache, meta.slot_mapping, v)
+        self._store(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty_like(q)
         nd = meta.num_decodes
         if nd:
@@ -77,6 +76,10 @@ class TorchAttention(AttentionBackend):
             )
             start += ql
         return out
+
+    def _store(self, k, v, k_cache, v_cache, slots) -> None:
+        store(k_cache, slots, k)
+        store(v_cache, slots, v)
 
     def _decode(self, q, k_cache, v_cache, meta):
         b, hq, d = q.shape

@@ -54,6 +54,14 @@ def paged_decode(
     return out
 
 
+def _rows_contiguous(k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Each token's heads one contiguous row (any stride between tokens), on the CPU."""
+    return all(
+        x.device.type == "cpu" and x.shape[0] > 0 and x.stride(2) == 1 and x.stride(1) == x.shape[2]
+        for x in (k, v)
+    )
+
+
 class CpuAttention(TorchAttention):
     """`TorchAttention` whose decodes run the C++ kernel (no padded context gathered); prefill
     chunks, and caches the kernel does not take (fp8, float16), stay on the torch path. Same
@@ -66,6 +74,17 @@ class CpuAttention(TorchAttention):
     def describe(self) -> str:
         kernel = "C++ paged decode kernel" if self.lib else "no C++ kernel: gather + SDPA"
         return f"{type(self).__name__} ({kernel}, prefill SDPA)"
+
+    def _store(self, k, v, k_cache, v_cache, slots) -> None:
+        if not (self.lib is not None and _rows_contiguous(k, v) and k_cache.dtype == k.dtype):
+            return super()._store(k, v, k_cache, v_cache, slots)
+        slots = slots.contiguous().to(torch.int64)
+        size, ptr = k.element_size(), ctypes.c_void_p
+        self.lib.herd_store_kv(
+            ptr(k.data_ptr()), ptr(v.data_ptr()), ctypes.c_int64(k.stride(0) * size),
+            ctypes.c_int64(v.stride(0) * size), ptr(k_cache.data_ptr()), ptr(v_cache.data_ptr()),
+            ptr(slots.data_ptr()), ctypes.c_int64(k.shape[0]), ctypes.c_int64(k[0].numel() * size),
+        )  # fmt: skip
 
     def _decode(self, q, k_cache, v_cache, meta):
         if self.lib is None or not supports(q, k_cache):
