@@ -68,7 +68,9 @@ def test_min_tokens_and_logprobs_row_by_row():
         }
         want.setdefault(tok, (float(raw[i, tok]), int((raw[i] > raw[i, tok]).sum()) + 1))
         got = {t: (lp.logprob, lp.rank) for t, lp in out.logprobs[i].items()}
-        assert got == want  # exact: the same float32 values
+        assert {t: r for t, (_, r) in got.items()} == {t: r for t, (_, r) in want.items()}
+        for t, (v, _) in want.items():  # logits minus their logsumexp: float32 ulps apart
+            assert got[t][0] == pytest.approx(v, rel=1e-6, abs=1e-6)
         assert out.sampled_logprobs[i] == pytest.approx(float(raw[i, tok]))
     assert out.logprobs[2] is None
     assert out.logprobs[1][out.token_ids[1]].rank > 1  # the forced token is not the raw top one
@@ -78,10 +80,11 @@ def test_ranks_read_with_the_ids_equal_ranks_computed_afterwards():
     """The GPU's way (every asked row's rank in the one read back) and the CPU's (a rank only
     for a token outside its top k, computed after the read) give the same logprobs."""
     g = torch.Generator().manual_seed(2)
-    raw = torch.log_softmax(torch.randn(5, VOCAB, generator=g), -1)
+    raw = torch.randn(5, VOCAB, generator=g)
+    lse = torch.logsumexp(raw, -1)
     tokens = torch.tensor([0, 7, 3, 9, 1])  # mostly not the top tokens
     reqs = [_req(SamplingParams(logprobs=k), [1], []) for k in (0, 2, None, 4, 1)]
-    now, later = _read_back(raw, tokens, reqs, True), _read_back(raw, tokens, reqs, False)
+    now, later = _read_back(raw, lse, tokens, reqs, True), _read_back(raw, lse, tokens, reqs, False)
     assert now.token_ids == later.token_ids and now.sampled_logprobs == later.sampled_logprobs
 
     def ranked(out):  # Logprob compares as a float: spell the ranks out
@@ -90,3 +93,15 @@ def test_ranks_read_with_the_ids_equal_ranks_computed_afterwards():
 
     assert ranked(now) == ranked(later)
     assert [lp.rank for lp in now.logprobs[0].values()] == [int((raw[0] > raw[0, 0]).sum()) + 1]
+
+
+@pytest.mark.parametrize("rows,vocab", [(64, 16384), (3, 37), (1, 5)])
+def test_native_argmax_and_logsumexp_are_torchs(rows, vocab):
+    from herd.engine.sampler import argmax_logsumexp
+
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(rows, vocab, generator=g) * 10
+    logits[0, vocab // 2] = logits[0, vocab - 1] = 1e4  # a tie: the first index wins, as torch's
+    best, lse = argmax_logsumexp(logits)
+    assert best.tolist() == logits.argmax(-1).tolist()
+    torch.testing.assert_close(lse, torch.logsumexp(logits, -1), rtol=1e-6, atol=1e-5)

@@ -12,10 +12,12 @@ asynchronous copies, every transform runs over all its rows at once, and the ste
 (ids, logprobs, top logprobs and ranks) come back in one device-to-host read.
 """
 
+import ctypes
 from dataclasses import dataclass
 
 import torch
 
+from herd.engine.native_build import load_library
 from herd.engine.outputs import Logprob
 from herd.engine.request import Request
 
@@ -74,18 +76,19 @@ class Sampler:
 
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, reqs: list[Request]) -> SamplerOutput:
-        raw_logprobs = torch.log_softmax(logits, dim=-1)
+        raw = logits
+        best, lse = argmax_logsumexp(raw)  # the raw distribution's argmax and normaliser
         rows = _Rows.of(reqs)
         logits = _apply_logit_bias(logits, reqs, rows.bias)
         logits = _apply_penalties(logits, reqs, rows.penalty)
         logits = self._apply_min_tokens(logits, reqs, rows.min_tokens)
-        tokens = logits.argmax(dim=-1)
+        tokens = best if logits is raw else logits.argmax(dim=-1)
         sampled_rows = rows.sampled
         if sampled_rows:
             idx = to_device(sampled_rows, torch.long, logits.device)
             drawn = self._draw(logits[idx], [reqs[i] for i in sampled_rows])
             tokens[idx] = drawn
-        return _read_back(raw_logprobs, tokens, reqs)
+        return _read_back(raw, lse, tokens, reqs)
 
     def _apply_min_tokens(
         self, logits: torch.Tensor, reqs: list[Request], rows: list[int]
@@ -250,22 +253,44 @@ def _apply_penalties(logits: torch.Tensor, reqs: list[Request], rows: list[int])
     return logits
 
 
+def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's argmax (the first, as torch's) and log-sum-exp. On CPU float32 one native
+    pass (cpu_sampling.cpp: 0.9 ms of torch ops for 64 rows of 16k, measured ~0.1 ms)."""
+    lib = load_library("cpu_sampling.cpp") if logits.device.type == "cpu" else None
+    if lib is None or logits.dtype != torch.float32 or not logits.is_contiguous():
+        return logits.argmax(dim=-1), torch.logsumexp(logits, dim=-1)
+    rows, vocab = logits.shape
+    best = torch.empty(rows, dtype=torch.long)
+    lse = torch.empty(rows)
+    ptr = ctypes.c_void_p
+    lib.herd_argmax_logsumexp(
+        ptr(logits.data_ptr()), ctypes.c_int64(rows), ctypes.c_int64(vocab),
+        ptr(best.data_ptr()), ptr(lse.data_ptr()), ctypes.c_int(torch.get_num_threads()),
+    )  # fmt: skip
+    return best, lse
+
+
 def _read_back(
-    raw: torch.Tensor, tokens: torch.Tensor, reqs: list[Request], ranks_now: bool | None = None
+    raw: torch.Tensor,
+    lse: torch.Tensor,
+    tokens: torch.Tensor,
+    reqs: list[Request],
+    ranks_now: bool | None = None,
 ) -> SamplerOutput:
-    """The step's one device-to-host read: sampled ids, their logprobs and, for rows that asked,
-    the top logprobs, packed into one float64 tensor (ids are exact in it). On a GPU every asked
-    row's rank rides along (a pass over the vocabulary costs microseconds there, a second read
-    far more); on the CPU, where reading costs nothing, only a row whose token is outside its
-    top k computes its rank afterwards (a vocabulary pass per row measured ~1 ms on 2 cores)."""
-    chosen = raw.gather(1, tokens[:, None]).squeeze(1)
+    """The step's one device-to-host read: sampled ids, their logprobs (raw logits minus their
+    row's log-sum-exp) and, for rows that asked, the top logprobs, packed into one float64
+    tensor (ids are exact in it). On a GPU every asked row's rank rides along (a pass over the
+    vocabulary costs microseconds there, a second read far more); on the CPU, where reading
+    costs nothing, only a row whose token is outside its top k computes its rank afterwards (a
+    vocabulary pass per row measured ~1 ms on 2 cores)."""
+    chosen = raw.gather(1, tokens[:, None]).squeeze(1) - lse
     parts = [tokens.double(), chosen.double()]
     asked = [i for i, r in enumerate(reqs) if r.params.logprobs is not None]
     kmax = min(max([reqs[i].params.logprobs for i in asked] or [0]), raw.shape[1])
     ranks_now = raw.is_cuda if ranks_now is None else ranks_now
     if asked:
         idx = slice(None) if len(asked) == len(reqs) else to_device(asked, torch.long, raw.device)
-        sub = raw[idx]
+        sub = raw[idx] - lse[idx, None]  # the asked rows' logprobs
         vals, ids = sub.topk(kmax)
         parts += [vals.double().flatten(), ids.double().flatten()]
         if ranks_now:
