@@ -48,6 +48,9 @@ static inline __m512 load16(const uint16_t* p, __mmask16 m) {
 }
 // bf16 bits of 16 floats, rounded to nearest even, NaN kept quiet (as put)
 static inline __m256i bf16_bits(__m512 x) {
+#if defined(__AVX512BF16__)
+  return (__m256i)_mm512_cvtneps_pbh(x);  // one instruction (denormals flush to zero)
+#endif
   const __m512i u = _mm512_castps_si512(x);
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
   __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd));
