@@ -69,3 +69,20 @@ def test_compiled_decode_steps_keep_structured_outputs(engines):
     for out in got:  # the grammar held on the compiled path: every answer is valid and ended
         assert out.outputs[0].finish_reason == "stop"
         assert set(json.loads(out.outputs[0].text)) == {"a"}
+
+
+def test_bf16_with_prepacked_weights_compiles(model_dirs):
+    """bf16 linears are prepacked (PackedLinear) and the layers' residual adds follow them:
+    inductor must still build every bucket (its linear + add fusion once asserted on them)."""
+    from herd.model.packed_linear import PackedLinear, available
+
+    if not available():
+        pytest.skip("no oneDNN in this torch build")
+    llm = LLM(
+        model_dirs["gqa"], dtype="bfloat16", enforce_eager=False, compile_max_batch=2,
+        fused_decode_max_batch=0, num_kv_blocks=64,
+    )  # fmt: skip
+    runner = llm.engine.runner
+    assert any(isinstance(m, PackedLinear) for m in runner.model.modules())
+    assert runner.graphs.compiled == {1, 2} and not runner.graphs.failed
+    assert len(_tokens(llm, PROMPTS[:2])[1]) == GREEDY.max_tokens

@@ -32,6 +32,10 @@ class PackedLinear(nn.Linear):
         self.register_buffer("packed", packed, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # Inductor's freezing packs the plain weight itself; handed our packed copy, its
+            # linear + add fusion asserts (torch 2.13) and the whole bucket fell back to eager.
+            return super().forward(x)
         rows = x.reshape(-1, self.in_features)
         bias = None if self.bias is None else self.bias.detach()
         out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, bias, "none", [], "")
