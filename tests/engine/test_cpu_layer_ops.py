@@ -109,6 +109,10 @@ def test_what_it_cannot_take_falls_back_to_torch():
     ref = F.silu(gate_up[:, :8]) * gate_up[:, 8:]
     torch.testing.assert_close(swapped(SiluAndMul())(gate_up), ref)
     assert isinstance(norm, NativeRMSNorm)
+    qk = torch.randn(3, 2, 8)
+    one_row = RotaryEmbedding(RopeConfig(), 8, 16)(torch.tensor([5]), torch.float32)  # broadcast
+    ref = apply_rotary(qk.clone(), one_row)
+    torch.testing.assert_close(swapped(Rotary())(qk, one_row), ref)
 
 
 def test_a_swapped_model_still_compiles():

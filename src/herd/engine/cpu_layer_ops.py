@@ -71,10 +71,7 @@ class NativeRotary(Rotary):
 
     def forward(self, x, cos_sin):
         cos, sin = cos_sin
-        ok = _native(x) and x.stride(2) == 1 and x.stride(1) == x.shape[2] and x.shape[2] % 2 == 0
-        if not (
-            ok and cos.dtype == sin.dtype == x.dtype and cos.is_contiguous() and sin.is_contiguous()
-        ):
+        if not _rotatable(x, cos, sin):
             return super().forward(x, cos_sin)
         t, heads, d = x.shape
         getattr(self.lib, f"herd_rope_{SUFFIX[x.dtype]}")(
@@ -83,6 +80,17 @@ class NativeRotary(Rotary):
             ctypes.c_int(torch.get_num_threads()),
         )  # fmt: skip
         return x
+
+
+def _rotatable(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """x's heads contiguous (any row stride), one contiguous cos/sin row per token, one dtype."""
+    t, _, d = x.shape
+    heads_ok = x.stride(2) == 1 and x.stride(1) == d and d % 2 == 0
+    tables_ok = all(
+        c.dtype == x.dtype and c.is_contiguous() and c.numel() == t * d and c.shape[0] == t
+        for c in (cos, sin)
+    )
+    return _native(x) and heads_ok and tables_ok
 
 
 SWAPS = {RMSNorm: NativeRMSNorm, SiluAndMul: NativeSiluAndMul, Rotary: NativeRotary}
