@@ -175,7 +175,7 @@ class ModelRunner:
         kernels = describe_kernels(self.backend, self.graphs, self.device, self.dtype, self.fused)
         log.info("kernels: %s", kernels)
         if self.device.type == "cpu" and (hint := preload_hint()):
-            log.info("start this process with %s for herd replica's tuning (bulk +17%%)", hint)
+            log.info("start this process with %s for herd replica's tuning", hint)
 
     def _fused_decoder(self) -> CpuDecoder | None:
         if self.device.type != "cpu":
