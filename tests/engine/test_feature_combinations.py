@@ -1,7 +1,8 @@
 """Features that meet in one step keep transformers' greedy tokens together: speculative drafts
 with KV tiers under a pool too small for the load (drafts, preemption, eviction and restores in
-the same steps), and speculative drafts across two tensor-parallel ranks (drafts travel in the
-plain-data step message)."""
+the same steps), speculative drafts across two tensor-parallel ranks (drafts travel in the
+plain-data step message), and KV tiers across two ranks (each rank runs rank 0's copies on its
+own shard and tier storage)."""
 
 from herd import LLM, SamplingParams
 from tests.engine.conftest import MAX_TOKENS
@@ -46,5 +47,30 @@ def test_speculation_across_two_tensor_parallel_ranks(model_dirs, hf_reference):
     try:
         assert greedy(llm, prompt_ids) == expected
         assert llm.stats()["spec_proposed_tokens"] > 0
+    finally:
+        llm.engine.close()
+
+
+def test_kv_tiers_across_two_tensor_parallel_ranks(model_dirs, hf_reference, tmp_path):
+    prompt_ids, expected = hf_reference["tied_llama3"]
+    llm = LLM(
+        str(model_dirs["tied_llama3"]),
+        dtype="float32",
+        device="cpu",
+        tensor_parallel_size=2,
+        block_size=4,
+        num_kv_blocks=20,
+        kv_offload_bytes=4 * 4096,
+        kv_disk_path=str(tmp_path),
+        kv_disk_bytes=400_000,
+        kv_swap_policy="swap",
+    )
+    try:
+        for order in (prompt_ids, prompt_ids[::-1]):  # the second round restores from tiers
+            assert greedy(llm, order) == [expected[prompt_ids.index(p)] for p in order]
+        stats = llm.stats()["kv_tiers"]
+        assert stats["restored_blocks"] > 0
+        assert stats["disk"]["used_bytes"] > 0  # the host tier overflowed onto disk
+        assert len(list(tmp_path.iterdir())) == 2  # one file per rank
     finally:
         llm.engine.close()

@@ -120,7 +120,6 @@ def test_disk_tier_is_a_file_of_the_configured_size(tiny_model_dir, tmp_path):
         (dict(kv_offload_bytes=-1), "kv_offload_bytes must be >= 0"),
         (dict(kv_offload_bytes=1 << 20, enable_prefix_caching=False), "enable_prefix_caching"),
         (dict(kv_swap_policy="sometimes"), "kv_swap_policy must be one of"),
-        (dict(kv_offload_bytes=1 << 20, tensor_parallel_size=2), "tensor_parallel_size"),
     ],
 )
 def test_bad_tier_settings_are_refused_by_name(settings, message):

@@ -122,14 +122,17 @@ class EngineConfig:
     # then disk, and come back on a later hit instead of being recomputed.
     kv_offload_bytes: float | None = setting(
         None,
-        "bytes of host memory for KV blocks evicted from the pool (pinned on a GPU; on a CPU "
-        "replica the pool is host memory already, so the disk tier is the one that adds)",
+        "bytes of host memory for KV blocks evicted from the pool, per tensor-parallel rank "
+        "(pinned on a GPU; on a CPU replica the pool is host memory already, so the disk tier "
+        "is the one that adds)",
     )
     kv_disk_path: str | None = setting(
         None, "directory of the disk KV tier's memory-mapped file (needs kv_disk_bytes)"
     )
     kv_disk_bytes: float | None = setting(
-        None, "size of the disk KV tier in bytes: blocks pushed out of the host tier (or the pool)"
+        None,
+        "size of the disk KV tier in bytes, per tensor-parallel rank: blocks pushed out of the "
+        "host tier (or the pool)",
     )
     kv_swap_policy: str = setting(
         "auto",
@@ -194,9 +197,6 @@ class EngineConfig:
                 "KV tiers (kv_offload_bytes, kv_disk_bytes) hold prefix-cache blocks by hash: "
                 "they need enable_prefix_caching"
             )
-        if self.kv_tiers_enabled and self.tensor_parallel_size > 1:
-            # Each rank would run the step's kv_copies on its own shard: not wired yet.
-            raise ValueError("KV tiers do not work with tensor_parallel_size > 1 yet")
 
     @property
     def speculative(self) -> SpeculativeConfig | None:

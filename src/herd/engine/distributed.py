@@ -39,7 +39,8 @@ class TensorParallelError(RuntimeError):
 
 class TensorParallel:
     """Rank 0's handle on the worker ranks: `shard` (this process's slice), `step` (send the
-    step's plain inputs, run rank 0's own forward and sampling, release the workers), `close`.
+    step's plain inputs, run rank 0's own forward and sampling, release the workers),
+    `send_copies` (a step's KV tier copies, for every rank's shard), `close`.
     Promises: a dead or failed rank surfaces as `TensorParallelError` from `step` (every step
     after it too), never a hang past `TIMEOUT_S`; workers never outlive `close` or rank 0."""
 
@@ -115,10 +116,18 @@ class TensorParallel:
             self._check_alive()
             plain = [s.plain() for s in items]
             for conn in self._conns:
-                conn.send(plain)
+                conn.send(("step", plain))
             out = execute(items)
             self.shard.end_step()
             return out
+
+    def send_copies(self, copies: list) -> None:
+        """Has every worker run this step's KV tier copies (`KVCopy`, plain tuples) on its own
+        shard and tier storage, before the step itself (the pipe keeps the order)."""
+        with self.guard():
+            self._check_alive()
+            for conn in self._conns:
+                conn.send(("kv_copies", copies))
 
     def _watch(self) -> None:
         """Says at once when a rank dies, even while the engine is idle; the next step fails

@@ -62,6 +62,7 @@ class TierStorage:
 
     def __init__(self, specs: list[TierSpec], kv_cache: torch.Tensor) -> None:
         shape = (*kv_cache.shape[:2], *kv_cache.shape[3:])  # layers, K/V, block, heads, dim
+        self.specs = specs
         self.block_bytes = kv_cache.dtype.itemsize * int(torch.Size(shape).numel())
         self.stores: dict[str, torch.Tensor] = {}
         self._files = []  # keeps disk files open (and so alive) as long as the storage

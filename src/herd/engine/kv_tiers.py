@@ -199,17 +199,28 @@ def build_kv_tiers(
 ) -> tuple[KVTiers, TierStorage] | None:
     """The configured tiers (None when none is): storage next to the pool, the index for the
     KV cache manager, and a swap policy seeded with copy costs measured now."""
+    storage = build_tier_storage(config, kv_cache)
+    if storage is None:
+        return None
+    specs, block_bytes = storage.specs, storage.block_bytes
+    policy = SwapPolicy(config.block_size, config.kv_swap_policy)
+    for tier, (latency, per_block) in storage.measure(kv_cache, scratch_block).items():
+        policy.copy[tier] = CopyCost(latency, per_block)
+    return KVTiers(specs, block_bytes, policy), storage
+
+
+def build_tier_storage(config: "EngineConfig", kv_cache: "torch.Tensor") -> TierStorage | None:
+    """The configured tiers' storage beside this rank's pool (None when none is configured).
+    Under tensor parallelism every rank builds its own, for its shard of the KV heads: the
+    shards are the same size, so the slot counts, and so every `KVCopy`, agree; the byte
+    settings are per rank."""
     if not config.kv_tiers_enabled:
         return None
     block_bytes = kv_cache.dtype.itemsize * kv_cache[:, :, 0].numel()
     specs = tier_specs(
         config.kv_offload_bytes, config.kv_disk_path, config.kv_disk_bytes, block_bytes
     )
-    storage = TierStorage(specs, kv_cache)
-    policy = SwapPolicy(config.block_size, config.kv_swap_policy)
-    for tier, (latency, per_block) in storage.measure(kv_cache, scratch_block).items():
-        policy.copy[tier] = CopyCost(latency, per_block)
-    return KVTiers(specs, block_bytes, policy), storage
+    return TierStorage(specs, kv_cache)
 
 
 def run_copies(

@@ -189,6 +189,8 @@ class LLMEngine:
             self.outputs.finish(parent, req, RequestStatus.FINISHED_LENGTH)
             touched[parent.request_id] = parent
         if sched.kv_copies:  # tensor parallelism: every rank runs these on its shard
+            if self.tp is not None:
+                self.tp.send_copies(sched.kv_copies)
             run_copies(self.kv_tiers, self.tier_storage, sched.kv_copies, self.runner.kv_cache)
         if sched.scheduled:
             started = time.perf_counter()

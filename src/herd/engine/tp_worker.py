@@ -1,6 +1,7 @@
 """Tensor parallelism, a worker rank's side: the process `herd.engine.distributed` spawns for
-each rank > 0. It loads its slice of the model and KV cache, then runs every step it is sent (plain
-data over a pipe) in lockstep with rank 0, until told to stop or rank 0 goes away.
+each rank > 0. It loads its slice of the model and KV cache (and of the KV tiers), then runs every
+step and tier copy it is sent (plain data over a pipe) in lockstep with rank 0, until told to
+stop or rank 0 goes away.
 """
 
 import logging
@@ -12,6 +13,8 @@ import torch
 import torch.distributed as dist
 
 from herd.engine.config import EngineConfig
+from herd.engine.kv_tier_storage import TierStorage
+from herd.engine.kv_tiers import build_tier_storage
 from herd.engine.runner import ModelRunner
 from herd.model.config import ModelConfig
 from herd.model.parallel import Shard
@@ -56,20 +59,24 @@ def run_worker(spec: WorkerSpec, conn: Connection) -> None:
         model_config = ModelConfig.from_path(config.model)
         shard = Shard(spec.rank, spec.size, spec.device)
         runner = ModelRunner(config, model_config, spec.max_model_len, shard)
-        _follow(runner, conn)
+        _follow(runner, build_tier_storage(config, runner.kv_cache), conn)
     finally:
         dist.destroy_process_group()
 
 
-def _follow(runner: ModelRunner, conn: Connection) -> None:
+def _follow(runner: ModelRunner, storage: TierStorage | None, conn: Connection) -> None:
     while True:
         try:
-            items = conn.recv()  # idle here between steps, however long: no collective waits
+            message = conn.recv()  # idle here between steps, however long: no collective waits
         except EOFError:
             log.info("rank 0 is gone; stopping")
             return
-        if items is None:
+        if message is None:
             return
-        runner.forward(items)
+        kind, payload = message
+        if kind == "kv_copies":  # this rank's shard of the blocks rank 0 moves between tiers
+            storage.run(payload, runner.kv_cache)
+            continue
+        runner.forward(payload)
         with torch.inference_mode():
             runner.model.serve_logits(runner.dtype)
