@@ -16,6 +16,17 @@ def greedy(llm: LLM, prompt_ids: list[list[int]]) -> list[list[int]]:
     return [o.outputs[0].token_ids for o in outs]
 
 
+def two_ranks(model_dirs, **settings) -> LLM:
+    """The tied Llama 3 test model in float32 over two gloo ranks."""
+    return LLM(
+        str(model_dirs["tied_llama3"]),
+        dtype="float32",
+        device="cpu",
+        tensor_parallel_size=2,
+        **settings,
+    )
+
+
 def test_speculation_with_kv_tiers_under_a_tiny_pool(model_dirs, hf_reference):
     prompt_ids, expected = hf_reference["gqa"]
     llm = LLM(
@@ -37,13 +48,7 @@ def test_speculation_with_kv_tiers_under_a_tiny_pool(model_dirs, hf_reference):
 
 def test_speculation_across_two_tensor_parallel_ranks(model_dirs, hf_reference):
     prompt_ids, expected = hf_reference["tied_llama3"]
-    llm = LLM(
-        str(model_dirs["tied_llama3"]),
-        dtype="float32",
-        device="cpu",
-        tensor_parallel_size=2,
-        speculative_config=NGRAM,
-    )
+    llm = two_ranks(model_dirs, speculative_config=NGRAM)
     try:
         assert greedy(llm, prompt_ids) == expected
         assert llm.stats()["spec_proposed_tokens"] > 0
@@ -53,11 +58,8 @@ def test_speculation_across_two_tensor_parallel_ranks(model_dirs, hf_reference):
 
 def test_kv_tiers_across_two_tensor_parallel_ranks(model_dirs, hf_reference, tmp_path):
     prompt_ids, expected = hf_reference["tied_llama3"]
-    llm = LLM(
-        str(model_dirs["tied_llama3"]),
-        dtype="float32",
-        device="cpu",
-        tensor_parallel_size=2,
+    llm = two_ranks(
+        model_dirs,
         block_size=4,
         num_kv_blocks=20,
         kv_offload_bytes=4 * 4096,
