@@ -32,9 +32,9 @@ class NativeRMSNorm(RMSNorm):
     lib: ctypes.CDLL
 
     def forward(self, x, residual=None):
-        if not (_native(x) and x.is_contiguous() and self.weight.dtype == x.dtype):
-            return super().forward(x, residual)
-        if residual is not None and not (residual.is_contiguous() and residual.dtype == x.dtype):
+        operands = [x, self.weight] + ([residual] if residual is not None else [])
+        same = all(t.is_contiguous() and t.dtype == x.dtype for t in operands)
+        if not (_native(x) and same and (residual is None or residual.shape == x.shape)):
             return super().forward(x, residual)
         out = torch.empty_like(x)
         h = x.shape[-1]

@@ -50,13 +50,14 @@ static inline __m512 load16(const uint16_t* p, __mmask16 m) {
 static inline __m256i bf16_bits(__m512 x) {
 #if defined(__AVX512BF16__)
   return (__m256i)_mm512_cvtneps_pbh(x);  // one instruction (denormals flush to zero)
-#endif
+#else
   const __m512i u = _mm512_castps_si512(x);
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
   __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd));
   const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
   r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
   return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+#endif
 }
 static inline void store16(float* p, __m512 x, __mmask16 m) { _mm512_mask_storeu_ps(p, m, x); }
 static inline void store16(uint16_t* p, __m512 x, __mmask16 m) {
