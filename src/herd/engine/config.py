@@ -104,10 +104,11 @@ class EngineConfig:
         "each bucket costs ~10-20 s of start-up on 2 cores, 64 buys ~6 percent in bulk",
     )
     # The fused C++ decode step on CPUs (engine/cpu_decoder.py): whole small decode steps in one
-    # native call. 8: it beats eager (prepacked) steps at 8 on SmolLM2 (22.6 vs 32.0 ms) and the
-    # ~100M bench model (14.8 vs 16.0), loses at 12 on both (benchmarks/RESULTS.md).
+    # native call. 16: since its weight prefetch it beats eager (prepacked) steps at 16 on
+    # SmolLM2 (26.8 vs 32.4 ms) and the ~100M bench model (18.0 vs 20.1), and loses at 24 on the
+    # latter (31.5 vs 23.6; benchmarks/RESULTS.md).
     fused_decode_max_batch: int = setting(
-        8,
+        16,
         "CPU only: largest decode batch run as one fused C++ step (all layers in one native call, "
         "no compiling); larger batches go to compiled graphs or eager steps; 0 turns it off",
     )
