@@ -79,13 +79,29 @@ def test_bf16_matches_the_eager_engine(model_dirs):
         assert [lp for _, lp in g] == pytest.approx([lp for _, lp in w], abs=2e-2)
 
 
-def test_bf16_batch_of_13_matches_the_eager_engine(model_dirs):
-    """13 rows: a full 8-row bf16 tile and a 5-row remainder in every linear."""
+@pytest.fixture(scope="module")
+def odd_model(tmp_path_factory):
+    """Sizes no kernel tile divides: K = 72 and 101 (masked tails of 32-wide dots), and odd
+    spans of gate/up and vocab rows per thread (the two-row tiles leave one row over)."""
+    from herd.model.demo import write_demo_model
+
+    torch.manual_seed(0)
+    return write_demo_model(
+        tmp_path_factory.mktemp("odd"), hidden_size=72, intermediate_size=101, head_dim=18,
+        vocab_size=515,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["gqa", "odd"])
+def test_bf16_batch_of_13_matches_the_eager_engine(model_dirs, odd_model, name):
+    """13 rows: a full 8-row bf16 tile and a 5-row remainder in every linear (two weight rows a
+    tile above 8 batch rows), on the demo model and on one of odd sizes."""
     prompts = [f"{p} ({i})" for i in range(3) for p in PROMPTS][:13]
     kw = dict(dtype="bfloat16", num_kv_blocks=128, block_size=4, fused_decode_max_batch=16)
+    model = odd_model if name == "odd" else model_dirs[name]
     fused, eager = (
-        LLM(model_dirs["gqa"], **kw),
-        LLM(model_dirs["gqa"], **kw | {"fused_decode_max_batch": 0}),
+        LLM(model, **kw),
+        LLM(model, **kw | {"fused_decode_max_batch": 0}),
     )
     sizes = _spy(fused)
     got, want = _logprobs(fused, prompts), _logprobs(eager, prompts)
