@@ -52,7 +52,8 @@ static inline __m512 widen(__mmask16 mask, const uint16_t* p) {
 // cost more than a few instructions (batch 4: 20 GB/s, batch 8: 13). Asking for the line 4 KiB
 // ahead, into L2 (as paged_decode does for K/V), one line per line read, kept 24-30 GB/s up to
 // batch 8 (2 threads, 200 MB of rows: batch 4 9.8 -> 7.0 ms, batch 8 14.7 -> 10.6 ms; 2 and
-// 8 KiB, or into L1, were slower).
+// 8 KiB, or into L1, were slower). Prefetches past the end of a weight are harmless: they never
+// fault.
 static constexpr int64_t WEIGHT_PREFETCH_BYTES = 4096;
 template <typename T>
 static inline void prefetch_weights(const T* p) {
