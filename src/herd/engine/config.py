@@ -104,9 +104,9 @@ class EngineConfig:
         "each bucket costs ~10-20 s of start-up on 2 cores, 64 buys ~6 percent in bulk",
     )
     # The fused C++ decode step on CPUs (engine/cpu_decoder.py): whole small decode steps in one
-    # native call. 16: since its weight prefetch it beats eager (prepacked) steps at 16 on
-    # SmolLM2 (26.8 vs 32.4 ms) and the ~100M bench model (18.0 vs 20.1), and loses at 24 on the
-    # latter (31.5 vs 23.6; benchmarks/RESULTS.md).
+    # native call. 16: since its weight prefetch and two-row tiles it beats eager (prepacked)
+    # steps at 16 on SmolLM2 (26.8 vs 32.4 ms) and the ~100M bench model (16.0 vs 19.0-20.1),
+    # and is only even at 24 on the latter (23.4 vs 24.7; benchmarks/RESULTS.md).
     fused_decode_max_batch: int = setting(
         16,
         "CPU only: largest decode batch run as one fused C++ step (all layers in one native call, "

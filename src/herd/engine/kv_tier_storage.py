@@ -53,6 +53,11 @@ def tier_specs(
     return specs
 
 
+def kv_block_bytes(kv_cache: torch.Tensor) -> int:
+    """Bytes of one pool block across every layer, K and V (what a tier slot holds)."""
+    return kv_cache.dtype.itemsize * kv_cache[:, :, 0].numel()
+
+
 class TierStorage:
     """Owns the tier tensors (host: a CPU tensor, pinned on CUDA; disk: a file of exactly
     `num_slots` blocks, mapped with `torch.from_file`, deleted when the engine goes) and runs
@@ -63,7 +68,7 @@ class TierStorage:
     def __init__(self, specs: list[TierSpec], kv_cache: torch.Tensor) -> None:
         shape = (*kv_cache.shape[:2], *kv_cache.shape[3:])  # layers, K/V, block, heads, dim
         self.specs = specs
-        self.block_bytes = kv_cache.dtype.itemsize * int(torch.Size(shape).numel())
+        self.block_bytes = kv_block_bytes(kv_cache)
         self.stores: dict[str, torch.Tensor] = {}
         self._files = []  # keeps disk files open (and so alive) as long as the storage
         for spec in specs:

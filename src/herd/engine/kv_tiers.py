@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from herd.engine.block_pool import BlockHash, BlockPool, KVBlock
-from herd.engine.kv_tier_storage import DEVICE, KVCopy, TierSpec, TierStorage, tier_specs
+from herd.engine.kv_tier_storage import (
+    DEVICE,
+    KVCopy,
+    TierSpec,
+    TierStorage,
+    kv_block_bytes,
+    tier_specs,
+)
 from herd.engine.swap_policy import CopyCost, SwapPolicy
 
 if TYPE_CHECKING:
@@ -202,11 +209,10 @@ def build_kv_tiers(
     storage = build_tier_storage(config, kv_cache)
     if storage is None:
         return None
-    specs, block_bytes = storage.specs, storage.block_bytes
     policy = SwapPolicy(config.block_size, config.kv_swap_policy)
     for tier, (latency, per_block) in storage.measure(kv_cache, scratch_block).items():
         policy.copy[tier] = CopyCost(latency, per_block)
-    return KVTiers(specs, block_bytes, policy), storage
+    return KVTiers(storage.specs, storage.block_bytes, policy), storage
 
 
 def build_tier_storage(config: "EngineConfig", kv_cache: "torch.Tensor") -> TierStorage | None:
@@ -216,9 +222,8 @@ def build_tier_storage(config: "EngineConfig", kv_cache: "torch.Tensor") -> Tier
     settings are per rank."""
     if not config.kv_tiers_enabled:
         return None
-    block_bytes = kv_cache.dtype.itemsize * kv_cache[:, :, 0].numel()
     specs = tier_specs(
-        config.kv_offload_bytes, config.kv_disk_path, config.kv_disk_bytes, block_bytes
+        config.kv_offload_bytes, config.kv_disk_path, config.kv_disk_bytes, kv_block_bytes(kv_cache)
     )
     return TierStorage(specs, kv_cache)
 
