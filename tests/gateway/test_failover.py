@@ -164,7 +164,10 @@ async def test_backpressure_429_when_full_and_503_when_none_ready(fakes, start_g
     refused = [r for r in results if r[0] == 429]
     assert all(r[1]["Retry-After"] for r in refused)
     fakes[0].control(delay_s=0.0, ready=False)
-    gw.gateway.replicas.set_state(fakes[0].url, ReplicaState.LOADING)
+    # Wait for a probe to see it: forcing the state raced a probe already in flight, whose
+    # "ready" answer put the replica back in rotation.
+    replica = gw.gateway.replicas.get(fakes[0].url)
+    await until(lambda: replica.state is not ReplicaState.READY, 5, "fake0 out of rotation")
     status, headers, body = await gw.post("/v1/chat/completions", chat())
     assert status == 503 and headers["Retry-After"]
     assert json.loads(body)["error"]["code"] == "no_replica"
