@@ -67,7 +67,14 @@ class TorchAttention(AttentionBackend):
         nd = meta.num_decodes
         if nd:
             out[:nd] = self._decode(q[:nd], k_cache, v_cache, meta)
-        start = nd
+        if nd < len(meta.query_lens):
+            self._prefill_chunks(q, k, v, k_cache, v_cache, meta, out)
+        return out
+
+    def _prefill_chunks(self, q, k, v, k_cache, v_cache, meta, out) -> None:
+        """Every prefill chunk of the step (the rows after the decodes) into `out`, a sequence
+        at a time."""
+        start = nd = meta.num_decodes
         for i in range(nd, len(meta.query_lens)):
             ql, ctx = meta.query_lens[i], meta.seq_lens[i]
             sl = slice(start, start + ql)
@@ -75,7 +82,6 @@ class TorchAttention(AttentionBackend):
                 q[sl], k[sl], v[sl], k_cache, v_cache, meta.prefill_block_ids[i - nd], ctx
             )
             start += ql
-        return out
 
     def _store(self, k, v, k_cache, v_cache, slots) -> None:
         store(k_cache, slots, k)

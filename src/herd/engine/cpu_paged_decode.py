@@ -6,6 +6,7 @@ import ctypes
 
 import torch
 
+from herd.engine import cpu_paged_prefill
 from herd.engine.attention import TorchAttention
 from herd.engine.native_build import load_library
 
@@ -63,17 +64,20 @@ def _rows_contiguous(k: torch.Tensor, v: torch.Tensor) -> bool:
 
 
 class CpuAttention(TorchAttention):
-    """`TorchAttention` whose decodes run the C++ kernel (no padded context gathered); prefill
-    chunks, and caches the kernel does not take (fp8, float16), stay on the torch path. Same
+    """`TorchAttention` whose decodes, and on AVX-512 CPUs prefill chunks, run C++ kernels that
+    read the cache through the block tables (no padded context gathered, all of a step's chunks
+    in one call); caches the kernels do not take (fp8, float16) stay on the torch path. Same
     outputs as `TorchAttention` within float32 rounding (bf16: one unit in the last place)."""
 
     def __init__(self, block_size: int) -> None:
         super().__init__(block_size)
         self.lib = load_kernel()
+        self.prefill_lib = cpu_paged_prefill.load_kernel()
 
     def describe(self) -> str:
-        kernel = "C++ paged decode kernel" if self.lib else "no C++ kernel: gather + SDPA"
-        return f"{type(self).__name__} ({kernel}, prefill SDPA)"
+        decode = "C++ paged decode kernel" if self.lib else "no C++ kernel: gather + SDPA"
+        prefill = "C++ paged prefill kernel" if self.prefill_lib else "prefill SDPA"
+        return f"{type(self).__name__} ({decode}, {prefill})"
 
     def _store(self, k, v, k_cache, v_cache, slots) -> None:
         if not (self.lib is not None and _rows_contiguous(k, v) and k_cache.dtype == k.dtype):
@@ -91,3 +95,9 @@ class CpuAttention(TorchAttention):
             return super()._decode(q, k_cache, v_cache, meta)
         table, lens = meta.decode_block_table, meta.decode_seq_lens
         return paged_decode(self.lib, q, k_cache, v_cache, table, lens)
+
+    def _prefill_chunks(self, q, k, v, k_cache, v_cache, meta, out) -> None:
+        lib = self.prefill_lib
+        if lib is None or not (cpu_paged_prefill.supports(q, k_cache) and out.is_contiguous()):
+            return super()._prefill_chunks(q, k, v, k_cache, v_cache, meta, out)
+        cpu_paged_prefill.paged_prefill(lib, q, k_cache, v_cache, meta, out)
