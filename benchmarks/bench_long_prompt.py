@@ -34,8 +34,13 @@ def main() -> None:
           f"{'avx512_bf16' in flags} amx {'amx_bf16' in flags}")  # fmt: skip
     top = max(args.lengths) + 1
     llms = {
-        b: LLM(args.model, dtype=args.dtype, attention_backend=b, max_model_len=top,
-               max_num_batched_tokens=args.max_num_batched_tokens)  # fmt: skip
+        b: LLM(
+            args.model,
+            dtype=args.dtype,
+            attention_backend=b,
+            max_model_len=top,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+        )  # fmt: skip
         for b in args.backends
     }
     vocab = next(iter(llms.values())).engine.runner.model.config.vocab_size

@@ -192,19 +192,22 @@ class PrefillTask {
   // Online softmax over the tile: masked scores (key past the row's position) become zero
   // probabilities; the running max, sum and accumulated values are rescaled lane by lane.
   void softmax(int64_t j0, int64_t nt) {
+    // Below the diagonal every row sees every key of the tile: no masks (padding lanes then
+    // carry finite garbage, never stored).
+    const bool full = j0 + nt - 1 <= first_pos_ + t_.i0;
     for (int64_t rv = 0; rv < NRV_; rv++) {
       const __m512i pos = _mm512_loadu_si512(&w_.pos[rv * 16]);
       const __m512 m = _mm512_loadu_ps(&w_.m[rv * 16]);
       __m512 mt = _mm512_set1_ps(-INFINITY);
       for (int64_t j = 0; j < nt; j++) {
-        const __mmask16 ok = _mm512_cmpge_epi32_mask(pos, _mm512_set1_epi32((int32_t)(j0 + j)));
+        const __mmask16 ok = full ? 0xffff : _mm512_cmpge_epi32_mask(pos, _mm512_set1_epi32((int32_t)(j0 + j)));
         mt = _mm512_mask_max_ps(mt, ok, mt, _mm512_loadu_ps(&w_.sc[(j * NRV_ + rv) * 16]));
       }
       const __m512 mn = _mm512_max_ps(m, mt), alpha = exp16(_mm512_sub_ps(m, mn));
       __m512 sum = _mm512_setzero_ps();
       for (int64_t j = 0; j < nt; j++) {
         float* s = &w_.sc[(j * NRV_ + rv) * 16];
-        const __mmask16 ok = _mm512_cmpge_epi32_mask(pos, _mm512_set1_epi32((int32_t)(j0 + j)));
+        const __mmask16 ok = full ? 0xffff : _mm512_cmpge_epi32_mask(pos, _mm512_set1_epi32((int32_t)(j0 + j)));
         const __m512 p = _mm512_maskz_mov_ps(ok, exp16(_mm512_sub_ps(_mm512_loadu_ps(s), mn)));
         _mm512_storeu_ps(s, p);
         sum = _mm512_add_ps(sum, p);
