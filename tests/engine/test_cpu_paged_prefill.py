@@ -115,3 +115,14 @@ def test_engine_chunked_and_prefix_cached_gives_the_torch_backends_tokens(model_
         got = [lp[t].logprob for lp, t in zip(lps, ids, strict=True)]
         want = [lp[t].logprob for lp, t in zip(ref_lps, ids, strict=True)]
         assert got == pytest.approx(want, abs=1e-4 if dtype == "float32" else 3e-2)
+
+
+def test_a_build_for_cpus_without_avx512_exports_nothing():
+    """So `load_kernel` returns None there and the backend keeps SDPA."""
+    from herd.engine.native_build import FLAGS, load_library
+
+    flags = [f.replace("native", "x86-64-v3") for f in FLAGS if f != "-mprefer-vector-width=512"]
+    lib = load_library("paged_prefill.cpp", flags)
+    if lib is None:
+        pytest.skip("not an x86-64 compiler")
+    assert not hasattr(lib, cpu_paged_prefill.SYMBOLS[torch.bfloat16])
