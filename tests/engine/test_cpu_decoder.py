@@ -81,8 +81,9 @@ def test_bf16_matches_the_eager_engine(model_dirs):
 
 @pytest.fixture(scope="module")
 def odd_model(tmp_path_factory):
-    """Sizes no kernel tile divides: K = 72 and 101 (masked tails of 32-wide dots), and odd
-    spans of gate/up and vocab rows per thread (the two-row tiles leave one row over)."""
+    """Sizes no kernel tile divides: K = 72 and 101 (masked tails of 32-wide dots, an odd input
+    count for the packed pairs), odd spans of gate/up and vocab rows per thread (the two-row
+    tiles leave one row over), output counts no 32-wide packed block divides."""
     from herd.model.demo import write_demo_model
 
     torch.manual_seed(0)
@@ -92,12 +93,14 @@ def odd_model(tmp_path_factory):
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("rows", [13, 25])
 @pytest.mark.parametrize("name", ["gqa", "odd"])
-def test_bf16_batch_of_13_matches_the_eager_engine(model_dirs, odd_model, name):
-    """13 rows: a full 8-row bf16 tile and a 5-row remainder in every linear (two weight rows a
-    tile above 8 batch rows), on the demo model and on one of odd sizes."""
-    prompts = [f"{p} ({i})" for i in range(3) for p in PROMPTS][:13]
-    kw = dict(dtype="bfloat16", num_kv_blocks=128, block_size=4, fused_decode_max_batch=16)
+def test_bf16_batches_of_13_and_25_match_the_eager_engine(model_dirs, odd_model, name, rows):
+    """13 rows: packed tiles of 7 and 6 batch rows (without AVX512-BF16, a full 8-row bf16 tile
+    and a 5-row remainder); 25: three packed groups of 9 and 8. On the demo model and on one of
+    odd sizes (partial output blocks, an odd K)."""
+    prompts = [f"{p} ({i})" for i in range(5) for p in PROMPTS][:rows]
+    kw = dict(dtype="bfloat16", num_kv_blocks=256, block_size=4, fused_decode_max_batch=32)
     model = odd_model if name == "odd" else model_dirs[name]
     fused, eager = (
         LLM(model, **kw),
@@ -105,7 +108,7 @@ def test_bf16_batch_of_13_matches_the_eager_engine(model_dirs, odd_model, name):
     )
     sizes = _spy(fused)
     got, want = _logprobs(fused, prompts), _logprobs(eager, prompts)
-    assert max(sizes) == 13
+    assert max(sizes) == rows
     for g, w in zip(got, want, strict=True):
         assert [t for t, _ in g] == [t for t, _ in w]
         assert [lp for _, lp in g] == pytest.approx([lp for _, lp in w], abs=2e-2)

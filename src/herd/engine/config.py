@@ -103,12 +103,13 @@ class EngineConfig:
         "fused_decode_max_batch are left to the fused step, so the default 1 compiles nothing; "
         "each bucket costs ~10-20 s of start-up on 2 cores, 64 buys ~6 percent in bulk",
     )
-    # The fused C++ decode step on CPUs (engine/cpu_decoder.py): whole small decode steps in one
-    # native call. 16: since its weight prefetch and two-row tiles it beats eager (prepacked)
-    # steps at 16 on SmolLM2 (26.8 vs 32.4 ms) and the ~100M bench model (16.0 vs 19.0-20.1),
-    # and is only even at 24 on the latter (23.4 vs 24.7; benchmarks/RESULTS.md).
+    # The fused C++ decode step on CPUs (engine/cpu_decoder.py): whole decode steps in one
+    # native call. 32: with its weights packed in blocks (bf16) it beats eager (prepacked) steps
+    # at 16-48 on SmolLM2 (16: 18.1 vs 31.9 ms, 32: 40.8 vs 49.9, 48: 62.1 vs 69.8) and at up to
+    # 32 on the ~100M bench model (24: 19.7 vs 22.5, 32: 23.5 vs 29.0), where it is ~5% behind at
+    # 48 (37.4-38.3 vs 36.3-36.4; benchmarks/RESULTS.md).
     fused_decode_max_batch: int = setting(
-        16,
+        32,
         "CPU only: largest decode batch run as one fused C++ step (all layers in one native call, "
         "no compiling); larger batches go to compiled graphs or eager steps; 0 turns it off",
     )

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from herd.engine.cpu_paged_decode import CpuAttention
+from herd.engine.huge_pages import collapse, huge_buffer
 from herd.engine.input_buffers import StepInputs
 from herd.engine.native_build import load_library
 from herd.model.packed_linear import PackedLinear
@@ -25,8 +26,12 @@ LAYER_FIELDS = ("in_norm", "qkv", "qkv_b", "o", "o_b", "post_norm", "gate_up", "
                 "down_b")  # fmt: skip
 
 
+PACKED_FIELDS = ("qkv_p", "o_p", "gate_p", "up_p", "down_p")
+PACK_COLS = 32  # outputs per packed block, as cpu_decoder.cpp packs them
+
+
 class _LayerW(ctypes.Structure):
-    _fields_ = [(name, _P) for name in LAYER_FIELDS]
+    _fields_ = [(name, _P) for name in LAYER_FIELDS + PACKED_FIELDS]
 
 
 class _ModelW(ctypes.Structure):
@@ -35,7 +40,7 @@ class _ModelW(ctypes.Structure):
         *[(n, _I) for n in ("layers", "block_size", "cache_blocks")],
         ("eps", ctypes.c_float),
         ("scale", ctypes.c_float),
-        *[(n, _P) for n in ("embed", "final_norm", "lm_head")],
+        *[(n, _P) for n in ("embed", "final_norm", "lm_head", "lm_head_p")],
         ("layer", ctypes.POINTER(_LayerW)),
         *[(n, _P) for n in ("kv", "cos", "sin")],
     ]
@@ -90,7 +95,10 @@ class CpuDecoder:
         self.fn = getattr(lib, SYMBOLS[kv_cache.dtype])
         rotary = model.model.rotary_emb
         self.cos, self.sin = rotary.cos.float().contiguous(), rotary.sin.float().contiguous()
-        self.layers = (_LayerW * cfg.num_hidden_layers)(*map(_layer, model.model.layers))
+        packs = kv_cache.dtype == torch.bfloat16 and lib.herd_decoder_packs_weights() == 1
+        self.packed = _PackedWeights(model) if packs else None
+        layers = [_layer(layer, self.packed, i) for i, layer in enumerate(model.model.layers)]
+        self.layers = (_LayerW * cfg.num_hidden_layers)(*layers)
         self.model = _ModelW(
             hidden=cfg.hidden_size, heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads,
             head_dim=cfg.head_dim, inter=cfg.intermediate_size, vocab=cfg.vocab_size,
@@ -98,6 +106,7 @@ class CpuDecoder:
             cache_blocks=kv_cache.shape[2], eps=cfg.rms_norm_eps, scale=cfg.head_dim**-0.5,
             embed=_ptr(model.model.embed_tokens.weight), final_norm=_ptr(model.model.norm.weight),
             lm_head=_ptr(model.lm_head.weight), layer=self.layers, kv=_ptr(kv_cache),
+            lm_head_p=self.packed.pointer("lm_head") if self.packed else None,
             cos=_ptr(self.cos), sin=_ptr(self.sin),
         )  # fmt: skip
         self.kv_cache = kv_cache
@@ -119,7 +128,8 @@ class CpuDecoder:
         return cls(model, kv_cache, max_batch, lib)
 
     def describe(self) -> str:
-        return f"fused C++ decode step for batches up to {self.max_batch}"
+        packed = ", bf16 weights packed in blocks" if self.packed else ""
+        return f"fused C++ decode step for batches up to {self.max_batch}{packed}"
 
     def run(self, step: StepInputs, kv_cache: torch.Tensor) -> torch.Tensor:
         """Float32 logits [B, vocab] of a step of B <= max_batch plain decodes."""
@@ -136,11 +146,49 @@ class CpuDecoder:
         return logits
 
 
-def _layer(layer: nn.Module) -> _LayerW:
+def _layer(layer: nn.Module, packed: "_PackedWeights | None", i: int) -> _LayerW:
     attn, mlp = layer.self_attn, layer.mlp
-    return _LayerW(
-        *map(_ptr, (layer.input_layernorm.weight, attn.qkv_proj.weight, attn.qkv_proj.bias,
-                    attn.o_proj.weight, attn.o_proj.bias, layer.post_attention_layernorm.weight,
-                    mlp.gate_up_proj.weight, mlp.gate_up_proj.bias, mlp.down_proj.weight,
-                    mlp.down_proj.bias))
-    )  # fmt: skip
+    plain = map(_ptr, (layer.input_layernorm.weight, attn.qkv_proj.weight, attn.qkv_proj.bias,
+                       attn.o_proj.weight, attn.o_proj.bias, layer.post_attention_layernorm.weight,
+                       mlp.gate_up_proj.weight, mlp.gate_up_proj.bias, mlp.down_proj.weight,
+                       mlp.down_proj.bias))  # fmt: skip
+    blocks = [packed.pointer(f"{i}.{f}") if packed else None for f in PACKED_FIELDS]
+    return _LayerW(*plain, *blocks)
+
+
+def pack(w: torch.Tensor) -> torch.Tensor:
+    """A bf16 [N, K] weight as `cpu_decoder.cpp`'s packed blocks: ceil(N/32) blocks, each holding
+    for every input pair (2k, 2k+1) its 32 outputs' weight pairs, zero-padded: [N/32, K/2, 32, 2]."""
+    n, k = w.shape
+    blocks, pairs = -(-n // PACK_COLS), -(-k // 2)
+    padded = torch.zeros(blocks * PACK_COLS, pairs * 2, dtype=w.dtype)
+    padded[:n, :k] = w
+    return padded.view(blocks, PACK_COLS, pairs, 2).transpose(1, 2)
+
+
+class _PackedWeights:
+    """The fused step's own copy of a bf16 model's projections, packed in blocks for its broadcast
+    kernel, in one buffer backed by huge pages (the step streams it, as the weights). It costs
+    the projections' memory once more; `fused_decode_max_batch=0` goes without."""
+
+    def __init__(self, model: nn.Module) -> None:
+        mats = {"lm_head": model.lm_head.weight.detach()}
+        for i, layer in enumerate(model.model.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            gate, up = mlp.gate_up_proj.weight.detach().chunk(2)
+            mats[f"{i}.qkv_p"] = attn.qkv_proj.weight.detach()
+            mats[f"{i}.o_p"] = attn.o_proj.weight.detach()
+            mats[f"{i}.gate_p"], mats[f"{i}.up_p"] = gate, up
+            mats[f"{i}.down_p"] = mlp.down_proj.weight.detach()
+        shapes = {k: (-(-w.shape[0] // PACK_COLS), -(-w.shape[1] // 2)) for k, w in mats.items()}
+        sizes = {k: b * p * PACK_COLS * 4 for k, (b, p) in shapes.items()}  # 32-bit pairs
+        self.buffer = huge_buffer(sum(sizes.values()))
+        self.views, off = {}, 0
+        for key, w in mats.items():
+            view = self.buffer[off : off + sizes[key]].view(torch.bfloat16)
+            view.view(*shapes[key], PACK_COLS, 2).copy_(pack(w))
+            self.views[key], off = view, off + sizes[key]
+        collapse(self.buffer)
+
+    def pointer(self, key: str) -> int:
+        return self.views[key].data_ptr()

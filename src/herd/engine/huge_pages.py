@@ -40,6 +40,15 @@ def collapse(buf: torch.Tensor) -> int:
     return end - start if _madvise(start, end - start, MADV_COLLAPSE) else 0
 
 
+def huge_buffer(nbytes: int) -> torch.Tensor:
+    """`nbytes` of uninitialised memory (uint8, no pages touched yet) starting on a 2 MiB boundary
+    and advised for huge pages: filled later, its page faults take 2 MiB pages where they can."""
+    buf = torch.empty(nbytes + HUGE, dtype=torch.uint8)
+    off = -(-buf.data_ptr() // HUGE) * HUGE - buf.data_ptr()
+    _madvise(buf.data_ptr() + off, -(-nbytes // HUGE) * HUGE, MADV_HUGEPAGE)
+    return buf[off : off + nbytes]
+
+
 def rehome_weights(model: torch.nn.Module) -> None:
     """Move a CPU model's parameters into one 2 MiB-aligned buffer advised for huge pages, one
     parameter at a time (peak memory: the weights plus the largest one), then collapse what the
@@ -52,9 +61,7 @@ def rehome_weights(model: torch.nn.Module) -> None:
     if total < HUGE:
         return
     t0 = time.perf_counter()
-    buf = torch.empty(total + HUGE, dtype=torch.uint8)  # untouched: no pages yet
-    off = -(-buf.data_ptr() // HUGE) * HUGE - buf.data_ptr()
-    _madvise(buf.data_ptr() + off, -(-total // HUGE) * HUGE, MADV_HUGEPAGE)
+    buf, off = huge_buffer(total), 0
     for p, size in zip(params, sizes, strict=True):
         n = p.numel() * p.element_size()
         view = buf[off : off + n].view(p.dtype).view(p.shape)
