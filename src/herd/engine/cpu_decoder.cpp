@@ -334,9 +334,12 @@ extern "C" int64_t herd_decoder_scratch_floats(const ModelW* m, int64_t B) {
               m->heads * m->head_dim + 3 * m->inter);
 }
 
-template <typename T>  // rope q and k, then write this step's k and v into the cache
+// Rope q and k, then write this step's k and v into the cache: rows shared out over the team
+// (an orphaned worksharing loop, ending in a barrier), as every per-row step here is.
+template <typename T>
 static void rope_and_store(const ModelW& m, const Step& s, T* qkv, T* kc, T* vc) {
   const int64_t D = m.head_dim, Hq = m.heads, Hkv = m.kv_heads, row = (Hq + 2 * Hkv) * D;
+#pragma omp for
   for (int64_t b = 0; b < s.batch; b++) {
     T* x = qkv + b * row;
     rope_row(x, Hq + Hkv, D, m.cos + s.pos[b] * D, m.sin + s.pos[b] * D);
@@ -357,12 +360,11 @@ static void layer(const ModelW& m, const LayerW& L, const Step& s, T* kc, T* vc,
   const T* up_b = L.gate_up_b ? (const T*)L.gate_up_b + I : nullptr;
   const bool pk = L.qkv_p != nullptr;
   int64_t n0, n1;
-#pragma omp single
+#pragma omp for
   for (int64_t r = 0; r < B; r++) rmsnorm_row(h + r * H, in_norm, H, m.eps, xn + r * H);
   cols(NQKV, pk, tid, nt, n0, n1);
   project(xn, B, L.qkv, L.qkv_p, L.qkv_b, H, NQKV, n0, n1, qkv, NQKV);
 #pragma omp barrier
-#pragma omp single
   rope_and_store(m, s, qkv, kc, vc);
 #pragma omp for collapse(2) schedule(dynamic, 1)
   for (int64_t r = 0; r < B; r++)
@@ -372,7 +374,7 @@ static void layer(const ModelW& m, const LayerW& L, const Step& s, T* kc, T* vc,
   cols(H, pk, tid, nt, n0, n1);
   project(att, B, L.o, L.o_p, L.o_b, Hq * D, H, n0, n1, out, H);
 #pragma omp barrier
-#pragma omp single
+#pragma omp for
   for (int64_t r = 0; r < B; r++) {
     add_row(h + r * H, out + r * H, H);
     rmsnorm_row(h + r * H, post_norm, H, m.eps, xn + r * H);
@@ -386,7 +388,7 @@ static void layer(const ModelW& m, const LayerW& L, const Step& s, T* kc, T* vc,
   cols(H, pk, tid, nt, n0, n1);
   project(act, B, L.down, L.down_p, L.down_b, I, H, n0, n1, out, H);
 #pragma omp barrier
-#pragma omp single
+#pragma omp for
   for (int64_t r = 0; r < B; r++) add_row(h + r * H, out + r * H, H);
 }
 
@@ -399,14 +401,14 @@ static void forward(const ModelW& m, const Step& s, int nthreads) {
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
     std::vector<float> abuf;
-#pragma omp single
+#pragma omp for
     for (int64_t r = 0; r < B; r++)
       std::memcpy((T*)b.h + r * H, (const T*)m.embed + s.ids[r] * H, H * sizeof(T));
     for (int64_t l = 0; l < m.layers; l++) {
       T* kc = (T*)m.kv + 2 * l * half;
       layer<T>(m, m.layer[l], s, kc, kc + half, b, tid, nt, abuf);
     }
-#pragma omp single
+#pragma omp for
     for (int64_t r = 0; r < B; r++)
       rmsnorm_row((T*)b.h + r * H, (const T*)m.final_norm, H, m.eps, (T*)b.xn + r * H);
     int64_t n0, n1;
