@@ -366,11 +366,14 @@ static void layer(const ModelW& m, const LayerW& L, const Step& s, T* kc, T* vc,
   project(xn, B, L.qkv, L.qkv_p, L.qkv_b, H, NQKV, n0, n1, qkv, NQKV);
 #pragma omp barrier
   rope_and_store(m, s, qkv, kc, vc);
+  // A task per sequence once there are enough to share out (a token's heads read together), as
+  // paged_decode.cpp's own entry splits; per (sequence, KV head) below that.
+  const int64_t split = B >= 4 * nt ? 1 : Hkv, per = Hkv / split;
 #pragma omp for collapse(2) schedule(dynamic, 1)
   for (int64_t r = 0; r < B; r++)
-    for (int64_t g = 0; g < Hkv; g++)
+    for (int64_t g = 0; g < split; g++)
       attend(qkv + r * NQKV, kc, vc, s.table + r * s.width, s.lens[r], att + r * Hq * D, Hq, Hkv,
-             D, m.block_size, g, g + 1, m.scale, abuf);
+             D, m.block_size, g * per, (g + 1) * per, m.scale, abuf);
   cols(H, pk, tid, nt, n0, n1);
   project(att, B, L.o, L.o_p, L.o_b, Hq * D, H, n0, n1, out, H);
 #pragma omp barrier
