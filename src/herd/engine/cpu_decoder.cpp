@@ -1,10 +1,11 @@
 // Whole decode steps of a Llama model on CPUs, in one native call per step (herd.engine.cpu_decoder
 // builds and calls this file). Small decode batches are bound by streaming the weights once per
 // step; done op by op from Python they lose most of the time to per-op overhead between ~200
-// small GEMVs. Here one OpenMP team runs every layer: each GEMV splits the weight rows over the
-// threads (read once, every batch row per row block), the small elementwise work runs on one
-// thread between barriers (cpu_layer_ops.cpp's row functions, which the eager model runs too),
-// and attention is paged_decode.cpp's kernel over (sequence, KV head).
+// small GEMVs. Here one OpenMP team runs every layer: each projection splits its outputs over
+// the threads (bf16: whole blocks of the packed copy, see packed_linear; float32: weight rows),
+// read once for every batch row; the per-row elementwise work (cpu_layer_ops.cpp's row functions,
+// which the eager model runs too) is shared out by rows between barriers; attention is
+// paged_decode.cpp's kernel over sequences (or (sequence, KV head) when there are few).
 // Rounding mirrors the eager bf16 model (each op's output rounded to the activation dtype), so
 // the logits match it to accumulation order; float32 models run in float32 throughout.
 #include "cpu_layer_ops.cpp"
