@@ -128,7 +128,9 @@ class CpuDecoder:
         return cls(model, kv_cache, max_batch, lib)
 
     def describe(self) -> str:
-        packed = ", bf16 weights packed in blocks" if self.packed else ""
+        packed = ""
+        if self.packed is not None:  # its own copy: say what it costs
+            packed = f", its own {self.packed.buffer.numel() >> 20} MiB copy of the weights packed"
         return f"fused C++ decode step for batches up to {self.max_batch}{packed}"
 
     def run(self, step: StepInputs, kv_cache: torch.Tensor) -> torch.Tensor:
