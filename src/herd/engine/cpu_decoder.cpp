@@ -132,9 +132,7 @@ static void layer(const ModelW& m, const LayerW& L, const Step& s, T* kc, T* vc,
   project(xn, B, L.qkv, L.qkv_p, L.qkv_b, H, NQKV, n0, n1, qkv, NQKV);
 #pragma omp barrier
   rope_and_store(m, s, qkv, kc, vc);
-  // A task per sequence once there are enough to share out (a token's heads read together), as
-  // paged_decode.cpp's own entry splits; per (sequence, KV head) below that.
-  const int64_t split = B >= 4 * nt ? 1 : Hkv, per = Hkv / split;
+  const int64_t split = kv_head_split(B, Hkv, nt), per = Hkv / split;
 #pragma omp for collapse(2) schedule(dynamic, 1)
   for (int64_t r = 0; r < B; r++)
     for (int64_t g = 0; g < split; g++)

@@ -260,13 +260,18 @@ static void attend(const T* q, const T* kc, const T* vc, const int64_t* row, int
     for (int64_t d = 0; d < D; d++) put(acc[r * D + d] / sums[r], out + (h0 * G + r) * D + d);
 }
 
+// How many tasks a sequence's KV heads split into: one (all its heads, read together) once there
+// are enough sequences to share out, else one per KV head, so a single long sequence uses every
+// thread. The fused decode step splits its attention the same way.
+static inline int64_t kv_head_split(int64_t B, int64_t Hkv, int nthreads) {
+  return B >= 4 * nthreads ? 1 : Hkv;
+}
+
 template <typename T>
 static void decode(const T* q, const T* kc, const T* vc, const int64_t* table, const int64_t* lens,
                    T* out, int64_t B, int64_t Hq, int64_t Hkv, int64_t D, int64_t bs,
                    int64_t width, float scale, int nthreads) {
-  // Enough sequences to share out: one task per sequence, all its heads (contiguous reads);
-  // otherwise one task per (sequence, KV head), so a single long sequence uses every thread.
-  const int64_t split = B >= 4 * nthreads ? 1 : Hkv, per = Hkv / split;
+  const int64_t split = kv_head_split(B, Hkv, nthreads), per = Hkv / split;
 #pragma omp parallel num_threads(nthreads)
   {
     std::vector<float> buf;
