@@ -141,7 +141,9 @@ def arrivals(engine, ids: list[list[int]], rate: float, out_len: int) -> dict:
 
 def memory(llm) -> dict:
     runner = llm.engine.runner
-    weights = sum(t.numel() * t.element_size() for t in runner.model.state_dict().values())
+    from herd.model.quant import weight_bytes  # packed and quantized linears' buffers included
+
+    weights = weight_bytes(runner.model)["total"]
     kv = runner.kv_cache.numel() * runner.kv_cache.element_size()
     return {"weight_gib": weights / 2**30, "kv_gib": kv / 2**30, "kv_blocks": runner.num_blocks}
 

@@ -113,12 +113,15 @@ class EngineConfig:
         "CPU only: largest decode batch run as one fused C++ step (all layers in one native call, "
         "no compiling); larger batches go to compiled graphs or eager steps; 0 turns it off",
     )
-    # oneDNN-prepacked weights on CPU (model/packed_linear.py): the op-by-op steps' matmuls.
+    # Packed linear weights on CPU: blocks for herd's kernels (engine/cpu_block_linear.py) where
+    # the CPU has AVX512-BF16, which replace the plain weights and which the fused step reads too;
+    # elsewhere oneDNN's layout (model/packed_linear.py) beside them.
     prepack_weights: bool = setting(
         True,
-        "CPU, bf16: also keep each linear's weight in oneDNN's blocked layout for op-by-op "
-        "steps (prefill, decode batches above the fused step): matmuls 8-25 percent faster at 64 rows, "
-        "twice the linear weights' memory; false keeps one copy",
+        "CPU, bf16: pack each linear's weight for the matmul kernels: with AVX512-BF16 in blocks "
+        "for herd's kernels, in place of the plain weight (one copy); elsewhere in oneDNN's "
+        "layout beside it (matmuls 8-25 percent faster at 64 rows, twice the linear weights' "
+        "memory); false keeps the plain weights only",
     )
     # KV cache tiers (issue 15): prefix-cache blocks evicted from the pool go to host memory,
     # then disk, and come back on a later hit instead of being recomputed.

@@ -11,8 +11,8 @@ import logging
 import torch
 from torch import nn
 
+from herd.engine.cpu_block_linear import BlockLinear
 from herd.engine.cpu_paged_decode import CpuAttention
-from herd.engine.huge_pages import collapse, huge_buffer
 from herd.engine.input_buffers import StepInputs
 from herd.engine.native_build import load_library
 from herd.model.packed_linear import PackedLinear
@@ -27,7 +27,6 @@ LAYER_FIELDS = ("in_norm", "qkv", "qkv_b", "o", "o_b", "post_norm", "gate_up", "
 
 
 PACKED_FIELDS = ("qkv_p", "o_p", "gate_p", "up_p", "down_p")
-PACK_COLS = 32  # outputs per packed block, as cpu_decoder.cpp packs them
 
 
 class _LayerW(ctypes.Structure):
@@ -76,7 +75,7 @@ def unsupported(model: nn.Module, dtype: torch.dtype, kv_cache: torch.Tensor, ba
     for layer in model.model.layers:
         linears += [layer.self_attn.qkv_proj, layer.self_attn.o_proj]
         linears += [layer.mlp.gate_up_proj, layer.mlp.down_proj]
-    if any(type(m) not in (nn.Linear, PackedLinear) for m in linears):
+    if any(type(m) not in (nn.Linear, PackedLinear, BlockLinear) for m in linears):
         return "projections that are not plain linears"
     if any(p.dtype != dtype or not p.is_contiguous() for p in model.parameters()):
         return "weights of mixed dtypes or layouts"
@@ -91,13 +90,13 @@ class CpuDecoder:
 
     def __init__(self, model: nn.Module, kv_cache: torch.Tensor, max_batch: int, lib) -> None:
         cfg = model.config
+        if isinstance(model.lm_head, BlockLinear) and not lib.herd_decoder_packs_weights():
+            raise ValueError("this build of the fused step cannot read weights packed in blocks")
         self.max_batch, self.lib = max_batch, lib
         self.fn = getattr(lib, SYMBOLS[kv_cache.dtype])
         rotary = model.model.rotary_emb
         self.cos, self.sin = rotary.cos.float().contiguous(), rotary.sin.float().contiguous()
-        packs = kv_cache.dtype == torch.bfloat16 and lib.herd_decoder_packs_weights() == 1
-        self.packed = _PackedWeights(model) if packs else None
-        layers = [_layer(layer, self.packed, i) for i, layer in enumerate(model.model.layers)]
+        layers = [_layer(layer) for layer in model.model.layers]
         self.layers = (_LayerW * cfg.num_hidden_layers)(*layers)
         self.model = _ModelW(
             hidden=cfg.hidden_size, heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads,
@@ -105,8 +104,8 @@ class CpuDecoder:
             layers=cfg.num_hidden_layers, block_size=kv_cache.shape[3],
             cache_blocks=kv_cache.shape[2], eps=cfg.rms_norm_eps, scale=cfg.head_dim**-0.5,
             embed=_ptr(model.model.embed_tokens.weight), final_norm=_ptr(model.model.norm.weight),
-            lm_head=_ptr(model.lm_head.weight), layer=self.layers, kv=_ptr(kv_cache),
-            lm_head_p=self.packed.pointer("lm_head") if self.packed else None,
+            lm_head=_plain(model.lm_head), layer=self.layers, kv=_ptr(kv_cache),
+            lm_head_p=_blocks(model.lm_head, 0),
             cos=_ptr(self.cos), sin=_ptr(self.sin),
         )  # fmt: skip
         self.kv_cache = kv_cache
@@ -122,16 +121,16 @@ class CpuDecoder:
             return None
         why = unsupported(model, kv_cache.dtype, kv_cache, backend)
         lib = None if why else load_library("cpu_decoder.cpp")
+        if lib is not None and isinstance(model.lm_head, BlockLinear):
+            lib = lib if lib.herd_decoder_packs_weights() else None
+            why = "" if lib else "a build that cannot read weights packed in blocks"
         if lib is None:
             log.info("fused CPU decode off: %s", why or "the kernel did not build")
             return None
         return cls(model, kv_cache, max_batch, lib)
 
     def describe(self) -> str:
-        packed = ""
-        if self.packed is not None:  # its own copy: say what it costs
-            packed = f", its own {self.packed.buffer.numel() >> 20} MiB copy of the weights packed"
-        return f"fused C++ decode step for batches up to {self.max_batch}{packed}"
+        return f"fused C++ decode step for batches up to {self.max_batch}"
 
     def run(self, step: StepInputs, kv_cache: torch.Tensor) -> torch.Tensor:
         """Float32 logits [B, vocab] of a step of B <= max_batch plain decodes."""
@@ -148,49 +147,22 @@ class CpuDecoder:
         return logits
 
 
-def _layer(layer: nn.Module, packed: "_PackedWeights | None", i: int) -> _LayerW:
+def _plain(linear: nn.Module) -> int | None:
+    """The plain weight's address (None when the linear keeps only blocks)."""
+    weight = getattr(linear, "weight", None)
+    return None if weight is None else weight.data_ptr()
+
+
+def _blocks(linear: nn.Module, segment: int) -> int | None:
+    """A `BlockLinear`'s segment of blocks (None for plain linears, read by rows)."""
+    return linear.segment(segment).data_ptr() if isinstance(linear, BlockLinear) else None
+
+
+def _layer(layer: nn.Module) -> _LayerW:
     attn, mlp = layer.self_attn, layer.mlp
-    plain = map(_ptr, (layer.input_layernorm.weight, attn.qkv_proj.weight, attn.qkv_proj.bias,
-                       attn.o_proj.weight, attn.o_proj.bias, layer.post_attention_layernorm.weight,
-                       mlp.gate_up_proj.weight, mlp.gate_up_proj.bias, mlp.down_proj.weight,
-                       mlp.down_proj.bias))  # fmt: skip
-    blocks = [packed.pointer(f"{i}.{f}") if packed else None for f in PACKED_FIELDS]
-    return _LayerW(*plain, *blocks)
-
-
-def pack(w: torch.Tensor) -> torch.Tensor:
-    """A bf16 [N, K] weight as `cpu_decoder.cpp`'s packed blocks: ceil(N/32) blocks, each holding
-    for every input pair (2k, 2k+1) its 32 outputs' weight pairs, zero-padded: [N/32, K/2, 32, 2]."""
-    n, k = w.shape
-    blocks, pairs = -(-n // PACK_COLS), -(-k // 2)
-    padded = torch.zeros(blocks * PACK_COLS, pairs * 2, dtype=w.dtype)
-    padded[:n, :k] = w
-    return padded.view(blocks, PACK_COLS, pairs, 2).transpose(1, 2)
-
-
-class _PackedWeights:
-    """The fused step's own copy of a bf16 model's projections, packed in blocks for its broadcast
-    kernel, in one buffer backed by huge pages (the step streams it, as the weights). It costs
-    the projections' memory once more; `fused_decode_max_batch=0` goes without."""
-
-    def __init__(self, model: nn.Module) -> None:
-        mats = {"lm_head": model.lm_head.weight.detach()}
-        for i, layer in enumerate(model.model.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            gate, up = mlp.gate_up_proj.weight.detach().chunk(2)
-            mats[f"{i}.qkv_p"] = attn.qkv_proj.weight.detach()
-            mats[f"{i}.o_p"] = attn.o_proj.weight.detach()
-            mats[f"{i}.gate_p"], mats[f"{i}.up_p"] = gate, up
-            mats[f"{i}.down_p"] = mlp.down_proj.weight.detach()
-        shapes = {k: (-(-w.shape[0] // PACK_COLS), -(-w.shape[1] // 2)) for k, w in mats.items()}
-        sizes = {k: b * p * PACK_COLS * 4 for k, (b, p) in shapes.items()}  # 32-bit pairs
-        self.buffer = huge_buffer(sum(sizes.values()))
-        self.views, off = {}, 0
-        for key, w in mats.items():
-            view = self.buffer[off : off + sizes[key]].view(torch.bfloat16)
-            view.view(*shapes[key], PACK_COLS, 2).copy_(pack(w))
-            self.views[key], off = view, off + sizes[key]
-        collapse(self.buffer)
-
-    def pointer(self, key: str) -> int:
-        return self.views[key].data_ptr()
+    qkv, o, gate_up, down = attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj
+    plain = [_ptr(layer.input_layernorm.weight), _plain(qkv), _ptr(qkv.bias), _plain(o),
+             _ptr(o.bias), _ptr(layer.post_attention_layernorm.weight), _plain(gate_up),
+             _ptr(gate_up.bias), _plain(down), _ptr(down.bias)]  # fmt: skip
+    blocks = [_blocks(qkv, 0), _blocks(o, 0), _blocks(gate_up, 0), _blocks(gate_up, 1)]
+    return _LayerW(*plain, *blocks, _blocks(down, 0))

@@ -10,6 +10,7 @@ import torch
 from herd.engine.backends import get_backend
 from herd.engine.compiled import DecodeGraphs, describe_backend, describe_kernels
 from herd.engine.config import EngineConfig
+from herd.engine.cpu_block_linear import pack_blocks
 from herd.engine.cpu_decoder import CpuDecoder
 from herd.engine.cpu_layer_ops import use_native_layer_ops
 from herd.engine.cuda_graphs import GraphedDecode
@@ -127,10 +128,8 @@ class ModelRunner:
             config.model, model_config, self.dtype, self.device, config.quantization, shard
         )
         if self.device.type == "cpu":
+            self._pack_linears(config.prepack_weights)
             rehome_weights(self.model)  # decode streams them: 2 MiB pages read faster
-            if config.prepack_weights and packed_linear.available():
-                n = packed_linear.pack_linears(self.model)
-                log.info("%d bf16 linears prepacked for oneDNN (prepack_weights)", n)
             if n := use_native_layer_ops(self.model):
                 log.info("%d norms, activations and rotaries run native (cpu_layer_ops.cpp)", n)
         self.kv_dtype = KV_DTYPES.get(config.kv_cache_dtype, self.dtype)
@@ -176,6 +175,16 @@ class ModelRunner:
         log.info("kernels: %s", kernels)
         if self.device.type == "cpu" and (hint := preload_hint()):
             log.info("start this process with %s for herd replica's tuning", hint)
+
+    def _pack_linears(self, prepack: bool) -> None:
+        """bf16 linears on CPU: packed in blocks for herd's kernels (one copy of the weights) where
+        the CPU has AVX512-BF16, else prepacked for oneDNN beside the plain weights."""
+        if not prepack:
+            return
+        if n := pack_blocks(self.model):
+            log.info("%d bf16 linears packed in blocks for herd's kernels (prepack_weights)", n)
+        elif packed_linear.available() and (n := packed_linear.pack_linears(self.model)):
+            log.info("%d bf16 linears prepacked for oneDNN (prepack_weights)", n)
 
     def _fused_decoder(self) -> CpuDecoder | None:
         if self.device.type != "cpu":

@@ -1,0 +1,28 @@
+// bf16 linears on CPUs from weights packed in blocks (cpu_linear.h's packed_linear, the layout
+// the fused decode step reads): y[M, N] = rnd(x[M, K] . w^T + bias) for any M, so prefill and
+// large decode batches read the same single packed copy as the fused step (herd.engine.
+// cpu_block_linear calls this). Built only with AVX512-BF16; elsewhere the library has no symbols.
+#include "cpu_linear.h"
+
+#include <omp.h>
+
+#if defined(HERD_BF16_TILES)
+// Rows are taken in panels that stay in L2 while every output block of a thread's share streams
+// past them; tasks are (panel, block range), so 2 threads split even a one-panel batch.
+constexpr int64_t PANEL_ROWS = 8 * PACK_ROWS;
+
+extern "C" void herd_block_linear_bf16(const uint16_t* x, int64_t M, int64_t K, const uint32_t* wp,
+                                       int64_t N, const uint16_t* bias, uint16_t* out, int64_t ldo,
+                                       int nthreads) {
+  const int64_t blocks = (N + PACK_COLS - 1) / PACK_COLS, panels = (M + PANEL_ROWS - 1) / PANEL_ROWS;
+  // Split blocks into as many ranges as keep every thread busy when there are few panels.
+  const int64_t ranges = std::min<int64_t>(blocks, std::max<int64_t>(1, (nthreads + panels - 1) / panels * 4));
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
+  for (int64_t p = 0; p < panels; p++)
+    for (int64_t r = 0; r < ranges; r++) {
+      const int64_t m0 = p * PANEL_ROWS, mt = std::min(PANEL_ROWS, M - m0);
+      const int64_t b0 = r * blocks / ranges, b1 = (r + 1) * blocks / ranges;
+      packed_linear(x + m0 * K, mt, wp, bias, K, N, b0, b1, out + m0 * ldo, ldo);
+    }
+}
+#endif

@@ -1,0 +1,136 @@
+"""`BlockLinear`: a bf16 linear on CPUs that keeps its weight only packed in blocks of 32 outputs
+(`cpu_linear.h`'s layout) and multiplies through `cpu_block_linear.cpp` for any number of rows;
+the fused decode step reads the same blocks. One copy of the weights, where oneDNN prepacking
+kept two and the fused step a third. `pack_blocks` swaps them into a model, as quantization swaps
+in its linears."""
+
+import ctypes
+import logging
+
+import torch
+from torch import nn
+
+from herd.engine.huge_pages import collapse, huge_buffer
+from herd.engine.native_build import load_library
+
+log = logging.getLogger(__name__)
+
+PACK_COLS = 32  # outputs per block, as cpu_linear.h packs them
+SYMBOL = "herd_block_linear_bf16"
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+
+
+def load_kernel() -> ctypes.CDLL | None:
+    """The kernel library, or None where it cannot run: no compiler, `HERD_CPU_KERNELS=0`, a
+    failed build, or a CPU without AVX512-BF16 (the library then has no symbols)."""
+    lib = load_library("cpu_block_linear.cpp")
+    return lib if lib is not None and hasattr(lib, SYMBOL) else None
+
+
+def packed_bytes(n: int, k: int) -> int:
+    """Bytes of an [n, k] weight packed: whole blocks of 32 outputs by input pairs, zero-padded."""
+    return -(-n // PACK_COLS) * -(-k // 2) * PACK_COLS * 4
+
+
+def pack(w: torch.Tensor) -> torch.Tensor:
+    """A bf16 [N, K] weight as blocks: ceil(N/32) blocks, each holding for every input pair
+    (2k, 2k+1) its 32 outputs' weight pairs, zero-padded: [N/32, K/2, 32, 2]."""
+    n, k = w.shape
+    blocks, pairs = -(-n // PACK_COLS), -(-k // 2)
+    padded = torch.zeros(blocks * PACK_COLS, pairs * 2, dtype=w.dtype)
+    padded[:n, :k] = w
+    return padded.view(blocks, PACK_COLS, pairs, 2).transpose(1, 2)
+
+
+class BlockLinear(nn.Module):
+    """Computes what the bf16 `nn.Linear` it replaces computes, to accumulation order (bf16
+    products summed in float32, bias added, rounded once to bf16), from `blocks` alone: the plain
+    weight is not kept. Each of `segments` (output counts; a fused gate_up's gate and up) is
+    packed apart from a block boundary, so a segment is whole blocks that the fused decode step
+    can hand out per thread. Rows may be any number; inputs must be bf16."""
+
+    def __init__(self, linear: nn.Linear, blocks: torch.Tensor, segments: tuple[int, ...]) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        assert sum(segments) == self.out_features
+        self.segments, self.lib = segments, load_kernel()
+        self.bias = linear.bias
+        self.register_buffer("blocks", blocks, persistent=False)
+        w, start = linear.weight.detach(), 0
+        for i, n in enumerate(segments):
+            packed = pack(w[start : start + n])
+            self.segment(i).view(packed.shape).copy_(packed)
+            start += n
+
+    def segment(self, i: int) -> torch.Tensor:
+        """Segment i's blocks (a view of `blocks`)."""
+        k, off = self.in_features, sum(packed_bytes(n, self.in_features) for n in self.segments[:i])
+        return self.blocks[off : off + packed_bytes(self.segments[i], k)].view(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.bfloat16:
+            raise TypeError(f"BlockLinear takes bf16 inputs, got {x.dtype}")
+        if torch.compiler.is_compiling():
+            return torch.ops.herd.block_linear(x, self.blocks, self.bias, list(self.segments))
+        return _block_linear(self.lib, x, self.blocks, self.bias, self.segments)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, blocks of 32"
+
+
+def _block_linear(lib, x, blocks, bias, segments) -> torch.Tensor:
+    k, n = x.shape[-1], sum(segments)
+    rows = x.reshape(-1, k).contiguous()
+    out = torch.empty(rows.shape[0], n, dtype=torch.bfloat16)
+    threads, wp, col = ctypes.c_int(torch.get_num_threads()), blocks.data_ptr(), 0
+    for width in segments:
+        b = None if bias is None else bias.data_ptr() + 2 * col
+        getattr(lib, SYMBOL)(_P(rows.data_ptr()), _I(rows.shape[0]), _I(k), _P(wp), _I(width),
+                             _P(b), _P(out.data_ptr() + 2 * col), _I(n), threads)  # fmt: skip
+        wp, col = wp + packed_bytes(width, k), col + width
+    return out.view(*x.shape[:-1], n)
+
+
+@torch.library.custom_op("herd::block_linear", mutates_args=())
+def _block_linear_op(
+    x: torch.Tensor, blocks: torch.Tensor, bias: torch.Tensor | None, segments: list[int]
+) -> torch.Tensor:
+    """The same product as an op torch.compile can trace (eager calls skip its dispatch cost)."""
+    return _block_linear(load_kernel(), x, blocks, bias, segments)
+
+
+@_block_linear_op.register_fake
+def _(x, blocks, bias, segments):
+    return x.new_empty(*x.shape[:-1], sum(segments))
+
+
+def _segments(name: str, linear: nn.Linear) -> tuple[int, ...]:
+    n = linear.out_features  # gate and up apart: each a whole number of blocks for the fused step
+    return (n // 2, n // 2) if name == "gate_up_proj" and n % 2 == 0 else (n,)
+
+
+def pack_blocks(model: nn.Module) -> int:
+    """Swap every bf16 CPU `nn.Linear` of `model` for a `BlockLinear`, all in one buffer on huge
+    pages (the decode step streams them), freeing each plain weight as it goes unless another
+    module shares it (tied embeddings); returns how many. 0 where the kernel cannot run."""
+    if load_kernel() is None:
+        return 0
+    swaps = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Linear
+        and child.weight.dtype == torch.bfloat16
+        and child.weight.device.type == "cpu"
+    ]
+    sizes = [
+        sum(packed_bytes(n, c.in_features) for n in _segments(name, c)) for _, name, c in swaps
+    ]
+    buffer, off = huge_buffer(sum(sizes)), 0
+    for (parent, name, child), size in zip(swaps, sizes, strict=True):
+        blocks = buffer[off : off + size]
+        setattr(parent, name, BlockLinear(child, blocks, _segments(name, child)))
+        off += size
+    if swaps:
+        collapse(buffer)
+    return len(swaps)

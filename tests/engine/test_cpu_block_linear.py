@@ -1,0 +1,79 @@
+"""`BlockLinear` (bf16 weights packed in blocks, `cpu_block_linear.cpp`) against float32 products
+of the same bf16 weights: row counts below, at and past a tile and a panel, input counts odd and
+even, output counts no block divides, biases, gate/up segments; traced by torch.compile; and in
+a model: one copy of each weight (the plain one freed, tied embeddings kept), the fused step
+reading the same blocks."""
+
+import pytest
+import torch
+from torch import nn
+
+from herd.engine import cpu_block_linear
+from herd.engine.cpu_block_linear import BlockLinear, pack_blocks
+from herd.engine.llm import LLM
+from herd.engine.sampling_params import SamplingParams
+from tests.engine.conftest import PROMPTS
+
+pytestmark = pytest.mark.skipif(
+    cpu_block_linear.load_kernel() is None, reason="no C++ compiler or no AVX512-BF16"
+)
+
+
+class Pair(nn.Module):
+    """A gate_up projection (packed as two segments) and a plain one, as a layer holds them."""
+
+    def __init__(self, k: int, n: int, bias: bool) -> None:
+        super().__init__()
+        self.gate_up_proj = nn.Linear(k, n, bias=bias, dtype=torch.bfloat16)
+        self.o_proj = nn.Linear(k, n, bias=bias, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("k,n,bias", [(7, 6, False), (33, 70, True), (64, 96, True), (101, 514, False), (576, 320, True)])  # fmt: skip
+def test_products_match_float32_of_the_same_weights(k, n, bias):
+    torch.manual_seed(k)
+    model = Pair(k, n, bias)
+    ref = {name: (m.weight.detach().float(), m.bias) for name, m in model.named_children()}
+    assert pack_blocks(model) == 2
+    assert model.gate_up_proj.segments == (n // 2, n // 2) and model.o_proj.segments == (n,)
+    for rows in (1, 2, 11, 12, 23, 88, 89, 300):
+        x = torch.randn(3, rows, k, dtype=torch.bfloat16)  # leading dims kept
+        for name, m in model.named_children():
+            w, b = ref[name]
+            want = x.float() @ w.T + (b.detach().float() if b is not None else 0)
+            got = m(x)
+            assert got.dtype == torch.bfloat16 and got.shape == (3, rows, n)
+            # float32 sums rounded once to bf16: within bf16's half-ulp of the exact product
+            assert torch.allclose(got.float(), want, rtol=2**-8, atol=1e-3 * want.abs().max())
+
+
+def test_wrong_dtype_is_refused():
+    model = Pair(16, 32, False)
+    pack_blocks(model)
+    with pytest.raises(TypeError, match="bf16"):
+        model.o_proj(torch.randn(2, 16))
+
+
+def test_torch_compile_traces_it():
+    model = Pair(40, 64, True)
+    pack_blocks(model)
+    x = torch.randn(5, 40, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        compiled = torch.compile(lambda t: model.gate_up_proj(t) + 1, fullgraph=True)
+        assert torch.equal(compiled(x), model.gate_up_proj(x) + 1)
+
+
+def test_a_model_keeps_one_copy_and_its_tokens(model_dirs):
+    kw = dict(dtype="bfloat16", num_kv_blocks=64, block_size=4)
+    blocks = LLM(model_dirs["tied_llama3"], **kw)
+    plain = LLM(model_dirs["tied_llama3"], prepack_weights=False, **kw)
+    model = blocks.engine.runner.model
+    linears = [m for m in model.modules() if isinstance(m, BlockLinear)]
+    assert len(linears) == 4 * model.config.num_hidden_layers + 1
+    assert all(not hasattr(m, "weight") for m in linears)  # the plain weights are gone
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16  # tied: the lookup keeps it
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+    assert blocks.engine.runner.fused is not None and blocks.engine.runner.fused.model.lm_head_p
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    got = [o.outputs[0].token_ids for o in blocks.generate(PROMPTS, params)]
+    want = [o.outputs[0].token_ids for o in plain.generate(PROMPTS, params)]
+    assert got == want
