@@ -16,6 +16,7 @@ KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8")
 # "auto" + herd.engine.backends.BACKENDS; checked by a test
 ATTENTION_BACKENDS = ("auto", "torch", "flex", "cpu")
 KV_SWAP_POLICIES = ("auto", "swap", "recompute")  # herd.engine.swap_policy.MODES
+FUSED_ROWS_MAX_BATCH = 32  # the fused step's default limit when it reads plain weight rows
 
 
 def setting(default: Any = MISSING, help: str = "", choices: tuple | None = None) -> Any:
@@ -104,14 +105,17 @@ class EngineConfig:
         "each bucket costs ~10-20 s of start-up on 2 cores, 64 buys ~6 percent in bulk",
     )
     # The fused C++ decode step on CPUs (engine/cpu_decoder.py): whole decode steps in one
-    # native call. 32: with its weights packed in blocks (bf16) it beats eager (prepacked) steps
-    # at 16-48 on SmolLM2 (16: 18.1 vs 31.9 ms, 32: 40.8 vs 49.9, 48: 62.1 vs 69.8) and at up to
-    # 32 on the ~100M bench model (24: 19.7 vs 22.5, 32: 23.5 vs 29.0), where it is ~5% behind at
-    # 48 (37.4-38.3 vs 36.3-36.4; benchmarks/RESULTS.md).
-    fused_decode_max_batch: int = setting(
-        32,
+    # native call. Reading weights packed in blocks (bf16 with AVX512-BF16) it beat eager steps
+    # at every batch measured up to 128 (bench model, ms: 64 40 vs 41-46, 128 72 vs 98;
+    # SmolLM2: 48 46 vs 57-59, 64 58-64 vs 67-69), so by default it takes every decode batch
+    # there; from plain weight rows (float32, or no AVX512-BF16) it lost past 32 (float32 at 64:
+    # 157 vs 116 ms). benchmarks/RESULTS.md has the runs.
+    fused_decode_max_batch: int | None = setting(
+        None,
         "CPU only: largest decode batch run as one fused C++ step (all layers in one native call, "
-        "no compiling); larger batches go to compiled graphs or eager steps; 0 turns it off",
+        "no compiling); larger batches go to compiled graphs or eager steps; 0 turns it off "
+        "(default: every batch when the weights are packed in blocks, bf16 with AVX512-BF16; "
+        f"else {FUSED_ROWS_MAX_BATCH})",
     )
     # Packed linear weights on CPU: blocks for herd's kernels (engine/cpu_block_linear.py) where
     # the CPU has AVX512-BF16, which replace the plain weights and which the fused step reads too;

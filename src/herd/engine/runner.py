@@ -9,7 +9,7 @@ import torch
 
 from herd.engine.backends import get_backend
 from herd.engine.compiled import DecodeGraphs, describe_backend, describe_kernels
-from herd.engine.config import EngineConfig
+from herd.engine.config import FUSED_ROWS_MAX_BATCH, EngineConfig
 from herd.engine.cpu_block_linear import pack_blocks
 from herd.engine.cpu_decoder import CpuDecoder
 from herd.engine.cpu_layer_ops import use_native_layer_ops
@@ -127,6 +127,7 @@ class ModelRunner:
         self.model = load_model(
             config.model, model_config, self.dtype, self.device, config.quantization, shard
         )
+        self.blocks = 0  # linears packed in blocks (BlockLinear)
         if self.device.type == "cpu":
             self._pack_linears(config.prepack_weights)
             rehome_weights(self.model)  # decode streams them: 2 MiB pages read faster
@@ -182,6 +183,7 @@ class ModelRunner:
         if not prepack:
             return
         if n := pack_blocks(self.model):
+            self.blocks = n
             log.info("%d bf16 linears packed in blocks for herd's kernels (prepack_weights)", n)
         elif packed_linear.available() and (n := packed_linear.pack_linears(self.model)):
             log.info("%d bf16 linears prepacked for oneDNN (prepack_weights)", n)
@@ -189,7 +191,10 @@ class ModelRunner:
     def _fused_decoder(self) -> CpuDecoder | None:
         if self.device.type != "cpu":
             return None
-        top = min(self.config.fused_decode_max_batch, self.config.scheduler.max_num_seqs)
+        top = self.config.fused_decode_max_batch
+        if top is None:  # every batch from blocks; from weight rows it loses past a few dozen
+            top = self.config.scheduler.max_num_seqs if self.blocks else FUSED_ROWS_MAX_BATCH
+        top = min(top, self.config.scheduler.max_num_seqs)
         return CpuDecoder.create(self.model, self.kv_cache, self.backend, top)
 
     def _decode_graphs(self) -> DecodeGraphs | GraphedDecode | None:

@@ -1,0 +1,65 @@
+"""bf16 linears alone: oneDNN with its prepacked weight (model/packed_linear.py, what eager CPU
+steps ran before) against herd's `BlockLinear` (weights packed in blocks, engine/
+cpu_block_linear.py), interleaved in one process, per shape: median ms, GFLOP/s, and the largest
+difference between the two outputs. Shapes are SmolLM2-135M's and the ~100M bench model's.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_block_linear.py --rows 1 24 64 2048
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from herd.engine.cpu_block_linear import load_kernel, pack_blocks
+from herd.model.packed_linear import PackedLinear
+
+SHAPES = [  # (K, N, what)
+    (576, 960, "SmolLM2 qkv"), (576, 576, "SmolLM2 o"), (576, 3072, "SmolLM2 gate_up"),
+    (1536, 576, "SmolLM2 down"), (576, 49152, "SmolLM2 lm_head"), (768, 1536, "small qkv"),
+    (768, 4096, "small gate_up"), (2048, 768, "small down"),
+]  # fmt: skip
+
+
+def timed(linear: nn.Module, x: torch.Tensor, reps: int) -> float:
+    linear(x)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        linear(x)
+    return (time.perf_counter() - t0) / reps * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[1, 24, 64, 2048])
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is kept")
+    args = ap.parse_args()
+    if load_kernel() is None:
+        raise SystemExit("herd's block kernel does not run here (no compiler or no AVX512-BF16)")
+    torch.manual_seed(0)
+    print(f"threads {torch.get_num_threads()}")
+    print("rows      K      N  what              oneDNN ms  GFLOP/s   blocks ms  GFLOP/s  max diff")
+    for rows in args.rows:
+        for k, n, what in SHAPES:
+            plain = nn.Linear(k, n, bias=False, dtype=torch.bfloat16)
+            onednn = PackedLinear(plain)
+            holder = nn.Module()
+            holder.proj = plain
+            pack_blocks(holder)
+            x = torch.randn(rows, k, dtype=torch.bfloat16)
+            reps = max(3, int(1e9 / (2 * rows * k * n)))
+            a, b = [], []
+            with torch.inference_mode():
+                for _ in range(args.rounds):
+                    a.append(timed(onednn, x, reps))
+                    b.append(timed(holder.proj, x, reps))
+                diff = (onednn(x).float() - holder.proj(x).float()).abs().max().item()
+            ta, tb, gf = statistics.median(a), statistics.median(b), 2 * rows * k * n / 1e6
+            print(f"{rows:4d} {k:6d} {n:6d}  {what:16s} {ta:9.3f} {gf / ta:8.0f}   "
+                  f"{tb:9.3f} {gf / tb:8.0f}  {diff:.3g}", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
