@@ -2,7 +2,9 @@
 of the same bf16 weights: row counts below, at and past a tile and a panel, input counts odd and
 even, output counts no block divides, biases, gate/up segments; traced by torch.compile; and in
 a model: one copy of each weight (the plain one freed, tied embeddings kept), the fused step
-reading the same blocks."""
+reading the same blocks; on an AMX CPU (its flag faked) oneDNN's copy kept for large products."""
+
+import copy
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ from herd.engine import cpu_block_linear
 from herd.engine.cpu_block_linear import BlockLinear, pack_blocks
 from herd.engine.llm import LLM
 from herd.engine.sampling_params import SamplingParams
+from herd.model import packed_linear
+from herd.model.packed_linear import PackedLinear
 from tests.engine.conftest import PROMPTS
 
 pytestmark = pytest.mark.skipif(
@@ -77,3 +81,38 @@ def test_a_model_keeps_one_copy_and_its_tokens(model_dirs):
     got = [o.outputs[0].token_ids for o in blocks.generate(PROMPTS, params)]
     want = [o.outputs[0].token_ids for o in plain.generate(PROMPTS, params)]
     assert got == want
+
+
+@pytest.mark.skipif(not packed_linear.available(), reason="no oneDNN in this torch build")
+def test_onednn_above_sends_more_rows_to_onednn():
+    """AMX CPUs keep oneDNN's copy as well and run products of more rows than `onednn_above`
+    through it: those equal oneDNN's own, fewer rows still take the blocks."""
+    torch.manual_seed(1)
+    model = Pair(64, 96, True)
+    onednn = PackedLinear(copy.deepcopy(model.o_proj))
+    w = model.o_proj.weight.detach().float()
+    pack_blocks(model, onednn_above=8)
+    with torch.inference_mode():
+        many, few = (
+            torch.randn(9, 64, dtype=torch.bfloat16),
+            torch.randn(8, 64, dtype=torch.bfloat16),
+        )
+        assert torch.equal(model.o_proj(many), onednn(many))
+        want = few.float() @ w.T + model.o_proj.bias.float()
+        assert torch.allclose(model.o_proj(few).float(), want, rtol=2**-8, atol=1e-3)
+
+
+def test_an_amx_cpu_keeps_onednn_for_large_products_and_32_row_fused_steps(model_dirs, monkeypatch):
+    monkeypatch.setattr(
+        "herd.engine.runner.cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16"})
+    )
+    llm = LLM(model_dirs["gqa"], dtype="bfloat16", num_kv_blocks=64)
+    runner = llm.engine.runner
+    linears = [m for m in runner.model.modules() if isinstance(m, BlockLinear)]
+    assert runner.amx == packed_linear.available()
+    assert all((m.onednn is not None) == runner.amx for m in linears)
+    assert runner.fused.max_batch == (32 if runner.amx else 128)
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    plain = LLM(model_dirs["gqa"], dtype="bfloat16", num_kv_blocks=64, prepack_weights=False)
+    got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS * 8, params)]  # 40-row prefills
+    assert got == [o.outputs[0].token_ids for o in plain.generate(PROMPTS * 8, params)]

@@ -39,7 +39,7 @@ def test_engine_logprobs_do_not_change(tmp_path, monkeypatch):
     AVX512-BF16): made so here by taking that kernel away."""
     from herd.model.demo import write_demo_model
 
-    monkeypatch.setattr("herd.engine.runner.pack_blocks", lambda model: 0)
+    monkeypatch.setattr("herd.engine.runner.pack_blocks", lambda *args: 0)
     model_dir = write_demo_model(tmp_path, tie_word_embeddings=True)
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=2)
     kw = dict(dtype="bfloat16", num_kv_blocks=64, fused_decode_max_batch=0)

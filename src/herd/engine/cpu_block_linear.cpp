@@ -7,16 +7,20 @@
 #include <omp.h>
 
 #if defined(HERD_BF16_TILES)
-// Rows are taken in panels that stay in L2 while every output block of a thread's share streams
-// past them; tasks are (panel, block range), so 2 threads split even a one-panel batch.
+// Rows are taken in panels of 8 tiles that stay in L2 while the output blocks of a thread's share
+// stream past them; tasks are (panel, block range), so the team splits even a one-panel batch.
+// 2048 rows x K 576-2048 on 2 cores: 88-row panels ~430 GFLOP/s (oneDNN's rate), 96 (12-row
+// tiles) ~395, 132 ~400, 80 ~420 (benchmarks/bench_block_linear.py).
 constexpr int64_t PANEL_ROWS = 8 * PACK_ROWS;
 
 extern "C" void herd_block_linear_bf16(const uint16_t* x, int64_t M, int64_t K, const uint32_t* wp,
                                        int64_t N, const uint16_t* bias, uint16_t* out, int64_t ldo,
                                        int nthreads) {
-  const int64_t blocks = (N + PACK_COLS - 1) / PACK_COLS, panels = (M + PANEL_ROWS - 1) / PANEL_ROWS;
-  // Split blocks into as many ranges as keep every thread busy when there are few panels.
-  const int64_t ranges = std::min<int64_t>(blocks, std::max<int64_t>(1, (nthreads + panels - 1) / panels * 4));
+  const int64_t blocks = (N + PACK_COLS - 1) / PACK_COLS;
+  const int64_t panels = (M + PANEL_ROWS - 1) / PANEL_ROWS;
+  // 4 block ranges a panel, more when panels are fewer than threads (~4 tasks a thread)
+  const int64_t per_panel = std::max<int64_t>(1, (nthreads + panels - 1) / panels * 4);
+  const int64_t ranges = std::min<int64_t>(blocks, per_panel);
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
   for (int64_t p = 0; p < panels; p++)
     for (int64_t r = 0; r < ranges; r++) {

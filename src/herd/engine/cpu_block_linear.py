@@ -12,6 +12,7 @@ from torch import nn
 
 from herd.engine.huge_pages import collapse, huge_buffer
 from herd.engine.native_build import load_library
+from herd.model.packed_linear import BATCH_HINT
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +45,30 @@ def pack(w: torch.Tensor) -> torch.Tensor:
 
 class BlockLinear(nn.Module):
     """Computes what the bf16 `nn.Linear` it replaces computes, to accumulation order (bf16
-    products summed in float32, bias added, rounded once to bf16), from `blocks` alone: the plain
+    products summed in float32, bias added, rounded once to bf16), from `blocks`: the plain
     weight is not kept. Each of `segments` (output counts; a fused gate_up's gate and up) is
     packed apart from a block boundary, so a segment is whole blocks that the fused decode step
-    can hand out per thread. Rows may be any number; inputs must be bf16."""
+    can hand out per thread. Rows may be any number; inputs must be bf16. With `onednn_above`
+    it also keeps oneDNN's prepacked copy and runs more rows than that through it (AMX CPUs,
+    where oneDNN's tile kernels outrun any AVX-512 loop on prefill-sized products)."""
 
-    def __init__(self, linear: nn.Linear, blocks: torch.Tensor, segments: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        linear: nn.Linear,
+        blocks: torch.Tensor,
+        segments: tuple[int, ...],
+        onednn_above: int | None = None,
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         assert sum(segments) == self.out_features
-        self.segments, self.lib = segments, load_kernel()
+        self.segments, self.lib, self.onednn_above = segments, load_kernel(), onednn_above
         self.bias = linear.bias
         self.register_buffer("blocks", blocks, persistent=False)
+        onednn = None
+        if onednn_above is not None:
+            onednn = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), BATCH_HINT)
+        self.register_buffer("onednn", onednn, persistent=False)
         w, start = linear.weight.detach(), 0
         for i, n in enumerate(segments):
             packed = pack(w[start : start + n])
@@ -72,6 +85,11 @@ class BlockLinear(nn.Module):
             raise TypeError(f"BlockLinear takes bf16 inputs, got {x.dtype}")
         if torch.compiler.is_compiling():
             return torch.ops.herd.block_linear(x, self.blocks, self.bias, list(self.segments))
+        if self.onednn is not None and x.numel() > self.onednn_above * self.in_features:
+            rows, bias = x.reshape(-1, self.in_features), self.bias
+            bias = None if bias is None else bias.detach()
+            out = torch.ops.mkldnn._linear_pointwise(rows, self.onednn, bias, "none", [], "")
+            return out.view(*x.shape[:-1], self.out_features)
         return _block_linear(self.lib, x, self.blocks, self.bias, self.segments)
 
     def extra_repr(self) -> str:
@@ -109,10 +127,11 @@ def _segments(name: str, linear: nn.Linear) -> tuple[int, ...]:
     return (n // 2, n // 2) if name == "gate_up_proj" and n % 2 == 0 else (n,)
 
 
-def pack_blocks(model: nn.Module) -> int:
-    """Swap every bf16 CPU `nn.Linear` of `model` for a `BlockLinear`, all in one buffer on huge
-    pages (the decode step streams them), freeing each plain weight as it goes unless another
-    module shares it (tied embeddings); returns how many. 0 where the kernel cannot run."""
+def pack_blocks(model: nn.Module, onednn_above: int | None = None) -> int:
+    """Swap every bf16 CPU `nn.Linear` of `model` for a `BlockLinear` (passing `onednn_above`),
+    all in one buffer on huge pages (the decode step streams them), freeing each plain weight
+    as it goes unless another module shares it (tied embeddings); returns how many. 0 where the
+    kernel cannot run."""
     if load_kernel() is None:
         return 0
     swaps = [
@@ -129,7 +148,7 @@ def pack_blocks(model: nn.Module) -> int:
     buffer, off = huge_buffer(sum(sizes)), 0
     for (parent, name, child), size in zip(swaps, sizes, strict=True):
         blocks = buffer[off : off + size]
-        setattr(parent, name, BlockLinear(child, blocks, _segments(name, child)))
+        setattr(parent, name, BlockLinear(child, blocks, _segments(name, child), onednn_above))
         off += size
     if swaps:
         collapse(buffer)

@@ -4,6 +4,7 @@ flags and CPU, and loads them with ctypes. One library per source; a source may 
 another one here (the cache key covers every file it names)."""
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -38,11 +39,18 @@ def _sources(name: str) -> str:
     return "\0".join([text, *(_sources(inc) for inc in included)])
 
 
-def _cache_path(name: str, compiler: str, flags: list[str]) -> Path:
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where there is none)."""
     try:
-        cpu = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
+        line = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
     except (OSError, IndexError):
-        cpu = ""
+        return frozenset()
+    return frozenset(line.partition(":")[2].split())
+
+
+def _cache_path(name: str, compiler: str, flags: list[str]) -> Path:
+    cpu = " ".join(sorted(cpu_flags()))
     key = hashlib.sha256("\0".join([_sources(name), compiler, *flags, cpu]).encode())
     root = Path(os.environ.get("HERD_KERNEL_CACHE", Path.home() / ".cache/herd/kernels"))
     return root / f"{Path(name).stem}_{key.hexdigest()[:16]}.so"

@@ -16,6 +16,7 @@ from herd.engine.cpu_layer_ops import use_native_layer_ops
 from herd.engine.cuda_graphs import GraphedDecode
 from herd.engine.huge_pages import rehome_weights
 from herd.engine.input_buffers import InputBuffers, StepInputs
+from herd.engine.native_build import cpu_flags
 from herd.engine.process_tuning import preload_hint
 from herd.engine.rejection import Emitted, Verified, verify_drafts
 from herd.engine.request import Request
@@ -33,6 +34,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # kv_cache_dtype -> storage; "auto" is the activation dtype. fp8 halves bf16's bytes per block.
 KV_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "fp8": torch.float8_e4m3fn}
 CPU_KV_DEFAULT_BYTES = 1 << 30
+AMX_ONEDNN_ABOVE = 32  # rows past which BlockLinears on AMX CPUs run oneDNN (a guess: unmeasured)
 
 
 @dataclass
@@ -93,12 +95,7 @@ def gpu_kv_budget(total: int, free: int, used_by_us: int, utilization: float, re
 
 
 def cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 class ModelRunner:
@@ -127,7 +124,7 @@ class ModelRunner:
         self.model = load_model(
             config.model, model_config, self.dtype, self.device, config.quantization, shard
         )
-        self.blocks = 0  # linears packed in blocks (BlockLinear)
+        self.blocks, self.amx = 0, False  # linears packed in blocks (BlockLinear); AMX CPU
         if self.device.type == "cpu":
             self._pack_linears(config.prepack_weights)
             rehome_weights(self.model)  # decode streams them: 2 MiB pages read faster
@@ -182,9 +179,13 @@ class ModelRunner:
         the CPU has AVX512-BF16, else prepacked for oneDNN beside the plain weights."""
         if not prepack:
             return
-        if n := pack_blocks(self.model):
-            self.blocks = n
-            log.info("%d bf16 linears packed in blocks for herd's kernels (prepack_weights)", n)
+        # AMX: oneDNN's tile kernels should outrun the AVX-512 blocks on prefill-sized products
+        # (not measured: no AMX machine here), so those keep oneDNN's copy for them as well.
+        amx = "amx_bf16" in cpu_flags() and packed_linear.available()
+        if n := pack_blocks(self.model, AMX_ONEDNN_ABOVE if amx else None):
+            self.blocks, self.amx = n, amx
+            also = f", and for oneDNN's AMX kernels above {AMX_ONEDNN_ABOVE} rows" if amx else ""
+            log.info("%d bf16 linears packed in blocks for herd's kernels%s", n, also)
         elif packed_linear.available() and (n := packed_linear.pack_linears(self.model)):
             log.info("%d bf16 linears prepacked for oneDNN (prepack_weights)", n)
 
@@ -193,7 +194,8 @@ class ModelRunner:
             return None
         top = self.config.fused_decode_max_batch
         if top is None:  # every batch from blocks; from weight rows it loses past a few dozen
-            top = self.config.scheduler.max_num_seqs if self.blocks else FUSED_ROWS_MAX_BATCH
+            every = self.blocks and not self.amx  # AMX: eager steps' oneDNN above AMX_ONEDNN_ABOVE
+            top = self.config.scheduler.max_num_seqs if every else FUSED_ROWS_MAX_BATCH
         top = min(top, self.config.scheduler.max_num_seqs)
         return CpuDecoder.create(self.model, self.kv_cache, self.backend, top)
 
