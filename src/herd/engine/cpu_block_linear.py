@@ -5,16 +5,13 @@ kept two and the fused step a third. `pack_blocks` swaps them into a model, as q
 in its linears."""
 
 import ctypes
-import logging
 
 import torch
 from torch import nn
 
 from herd.engine.huge_pages import collapse, huge_buffer
 from herd.engine.native_build import load_library
-from herd.model.packed_linear import BATCH_HINT
-
-log = logging.getLogger(__name__)
+from herd.model.packed_linear import BATCH_HINT, bf16_cpu_linears, onednn_linear
 
 PACK_COLS = 32  # outputs per block, as cpu_linear.h packs them
 SYMBOL = "herd_block_linear_bf16"
@@ -86,10 +83,7 @@ class BlockLinear(nn.Module):
         if torch.compiler.is_compiling():
             return torch.ops.herd.block_linear(x, self.blocks, self.bias, list(self.segments))
         if self.onednn is not None and x.numel() > self.onednn_above * self.in_features:
-            rows, bias = x.reshape(-1, self.in_features), self.bias
-            bias = None if bias is None else bias.detach()
-            out = torch.ops.mkldnn._linear_pointwise(rows, self.onednn, bias, "none", [], "")
-            return out.view(*x.shape[:-1], self.out_features)
+            return onednn_linear(x, self.onednn, self.bias)
         return _block_linear(self.lib, x, self.blocks, self.bias, self.segments)
 
     def extra_repr(self) -> str:
@@ -134,14 +128,8 @@ def pack_blocks(model: nn.Module, onednn_above: int | None = None) -> int:
     kernel cannot run."""
     if load_kernel() is None:
         return 0
-    swaps = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if type(child) is nn.Linear
-        and child.weight.dtype == torch.bfloat16
-        and child.weight.device.type == "cpu"
-    ]
+    linears = bf16_cpu_linears(model)  # the kernel reads a bias as bf16
+    swaps = [(p, n, c) for p, n, c in linears if c.bias is None or c.bias.dtype == torch.bfloat16]
     sizes = [
         sum(packed_bytes(n, c.in_features) for n in _segments(name, c)) for _, name, c in swaps
     ]

@@ -36,15 +36,21 @@ class PackedLinear(nn.Linear):
             # Inductor's freezing packs the plain weight itself; handed our packed copy, its
             # linear + add fusion asserts (torch 2.13) and the whole bucket fell back to eager.
             return super().forward(x)
-        rows = x.reshape(-1, self.in_features)
-        bias = None if self.bias is None else self.bias.detach()
-        out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, bias, "none", [], "")
-        return out.view(*x.shape[:-1], self.out_features)
+        return onednn_linear(x, self.packed, self.bias)
 
 
-def pack_linears(model: nn.Module) -> int:
-    """Swap every plain bf16 CPU `nn.Linear` of `model` for a `PackedLinear`; returns how many."""
-    swaps = [
+def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ w.T + bias through oneDNN, w as `mkldnn._reorder_linear_weight` packed it."""
+    rows = x.reshape(-1, x.shape[-1])
+    bias = None if bias is None else bias.detach()
+    out = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def bf16_cpu_linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """Every plain bf16 CPU `nn.Linear` of `model`, as (parent, attribute name, linear): what
+    the CPU's packed linears (these, and herd.engine.cpu_block_linear's) swap out."""
+    return [
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
@@ -52,6 +58,11 @@ def pack_linears(model: nn.Module) -> int:
         and child.weight.dtype == torch.bfloat16
         and child.weight.device.type == "cpu"
     ]
+
+
+def pack_linears(model: nn.Module) -> int:
+    """Swap every plain bf16 CPU `nn.Linear` of `model` for a `PackedLinear`; returns how many."""
+    swaps = bf16_cpu_linears(model)
     for parent, name, child in swaps:
         setattr(parent, name, PackedLinear(child))
     return len(swaps)
