@@ -1,12 +1,15 @@
-"""bf16 linears alone: oneDNN with its prepacked weight (model/packed_linear.py, what eager CPU
-steps ran before) against herd's `BlockLinear` (weights packed in blocks, engine/
-cpu_block_linear.py), interleaved in one process, per shape: median ms, GFLOP/s, and the largest
-difference between the two outputs. Shapes are SmolLM2-135M's and the ~100M bench model's.
+"""Linears alone: what eager CPU steps ran before (bf16: oneDNN with its prepacked weight,
+model/packed_linear.py; float32: a plain `nn.Linear`, F.linear) against herd's `BlockLinear`
+(weights packed in blocks, engine/cpu_block_linear.py), interleaved in one process, per shape:
+median ms, GFLOP/s, and the largest difference between the two outputs. Shapes are
+SmolLM2-135M's and the ~100M bench model's.
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_block_linear.py --rows 1 24 64 2048
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_block_linear.py --dtype float32
 """
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -35,20 +38,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 24, 64, 2048])
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is kept")
+    ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     args = ap.parse_args()
-    if load_kernel() is None:
-        raise SystemExit("herd's block kernel does not run here (no compiler or no AVX512-BF16)")
+    dtype = getattr(torch, args.dtype)
+    if load_kernel(dtype) is None:
+        raise SystemExit(f"herd's {args.dtype} block kernel does not run here")
     torch.manual_seed(0)
     print(f"threads {torch.get_num_threads()}")
-    print("rows      K      N  what              oneDNN ms  GFLOP/s   blocks ms  GFLOP/s  max diff")
+    before = "oneDNN" if dtype == torch.bfloat16 else "F.linear"
+    print(f"{args.dtype}: rows, K, N, what, {before} ms, GFLOP/s, blocks ms, GFLOP/s, max diff")
     for rows in args.rows:
         for k, n, what in SHAPES:
-            plain = nn.Linear(k, n, bias=False, dtype=torch.bfloat16)
-            onednn = PackedLinear(plain)
+            plain = nn.Linear(k, n, bias=False, dtype=dtype)
+            onednn = PackedLinear(plain) if dtype == torch.bfloat16 else copy.deepcopy(plain)
             holder = nn.Module()
             holder.proj = plain
             pack_blocks(holder)
-            x = torch.randn(rows, k, dtype=torch.bfloat16)
+            x = torch.randn(rows, k, dtype=dtype)
             reps = max(3, int(1e9 / (2 * rows * k * n)))
             a, b = [], []
             with torch.inference_mode():

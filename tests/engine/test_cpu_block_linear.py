@@ -18,45 +18,50 @@ from herd.model import packed_linear
 from herd.model.packed_linear import PackedLinear
 from tests.engine.conftest import PROMPTS
 
-pytestmark = pytest.mark.skipif(
-    cpu_block_linear.load_kernel() is None, reason="no C++ compiler or no AVX512-BF16"
-)
+NO_BF16 = cpu_block_linear.load_kernel(torch.bfloat16) is None
+NO_F32 = cpu_block_linear.load_kernel(torch.float32) is None
+pytestmark = pytest.mark.skipif(NO_F32, reason="no C++ compiler or no AVX-512")
+needs_bf16 = pytest.mark.skipif(NO_BF16, reason="no AVX512-BF16")
 
 
 class Pair(nn.Module):
     """A gate_up projection (packed as two segments) and a plain one, as a layer holds them."""
 
-    def __init__(self, k: int, n: int, bias: bool) -> None:
+    def __init__(self, k: int, n: int, bias: bool, dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__()
-        self.gate_up_proj = nn.Linear(k, n, bias=bias, dtype=torch.bfloat16)
-        self.o_proj = nn.Linear(k, n, bias=bias, dtype=torch.bfloat16)
+        self.gate_up_proj = nn.Linear(k, n, bias=bias, dtype=dtype)
+        self.o_proj = nn.Linear(k, n, bias=bias, dtype=dtype)
 
 
+@pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, marks=needs_bf16), torch.float32])
 @pytest.mark.parametrize("k,n,bias", [(7, 6, False), (33, 70, True), (64, 96, True), (101, 514, False), (576, 320, True)])  # fmt: skip
-def test_products_match_float32_of_the_same_weights(k, n, bias):
+def test_products_match_float32_of_the_same_weights(k, n, bias, dtype):
     torch.manual_seed(k)
-    model = Pair(k, n, bias)
+    model = Pair(k, n, bias, dtype)
     ref = {name: (m.weight.detach().float(), m.bias) for name, m in model.named_children()}
     assert pack_blocks(model) == 2
     assert model.gate_up_proj.segments == (n // 2, n // 2) and model.o_proj.segments == (n,)
+    # bf16: float32 sums rounded once, within bf16's half-ulp; float32: summation order only
+    rtol, atol = (2**-8, 1e-3) if dtype == torch.bfloat16 else (1e-5, 1e-5)
     for rows in (1, 2, 11, 12, 23, 88, 89, 300):
-        x = torch.randn(3, rows, k, dtype=torch.bfloat16)  # leading dims kept
+        x = torch.randn(3, rows, k, dtype=dtype)  # leading dims kept
         for name, m in model.named_children():
             w, b = ref[name]
-            want = x.float() @ w.T + (b.detach().float() if b is not None else 0)
+            want = x.double() @ w.double().T + (b.detach().double() if b is not None else 0)
             got = m(x)
-            assert got.dtype == torch.bfloat16 and got.shape == (3, rows, n)
-            # float32 sums rounded once to bf16: within bf16's half-ulp of the exact product
-            assert torch.allclose(got.float(), want, rtol=2**-8, atol=1e-3 * want.abs().max())
+            assert got.dtype == dtype and got.shape == (3, rows, n)
+            assert torch.allclose(got.double(), want, rtol=rtol, atol=atol * want.abs().max())
 
 
+@needs_bf16
 def test_wrong_dtype_is_refused():
     model = Pair(16, 32, False)
     pack_blocks(model)
-    with pytest.raises(TypeError, match="bf16"):
+    with pytest.raises(TypeError, match="takes torch.bfloat16 inputs"):
         model.o_proj(torch.randn(2, 16))
 
 
+@needs_bf16
 def test_torch_compile_traces_it():
     model = Pair(40, 64, True)
     pack_blocks(model)
@@ -66,6 +71,14 @@ def test_torch_compile_traces_it():
         assert torch.equal(compiled(x), model.gate_up_proj(x) + 1)
 
 
+def test_float32_models_run_on_blocks_too(model_dirs):
+    """Float32 demo models: every linear a float32 BlockLinear, the fused step on the blocks."""
+    runner = LLM(model_dirs["gqa"], num_kv_blocks=64).engine.runner
+    assert runner.dtype == torch.float32 and runner.fused.model.lm_head_p
+    assert not any(isinstance(m, nn.Linear) for m in runner.model.modules())
+
+
+@needs_bf16
 def test_a_model_keeps_one_copy_and_its_tokens(model_dirs):
     kw = dict(dtype="bfloat16", num_kv_blocks=64, block_size=4)
     blocks = LLM(model_dirs["tied_llama3"], **kw)
@@ -83,6 +96,7 @@ def test_a_model_keeps_one_copy_and_its_tokens(model_dirs):
     assert got == want
 
 
+@needs_bf16
 @pytest.mark.skipif(not packed_linear.available(), reason="no oneDNN in this torch build")
 def test_onednn_above_sends_more_rows_to_onednn():
     """AMX CPUs keep oneDNN's copy as well and run products of more rows than `onednn_above`
@@ -102,6 +116,7 @@ def test_onednn_above_sends_more_rows_to_onednn():
         assert torch.allclose(model.o_proj(few).float(), want, rtol=2**-8, atol=1e-3)
 
 
+@needs_bf16
 def test_an_amx_cpu_keeps_onednn_for_large_products_and_32_row_fused_steps(model_dirs, monkeypatch):
     monkeypatch.setattr(
         "herd.engine.runner.cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16"})

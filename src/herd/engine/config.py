@@ -105,27 +105,28 @@ class EngineConfig:
         "each bucket costs ~10-20 s of start-up on 2 cores, 64 buys ~6 percent in bulk",
     )
     # The fused C++ decode step on CPUs (engine/cpu_decoder.py): whole decode steps in one
-    # native call. Reading weights packed in blocks (bf16 with AVX512-BF16) it beat eager steps
+    # native call. Reading weights packed in blocks (bf16 or float32) it beat eager steps
     # at every batch measured up to 128 (bench model, ms: 64 40 vs 41-46, 128 72 vs 98;
     # SmolLM2: 48 46 vs 57-59, 64 58-64 vs 67-69), so by default it takes every decode batch
-    # there; from plain weight rows (float32, or no AVX512-BF16) it lost past 32 (float32 at 64:
-    # 157 vs 116 ms). benchmarks/RESULTS.md has the runs.
+    # there; from plain weight rows (no AVX-512, or bf16 without AVX512-BF16) it lost past 32
+    # (float32 rows at 64: 157 vs 116 ms). benchmarks/RESULTS.md has the runs.
     fused_decode_max_batch: int | None = setting(
         None,
         "CPU only: largest decode batch run as one fused C++ step (all layers in one native call, "
         "no compiling); larger batches go to compiled graphs or eager steps; 0 turns it off "
-        "(default: every batch when the weights are packed in blocks, bf16 with AVX512-BF16; "
+        "(default: every batch when the weights are packed in blocks (prepack_weights); "
         f"else {FUSED_ROWS_MAX_BATCH})",
     )
     # Packed linear weights on CPU: blocks for herd's kernels (engine/cpu_block_linear.py) where
-    # the CPU has AVX512-BF16, which replace the plain weights and which the fused step reads too;
-    # elsewhere oneDNN's layout (model/packed_linear.py) beside them.
+    # the CPU runs them (bf16: AVX512-BF16; float32: AVX-512), which replace the plain weights
+    # and which the fused step reads too; elsewhere, for bf16, oneDNN's layout
+    # (model/packed_linear.py) beside them.
     prepack_weights: bool = setting(
         True,
-        "CPU, bf16: pack each linear's weight for the matmul kernels: with AVX512-BF16 in blocks "
-        "for herd's kernels, in place of the plain weight (one copy); elsewhere in oneDNN's "
-        "layout beside it (matmuls 8-25 percent faster at 64 rows, twice the linear weights' "
-        "memory); false keeps the plain weights only",
+        "CPU: pack each linear's weight for the matmul kernels: in blocks for herd's kernels "
+        "(bf16 with AVX512-BF16, float32 with AVX-512), in place of the plain weight (one "
+        "copy); elsewhere bf16 weights in oneDNN's layout beside it (matmuls 8-25 percent "
+        "faster at 64 rows, twice the linear weights' memory); false keeps the plain weights only",
     )
     # KV cache tiers (issue 15): prefix-cache blocks evicted from the pool go to host memory,
     # then disk, and come back on a later hit instead of being recomputed.

@@ -1,21 +1,21 @@
 // bf16 linears on CPUs from weights packed in blocks (cpu_linear.h's packed_linear, the layout
 // the fused decode step reads): y[M, N] = rnd(x[M, K] . w^T + bias) for any M, so prefill and
 // large decode batches read the same single packed copy as the fused step (herd.engine.
-// cpu_block_linear calls this). Built only with AVX512-BF16; elsewhere the library has no symbols.
+// cpu_block_linear calls this). bf16 needs AVX512-BF16, float32 AVX-512; without, no symbols.
 #include "cpu_linear.h"
 
 #include <omp.h>
 
-#if defined(HERD_BF16_TILES)
+#if defined(HERD_AVX512)
 // Rows are taken in panels of 8 tiles that stay in L2 while the output blocks of a thread's share
 // stream past them; tasks are (panel, block range), so the team splits even a one-panel batch.
-// 2048 rows x K 576-2048 on 2 cores: 88-row panels ~430 GFLOP/s (oneDNN's rate), 96 (12-row
-// tiles) ~395, 132 ~400, 80 ~420 (benchmarks/bench_block_linear.py).
+// bf16, 2048 rows x K 576-2048 on 2 cores: 88-row panels ~430 GFLOP/s (oneDNN's rate), 96
+// (12-row tiles) ~395, 132 ~400, 80 ~420 (benchmarks/bench_block_linear.py).
 constexpr int64_t PANEL_ROWS = 8 * PACK_ROWS;
 
-extern "C" void herd_block_linear_bf16(const uint16_t* x, int64_t M, int64_t K, const uint32_t* wp,
-                                       int64_t N, const uint16_t* bias, uint16_t* out, int64_t ldo,
-                                       int nthreads) {
+template <typename T>
+static void block_linear(const T* x, int64_t M, int64_t K, const uint32_t* wp, int64_t N,
+                         const T* bias, T* out, int64_t ldo, int nthreads) {
   const int64_t blocks = (N + PACK_COLS - 1) / PACK_COLS;
   const int64_t panels = (M + PANEL_ROWS - 1) / PANEL_ROWS;
   // 4 block ranges a panel, more when panels are fewer than threads (~4 tasks a thread)
@@ -29,4 +29,14 @@ extern "C" void herd_block_linear_bf16(const uint16_t* x, int64_t M, int64_t K, 
       packed_linear(x + m0 * K, mt, wp, bias, K, N, b0, b1, out + m0 * ldo, ldo);
     }
 }
+
+#define HERD_ENTRY(NAME, T)                                                                     \
+  extern "C" void NAME(const T* x, int64_t M, int64_t K, const uint32_t* wp, int64_t N,         \
+                       const T* bias, T* out, int64_t ldo, int nthreads) {                       \
+    block_linear(x, M, K, wp, N, bias, out, ldo, nthreads);                                     \
+  }
+HERD_ENTRY(herd_block_linear_f32, float)
+#if HERD_PACKS_BF16
+HERD_ENTRY(herd_block_linear_bf16, uint16_t)
+#endif
 #endif

@@ -1,8 +1,8 @@
-"""`BlockLinear`: a bf16 linear on CPUs that keeps its weight only packed in blocks of 32 outputs
-(`cpu_linear.h`'s layout) and multiplies through `cpu_block_linear.cpp` for any number of rows;
-the fused decode step reads the same blocks. One copy of the weights, where oneDNN prepacking
-kept two and the fused step a third. `pack_blocks` swaps them into a model, as quantization swaps
-in its linears."""
+"""`BlockLinear`: a bf16 or float32 linear on CPUs that keeps its weight only packed in blocks of
+32 outputs (`cpu_linear.h`'s layout) and multiplies through `cpu_block_linear.cpp` for any number
+of rows; the fused decode step reads the same blocks. One copy of the weights, where oneDNN
+prepacking kept two and the fused step a third. `pack_blocks` swaps them into a model, as
+quantization swaps in its linears."""
 
 import ctypes
 
@@ -11,43 +11,49 @@ from torch import nn
 
 from herd.engine.huge_pages import collapse, huge_buffer
 from herd.engine.native_build import load_library
-from herd.model.packed_linear import BATCH_HINT, bf16_cpu_linears, onednn_linear
+from herd.model.packed_linear import BATCH_HINT, cpu_linears, onednn_linear
 
 PACK_COLS = 32  # outputs per block, as cpu_linear.h packs them
-SYMBOL = "herd_block_linear_bf16"
+SYMBOLS = {torch.bfloat16: "herd_block_linear_bf16", torch.float32: "herd_block_linear_f32"}
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
 
-def load_kernel() -> ctypes.CDLL | None:
-    """The kernel library, or None where it cannot run: no compiler, `HERD_CPU_KERNELS=0`, a
-    failed build, or a CPU without AVX512-BF16 (the library then has no symbols)."""
-    lib = load_library("cpu_block_linear.cpp")
-    return lib if lib is not None and hasattr(lib, SYMBOL) else None
+def load_kernel(dtype: torch.dtype = torch.bfloat16) -> ctypes.CDLL | None:
+    """The kernel library for `dtype` weights, or None where it cannot run: no compiler,
+    `HERD_CPU_KERNELS=0`, a failed build, or a CPU without AVX-512 (float32) or AVX512-BF16
+    (bf16): the library then lacks the symbol."""
+    lib = load_library("cpu_block_linear.cpp") if dtype in SYMBOLS else None
+    return lib if lib is not None and hasattr(lib, SYMBOLS[dtype]) else None
 
 
-def packed_bytes(n: int, k: int) -> int:
-    """Bytes of an [n, k] weight packed: whole blocks of 32 outputs by input pairs, zero-padded."""
-    return -(-n // PACK_COLS) * -(-k // 2) * PACK_COLS * 4
+def packed_bytes(n: int, k: int, dtype: torch.dtype) -> int:
+    """Bytes of an [n, k] weight packed: whole blocks of 32 outputs by 32-bit input units (a bf16
+    input pair, or one float32 input), zero-padded."""
+    per_unit = 4 // dtype.itemsize
+    return -(-n // PACK_COLS) * -(-k // per_unit) * PACK_COLS * 4
 
 
 def pack(w: torch.Tensor) -> torch.Tensor:
-    """A bf16 [N, K] weight as blocks: ceil(N/32) blocks, each holding for every input pair
-    (2k, 2k+1) its 32 outputs' weight pairs, zero-padded: [N/32, K/2, 32, 2]."""
+    """An [N, K] weight as blocks: ceil(N/32) blocks, each holding for every input unit (bf16:
+    inputs 2k, 2k+1; float32: input k) its 32 outputs' weights, zero-padded:
+    [N/32, units, 32, elements per unit]."""
     n, k = w.shape
-    blocks, pairs = -(-n // PACK_COLS), -(-k // 2)
-    padded = torch.zeros(blocks * PACK_COLS, pairs * 2, dtype=w.dtype)
+    per_unit = 4 // w.element_size()
+    blocks, units = -(-n // PACK_COLS), -(-k // per_unit)
+    padded = torch.zeros(blocks * PACK_COLS, units * per_unit, dtype=w.dtype)
     padded[:n, :k] = w
-    return padded.view(blocks, PACK_COLS, pairs, 2).transpose(1, 2)
+    return padded.view(blocks, PACK_COLS, units, per_unit).transpose(1, 2)
 
 
 class BlockLinear(nn.Module):
-    """Computes what the bf16 `nn.Linear` it replaces computes, to accumulation order (bf16
-    products summed in float32, bias added, rounded once to bf16), from `blocks`: the plain
-    weight is not kept. Each of `segments` (output counts; a fused gate_up's gate and up) is
-    packed apart from a block boundary, so a segment is whole blocks that the fused decode step
-    can hand out per thread. Rows may be any number; inputs must be bf16. With `onednn_above`
-    it also keeps oneDNN's prepacked copy and runs more rows than that through it (AMX CPUs,
-    where oneDNN's tile kernels outrun any AVX-512 loop on prefill-sized products)."""
+    """Computes what the `nn.Linear` it replaces computes, to accumulation order (products
+    summed in float32, bias added, rounded once to the dtype), from `blocks`: the plain weight
+    is not kept. Each of `segments` (output counts; a fused gate_up's gate and up) is packed
+    apart from a block boundary, so a segment is whole blocks that the fused decode step can
+    hand out per thread. Rows may be any number; inputs must have the weight's dtype. With
+    `onednn_above` a bf16 one also keeps oneDNN's prepacked copy and runs more rows than that
+    through it (AMX CPUs, where oneDNN's tile kernels outrun any AVX-512 loop on prefill-sized
+    products)."""
 
     def __init__(
         self,
@@ -58,11 +64,14 @@ class BlockLinear(nn.Module):
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.dtype = linear.weight.dtype
         assert sum(segments) == self.out_features
-        self.segments, self.lib, self.onednn_above = segments, load_kernel(), onednn_above
+        self.segments, self.lib = segments, load_kernel(self.dtype)
         self.bias = linear.bias
         self.register_buffer("blocks", blocks, persistent=False)
-        onednn = None
+        if self.dtype != torch.bfloat16:
+            onednn_above = None
+        self.onednn_above, onednn = onednn_above, None
         if onednn_above is not None:
             onednn = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), BATCH_HINT)
         self.register_buffer("onednn", onednn, persistent=False)
@@ -73,13 +82,14 @@ class BlockLinear(nn.Module):
             start += n
 
     def segment(self, i: int) -> torch.Tensor:
-        """Segment i's blocks (a view of `blocks`)."""
-        k, off = self.in_features, sum(packed_bytes(n, self.in_features) for n in self.segments[:i])
-        return self.blocks[off : off + packed_bytes(self.segments[i], k)].view(torch.bfloat16)
+        """Segment i's blocks (a view of `blocks`, in the weight's dtype)."""
+        k, dt = self.in_features, self.dtype
+        off = sum(packed_bytes(n, k, dt) for n in self.segments[:i])
+        return self.blocks[off : off + packed_bytes(self.segments[i], k, dt)].view(dt)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.bfloat16:
-            raise TypeError(f"BlockLinear takes bf16 inputs, got {x.dtype}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"this BlockLinear takes {self.dtype} inputs, got {x.dtype}")
         if torch.compiler.is_compiling():
             return torch.ops.herd.block_linear(x, self.blocks, self.bias, list(self.segments))
         if self.onednn is not None and x.numel() > self.onednn_above * self.in_features:
@@ -91,15 +101,16 @@ class BlockLinear(nn.Module):
 
 
 def _block_linear(lib, x, blocks, bias, segments) -> torch.Tensor:
-    k, n = x.shape[-1], sum(segments)
+    k, n, size = x.shape[-1], sum(segments), x.element_size()
     rows = x.reshape(-1, k).contiguous()
-    out = torch.empty(rows.shape[0], n, dtype=torch.bfloat16)
+    out = torch.empty(rows.shape[0], n, dtype=x.dtype)
     threads, wp, col = ctypes.c_int(torch.get_num_threads()), blocks.data_ptr(), 0
+    fn = getattr(lib, SYMBOLS[x.dtype])
     for width in segments:
-        b = None if bias is None else bias.data_ptr() + 2 * col
-        getattr(lib, SYMBOL)(_P(rows.data_ptr()), _I(rows.shape[0]), _I(k), _P(wp), _I(width),
-                             _P(b), _P(out.data_ptr() + 2 * col), _I(n), threads)  # fmt: skip
-        wp, col = wp + packed_bytes(width, k), col + width
+        b = None if bias is None else bias.data_ptr() + size * col
+        fn(_P(rows.data_ptr()), _I(rows.shape[0]), _I(k), _P(wp), _I(width), _P(b),
+           _P(out.data_ptr() + size * col), _I(n), threads)  # fmt: skip
+        wp, col = wp + packed_bytes(width, k, x.dtype), col + width
     return out.view(*x.shape[:-1], n)
 
 
@@ -108,7 +119,7 @@ def _block_linear_op(
     x: torch.Tensor, blocks: torch.Tensor, bias: torch.Tensor | None, segments: list[int]
 ) -> torch.Tensor:
     """The same product as an op torch.compile can trace (eager calls skip its dispatch cost)."""
-    return _block_linear(load_kernel(), x, blocks, bias, segments)
+    return _block_linear(load_kernel(x.dtype), x, blocks, bias, segments)
 
 
 @_block_linear_op.register_fake
@@ -122,16 +133,14 @@ def _segments(name: str, linear: nn.Linear) -> tuple[int, ...]:
 
 
 def pack_blocks(model: nn.Module, onednn_above: int | None = None) -> int:
-    """Swap every bf16 CPU `nn.Linear` of `model` for a `BlockLinear` (passing `onednn_above`),
-    all in one buffer on huge pages (the decode step streams them), freeing each plain weight
-    as it goes unless another module shares it (tied embeddings); returns how many. 0 where the
-    kernel cannot run."""
-    if load_kernel() is None:
-        return 0
-    linears = bf16_cpu_linears(model)  # the kernel reads a bias as bf16
-    swaps = [(p, n, c) for p, n, c in linears if c.bias is None or c.bias.dtype == torch.bfloat16]
+    """Swap every bf16 and float32 CPU `nn.Linear` of `model` whose dtype the kernel runs here
+    for a `BlockLinear` (passing `onednn_above`), all in one buffer on huge pages (the decode
+    step streams them), freeing each plain weight as it goes unless another module shares it
+    (tied embeddings); returns how many (0 where the kernel cannot run)."""
+    swaps = [s for dt in SYMBOLS if load_kernel(dt) is not None for s in cpu_linears(model, dt)]
     sizes = [
-        sum(packed_bytes(n, c.in_features) for n in _segments(name, c)) for _, name, c in swaps
+        sum(packed_bytes(n, c.in_features, c.weight.dtype) for n in _segments(name, c))
+        for _, name, c in swaps
     ]
     buffer, off = huge_buffer(sum(sizes)), 0
     for (parent, name, child), size in zip(swaps, sizes, strict=True):

@@ -40,9 +40,10 @@ struct Step {  // one decode step: a token per sequence
   float* scratch;  // herd_decoder_scratch_floats(model, batch) floats
 };
 
-extern "C" int herd_decoder_packs_weights() {
-#if defined(HERD_BF16_TILES)
-  return 1;
+// Whether this build reads weights of `bytes`-wide elements packed in blocks (else weight rows).
+extern "C" int herd_decoder_packs(int bytes) {
+#if defined(HERD_AVX512)
+  return bytes == 4 ? packs<float>() : packs<uint16_t>();
 #else
   return 0;
 #endif
@@ -68,11 +69,11 @@ template <typename T, typename O>
 static void project(const T* x, int64_t B, const void* w, const uint32_t* wp, const void* bias,
                     int64_t K, int64_t N, int64_t c0, int64_t c1, O* out, int64_t ldo) {
   if (c0 >= c1) return;
-#if defined(HERD_BF16_TILES)
-  if constexpr (std::is_same_v<T, uint16_t>)
+#if defined(HERD_AVX512)
+  if constexpr (packs<T>())
     if (wp) {
       const int64_t b0 = c0 / PACK_COLS, b1 = (c1 + PACK_COLS - 1) / PACK_COLS;
-      return packed_linear(x, B, wp, (const uint16_t*)bias, K, N, b0, b1, out, ldo);
+      return packed_linear(x, B, wp, (const T*)bias, K, N, b0, b1, out, ldo);
     }
 #endif
   linear(x, B, w, bias, K, c0, c1, out, ldo);

@@ -90,7 +90,9 @@ class CpuDecoder:
 
     def __init__(self, model: nn.Module, kv_cache: torch.Tensor, max_batch: int, lib) -> None:
         cfg = model.config
-        if isinstance(model.lm_head, BlockLinear) and not lib.herd_decoder_packs_weights():
+        if isinstance(model.lm_head, BlockLinear) and not lib.herd_decoder_packs(
+            kv_cache.element_size()
+        ):
             raise ValueError("this build of the fused step cannot read weights packed in blocks")
         self.max_batch, self.lib = max_batch, lib
         self.fn = getattr(lib, SYMBOLS[kv_cache.dtype])
@@ -122,7 +124,7 @@ class CpuDecoder:
         why = unsupported(model, kv_cache.dtype, kv_cache, backend)
         lib = None if why else load_library("cpu_decoder.cpp")
         if lib is not None and isinstance(model.lm_head, BlockLinear):
-            lib = lib if lib.herd_decoder_packs_weights() else None
+            lib = lib if lib.herd_decoder_packs(kv_cache.element_size()) else None
             why = "" if lib else "a build that cannot read weights packed in blocks"
         if lib is None:
             log.info("fused CPU decode off: %s", why or "the kernel did not build")

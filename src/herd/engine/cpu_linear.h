@@ -76,6 +76,11 @@ static inline void dot_row(const T* x, int64_t K, const T* w, float* out) {
 // rows; widen+FMA was instruction bound there (1 thread: batch 2/4/8/16 1.3/1.5/1.7/1.8x faster).
 #if defined(HERD_AVX512) && defined(__AVX512BF16__)
 #define HERD_BF16_TILES 1
+#define HERD_PACKS_BF16 1
+#else
+#define HERD_PACKS_BF16 0
+#endif
+#if defined(HERD_BF16_TILES)
 static inline __m512bh bh(__mmask32 mask, const uint16_t* p) {
   return (__m512bh)_mm512_maskz_loadu_epi16(mask, p);
 }
@@ -156,42 +161,59 @@ static void linear_tiled(const uint16_t* x, int64_t M, const uint16_t* w, const 
       tile_m<1>(x, m0, std::min<int64_t>(8, M - m0), w, bias, K, n, out, ldo);
 }
 
-// ---- bf16 weights packed for a broadcast kernel (what oneDNN's microkernels do) ---------------
-// A packed [N, K] matrix is ceil(N / 32) blocks of 32 outputs; a block holds, for each input pair
-// (2k, 2k + 1), its 32 outputs' weight pairs (32-bit each): [N/32][K/2][32] pairs, zero-padded.
-// A tile keeps 2 x 16 outputs of up to 12 batch rows in 24 accumulators and per input pair
-// broadcasts each row's x pair against the block's two vectors: no horizontal sums, no x vector
-// loads, each block one sequential stream. Harness (200 MB of rows, 2 threads, K = 768, ms, the
-// row tiles above / packed): batch 1 6.5 / 5.6, 8 10.8 / 5.8, 16 14.5 / 8.2, 24 21.4 / 12.3,
-// 32 29.0 / 16.0 (~400 GFLOP/s: the vdpbf16ps rate).
-template <int MR, typename O>
-static inline void packed_tile(const uint16_t* x, int64_t K, const uint32_t* w, const uint16_t* bias,
-                               int64_t col, int64_t N, O* out, int64_t ldo) {
+#endif  // HERD_BF16_TILES
+
+// ---- weights packed for a broadcast kernel (what oneDNN's microkernels do) ---------------------
+// A packed [N, K] matrix is ceil(N / 32) blocks of 32 outputs; a block holds, for each input unit
+// (bf16: an input pair (2k, 2k + 1); float32: one input), its 32 outputs' weights for that unit
+// (32 bits each): [N/32][units][32], zero-padded. A tile keeps 2 x 16 outputs of up to 11 batch
+// rows in 22 accumulators and per unit broadcasts each row's x unit against the block's two
+// vectors: no horizontal sums, no x vector loads, each block one sequential stream. Harness (bf16,
+// 200 MB of rows, 2 threads, K = 768, ms, the row tiles above / packed): batch 1 6.5 / 5.6, 8
+// 10.8 / 5.8, 16 14.5 / 8.2, 24 21.4 / 12.3, 32 29.0 / 16.0 (~400 GFLOP/s: the vdpbf16ps rate).
+#if defined(HERD_AVX512)
+template <typename T>  // the bf16 kernel needs AVX512-BF16; float32 any AVX-512
+constexpr bool packs() { return sizeof(T) == 4 || HERD_PACKS_BF16; }
+template <typename T>
+static inline int64_t pack_units(int64_t K) { return sizeof(T) == 2 ? (K + 1) / 2 : K; }
+
+template <int MR, typename T, typename O>
+static inline void packed_tile(const T* x, int64_t K, const uint32_t* w, const T* bias, int64_t col,
+                               int64_t N, O* out, int64_t ldo) {
   __m512 acc[MR][2];
 #pragma GCC unroll 12
   for (int m = 0; m < MR; m++) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
-  // Each row's x pair is broadcast straight from memory (a load, not a vector-ALU move from a
-  // general register, which competed with the dot products: prefill shapes ran at ~320 of the
-  // ~430 GFLOP/s oneDNN reaches); an odd K's last pair is a zero-padded half, done apart.
-  const int64_t KP = (K + 1) / 2;
-  auto step = [&](const uint32_t* wk, auto pair_at) {
+  // Each row's x unit is broadcast straight from memory (a load, not a vector-ALU move from a
+  // general register, which competed with the dot products: bf16 prefill shapes ran at ~320 of
+  // the ~430 GFLOP/s oneDNN reaches); an odd K's last bf16 pair is a zero-padded half, apart.
+  auto step = [&](const uint32_t* wk, auto unit_at) {
     _mm_prefetch((const char*)wk + WEIGHT_PREFETCH_BYTES, _MM_HINT_T1);
     _mm_prefetch((const char*)wk + WEIGHT_PREFETCH_BYTES + 64, _MM_HINT_T1);
-    const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wk), w1 = (__m512bh)_mm512_loadu_si512(wk + 16);
+    const __m512i w0 = _mm512_loadu_si512(wk), w1 = _mm512_loadu_si512(wk + 16);
 #pragma GCC unroll 12
     for (int m = 0; m < MR; m++) {
-      const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair_at(x + m * K));
-      acc[m][0] = _mm512_dpbf16_ps(acc[m][0], xb, w0);
-      acc[m][1] = _mm512_dpbf16_ps(acc[m][1], xb, w1);
+      const __m512i xb = unit_at(x + m * K);
+      if constexpr (sizeof(T) == 4) {
+        acc[m][0] = _mm512_fmadd_ps(_mm512_castsi512_ps(xb), _mm512_castsi512_ps(w0), acc[m][0]);
+        acc[m][1] = _mm512_fmadd_ps(_mm512_castsi512_ps(xb), _mm512_castsi512_ps(w1), acc[m][1]);
+      } else {
+#if HERD_PACKS_BF16
+        acc[m][0] = _mm512_dpbf16_ps(acc[m][0], (__m512bh)xb, (__m512bh)w0);
+        acc[m][1] = _mm512_dpbf16_ps(acc[m][1], (__m512bh)xb, (__m512bh)w1);
+#endif
+      }
     }
   };
-  for (int64_t kp = 0; kp < K / 2; kp++)
-    step(w + kp * PACK_COLS, [kp](const uint16_t* xm) {
-      int32_t pair;
-      std::memcpy(&pair, xm + 2 * kp, 4);
-      return pair;
+  const int64_t U = pack_units<T>(K), whole = sizeof(T) == 2 ? K / 2 : K;
+  for (int64_t u = 0; u < whole; u++)
+    step(w + u * PACK_COLS, [u](const T* xm) {
+      int32_t bits;  // a float, or a bf16 pair
+      std::memcpy(&bits, xm + u * (4 / sizeof(T)), 4);
+      return _mm512_set1_epi32(bits);
     });
-  if (K % 2) step(w + (KP - 1) * PACK_COLS, [K](const uint16_t* xm) { return (int32_t)xm[K - 1]; });
+  if constexpr (sizeof(T) == 2)
+    if (whole < U)
+      step(w + whole * PACK_COLS, [K](const T* xm) { return _mm512_set1_epi32(xm[K - 1]); });
   for (int v = 0; v < 2; v++) {
     const int64_t c = col + 16 * v;
     if (c >= N) break;
@@ -199,20 +221,20 @@ static inline void packed_tile(const uint16_t* x, int64_t K, const uint32_t* w, 
     const __m512 b = bias ? load16(bias + c, mask) : _mm512_setzero_ps();
 #pragma GCC unroll 12
     for (int m = 0; m < MR; m++)
-      store16(out + m * ldo + c, vrnd<uint16_t>(_mm512_add_ps(acc[m][v], b)), mask);
+      store16(out + m * ldo + c, vrnd<T>(_mm512_add_ps(acc[m][v], b)), mask);
   }
 }
 
-// Output blocks [b0, b1) of a packed matrix for M batch rows, in near-equal groups of <= 12 rows.
-template <typename O>
-static void packed_linear(const uint16_t* x, int64_t M, const uint32_t* wp, const uint16_t* bias,
-                          int64_t K, int64_t N, int64_t b0, int64_t b1, O* out, int64_t ldo) {
-  const int64_t groups = (M + PACK_ROWS - 1) / PACK_ROWS, KP = (K + 1) / 2;
+// Output blocks [b0, b1) of a packed matrix for M batch rows, in near-equal groups of <= 11 rows.
+template <typename T, typename O>
+static void packed_linear(const T* x, int64_t M, const uint32_t* wp, const T* bias, int64_t K,
+                          int64_t N, int64_t b0, int64_t b1, O* out, int64_t ldo) {
+  const int64_t groups = (M + PACK_ROWS - 1) / PACK_ROWS, U = pack_units<T>(K);
   for (int64_t nb = b0; nb < b1; nb++) {
-    const uint32_t* w = wp + nb * KP * PACK_COLS;
+    const uint32_t* w = wp + nb * U * PACK_COLS;
     for (int64_t g = 0, m0 = 0; g < groups; g++) {
       const int64_t mt = M / groups + (g < M % groups), col = nb * PACK_COLS;
-      const uint16_t* xm = x + m0 * K;
+      const T* xm = x + m0 * K;
       O* o = out + m0 * ldo;
       switch (mt) {
 #define HERD_PACKED_CASE(R) \

@@ -175,17 +175,19 @@ class ModelRunner:
             log.info("start this process with %s for herd replica's tuning", hint)
 
     def _pack_linears(self, prepack: bool) -> None:
-        """bf16 linears on CPU: packed in blocks for herd's kernels (one copy of the weights) where
-        the CPU has AVX512-BF16, else prepacked for oneDNN beside the plain weights."""
+        """Linears on CPU: packed in blocks for herd's kernels (one copy of the weights) where
+        the CPU runs them (bf16: AVX512-BF16; float32: AVX-512), else bf16 ones prepacked for
+        oneDNN beside the plain weights."""
         if not prepack:
             return
         # AMX: oneDNN's tile kernels should outrun the AVX-512 blocks on prefill-sized products
         # (not measured: no AMX machine here), so those keep oneDNN's copy for them as well.
-        amx = "amx_bf16" in cpu_flags() and packed_linear.available()
+        bf16 = self.dtype == torch.bfloat16
+        amx = bf16 and "amx_bf16" in cpu_flags() and packed_linear.available()
         if n := pack_blocks(self.model, AMX_ONEDNN_ABOVE if amx else None):
             self.blocks, self.amx = n, amx
             also = f", and for oneDNN's AMX kernels above {AMX_ONEDNN_ABOVE} rows" if amx else ""
-            log.info("%d bf16 linears packed in blocks for herd's kernels%s", n, also)
+            log.info("%d linears packed in blocks for herd's kernels%s", n, also)
         elif packed_linear.available() and (n := packed_linear.pack_linears(self.model)):
             log.info("%d bf16 linears prepacked for oneDNN (prepack_weights)", n)
 

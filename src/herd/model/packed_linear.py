@@ -47,22 +47,24 @@ def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
-def bf16_cpu_linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
-    """Every plain bf16 CPU `nn.Linear` of `model`, as (parent, attribute name, linear): what
-    the CPU's packed linears (these, and herd.engine.cpu_block_linear's) swap out."""
+def cpu_linears(model: nn.Module, dtype: torch.dtype) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """Every plain CPU `nn.Linear` of `model` whose weight (and bias) is `dtype`, as (parent,
+    attribute name, linear): what the CPU's packed linears (these, and herd.engine.
+    cpu_block_linear's) swap out."""
     return [
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
         if type(child) is nn.Linear
-        and child.weight.dtype == torch.bfloat16
+        and child.weight.dtype == dtype
+        and (child.bias is None or child.bias.dtype == dtype)
         and child.weight.device.type == "cpu"
     ]
 
 
 def pack_linears(model: nn.Module) -> int:
     """Swap every plain bf16 CPU `nn.Linear` of `model` for a `PackedLinear`; returns how many."""
-    swaps = bf16_cpu_linears(model)
+    swaps = cpu_linears(model, torch.bfloat16)
     for parent, name, child in swaps:
         setattr(parent, name, PackedLinear(child))
     return len(swaps)
