@@ -101,8 +101,9 @@ class EngineConfig:
         "largest decode batch run through a compiled graph: batches are padded up to a power of "
         "two no larger (a server compiles them all before it is ready, offline engines when "
         "built); larger batches and prefill run eagerly. On CPU buckets up to "
-        "fused_decode_max_batch are left to the fused step, so the default 1 compiles nothing; "
-        "each bucket costs ~10-20 s of start-up on 2 cores, 64 buys ~6 percent in bulk",
+        "fused_decode_max_batch are left to the fused step (by default every batch when the "
+        "weights are packed in blocks), so there the default 1 compiles nothing; each bucket "
+        "costs ~10-20 s of start-up on 2 cores",
     )
     # The fused C++ decode step on CPUs (engine/cpu_decoder.py): whole decode steps in one
     # native call. Reading weights packed in blocks (bf16 or float32) it beat eager steps
