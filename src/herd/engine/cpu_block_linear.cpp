@@ -7,8 +7,10 @@
 #include <omp.h>
 
 #if defined(HERD_AVX512)
-// Rows are taken in panels of 8 tiles that stay in L2 while the output blocks of a thread's share
-// stream past them; tasks are (panel, block range), so the team splits even a one-panel batch.
+// Rows are taken in near-equal panels of up to 8 tiles that stay in L2 while the output blocks of
+// a thread's share stream past them; tasks are (panel, block range), so the team splits even a
+// one-panel batch. (Panels of exactly 88 rows and a remainder left 128 rows split 88 / 40
+// between 2 threads: 23.2 ms for SmolLM2's lm_head where 64 rows took 8.6.)
 // bf16, 2048 rows x K 576-2048 on 2 cores: 88-row panels ~430 GFLOP/s (oneDNN's rate), 96
 // (12-row tiles) ~395, 132 ~400, 80 ~420 (benchmarks/bench_block_linear.py).
 constexpr int64_t PANEL_ROWS = 8 * PACK_ROWS;
@@ -24,7 +26,7 @@ static void block_linear(const T* x, int64_t M, int64_t K, const uint32_t* wp, i
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
   for (int64_t p = 0; p < panels; p++)
     for (int64_t r = 0; r < ranges; r++) {
-      const int64_t m0 = p * PANEL_ROWS, mt = std::min(PANEL_ROWS, M - m0);
+      const int64_t m0 = p * M / panels, mt = (p + 1) * M / panels - m0;  // near-equal panels
       const int64_t b0 = r * blocks / ranges, b1 = (r + 1) * blocks / ranges;
       packed_linear(x + m0 * K, mt, wp, bias, K, N, b0, b1, out + m0 * ldo, ldo);
     }
