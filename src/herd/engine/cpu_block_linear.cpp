@@ -38,7 +38,7 @@ static void block_linear(const T* x, int64_t M, int64_t K, const uint32_t* wp, i
     block_linear(x, M, K, wp, N, bias, out, ldo, nthreads);                                     \
   }
 HERD_ENTRY(herd_block_linear_f32, float)
-#if HERD_PACKS_BF16
+#if defined(HERD_BF16_TILES)
 HERD_ENTRY(herd_block_linear_bf16, uint16_t)
 #endif
 #endif

@@ -76,11 +76,6 @@ static inline void dot_row(const T* x, int64_t K, const T* w, float* out) {
 // rows; widen+FMA was instruction bound there (1 thread: batch 2/4/8/16 1.3/1.5/1.7/1.8x faster).
 #if defined(HERD_AVX512) && defined(__AVX512BF16__)
 #define HERD_BF16_TILES 1
-#define HERD_PACKS_BF16 1
-#else
-#define HERD_PACKS_BF16 0
-#endif
-#if defined(HERD_BF16_TILES)
 static inline __m512bh bh(__mmask32 mask, const uint16_t* p) {
   return (__m512bh)_mm512_maskz_loadu_epi16(mask, p);
 }
@@ -173,7 +168,13 @@ static void linear_tiled(const uint16_t* x, int64_t M, const uint16_t* w, const 
 // 10.8 / 5.8, 16 14.5 / 8.2, 24 21.4 / 12.3, 32 29.0 / 16.0 (~400 GFLOP/s: the vdpbf16ps rate).
 #if defined(HERD_AVX512)
 template <typename T>  // the bf16 kernel needs AVX512-BF16; float32 any AVX-512
-constexpr bool packs() { return sizeof(T) == 4 || HERD_PACKS_BF16; }
+constexpr bool packs() {
+#if defined(HERD_BF16_TILES)
+  return true;
+#else
+  return sizeof(T) == 4;
+#endif
+}
 template <typename T>
 static inline int64_t pack_units(int64_t K) { return sizeof(T) == 2 ? (K + 1) / 2 : K; }
 
@@ -197,7 +198,7 @@ static inline void packed_tile(const T* x, int64_t K, const uint32_t* w, const T
         acc[m][0] = _mm512_fmadd_ps(_mm512_castsi512_ps(xb), _mm512_castsi512_ps(w0), acc[m][0]);
         acc[m][1] = _mm512_fmadd_ps(_mm512_castsi512_ps(xb), _mm512_castsi512_ps(w1), acc[m][1]);
       } else {
-#if HERD_PACKS_BF16
+#if defined(HERD_BF16_TILES)
         acc[m][0] = _mm512_dpbf16_ps(acc[m][0], (__m512bh)xb, (__m512bh)w0);
         acc[m][1] = _mm512_dpbf16_ps(acc[m][1], (__m512bh)xb, (__m512bh)w1);
 #endif
