@@ -2,7 +2,8 @@
 of the same bf16 weights: row counts below, at and past a tile and a panel, input counts odd and
 even, output counts no block divides, biases, gate/up segments; traced by torch.compile; and in
 a model: one copy of each weight (the plain one freed, tied embeddings kept), the fused step
-reading the same blocks; on an AMX CPU (its flag faked) oneDNN's copy kept for large products."""
+reading the same blocks; on an AMX CPU (its flag faked) oneDNN's copy kept for large products;
+and the build for AVX2 CPUs without AVX-512 (float32 blocks), products and transformers' tokens."""
 
 import copy
 
@@ -16,11 +17,11 @@ from herd.engine.llm import LLM
 from herd.engine.sampling_params import SamplingParams
 from herd.model import packed_linear
 from herd.model.packed_linear import PackedLinear
-from tests.engine.conftest import PROMPTS
+from tests.engine.conftest import MAX_TOKENS, PROMPTS
 
 NO_BF16 = cpu_block_linear.load_kernel(torch.bfloat16) is None
 NO_F32 = cpu_block_linear.load_kernel(torch.float32) is None
-pytestmark = pytest.mark.skipif(NO_F32, reason="no C++ compiler or no AVX-512")
+pytestmark = pytest.mark.skipif(NO_F32, reason="no C++ compiler, or neither AVX2 nor AVX-512")
 needs_bf16 = pytest.mark.skipif(NO_BF16, reason="no AVX512-BF16")
 
 
@@ -131,3 +132,34 @@ def test_an_amx_cpu_keeps_onednn_for_large_products_and_32_row_fused_steps(model
     plain = LLM(model_dirs["gqa"], dtype="bfloat16", num_kv_blocks=64, prepack_weights=False)
     got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS * 8, params)]  # 40-row prefills
     assert got == [o.outputs[0].token_ids for o in plain.generate(PROMPTS * 8, params)]
+
+
+def test_the_avx2_build_packs_float32_and_gives_transformers_tokens(
+    model_dirs, hf_reference, monkeypatch
+):
+    """Every kernel built as for a CPU with AVX2 but no AVX-512 (HERD_CPU_MARCH): float32 linears
+    on its 6-row tiles, the fused step on the same blocks, transformers' greedy tokens."""
+    monkeypatch.setenv("HERD_CPU_MARCH", "x86-64-v3")
+    lib = cpu_block_linear.load_kernel(torch.float32)
+    if lib is None:
+        pytest.skip("not an x86-64 compiler")
+    assert cpu_block_linear.load_kernel(torch.bfloat16) is None  # bf16 blocks need AVX512-BF16
+    torch.manual_seed(0)
+    model = Pair(101, 514, True, torch.float32)  # odd K, a partial block and a partial half
+    w, b = model.o_proj.weight.detach().double(), model.o_proj.bias.detach().double()
+    pack_blocks(model)
+    assert model.o_proj.lib is lib
+    for rows in (1, 5, 6, 7, 13, 49, 300):
+        x = torch.randn(rows, 101)
+        want = x.double() @ w.T + b
+        assert torch.allclose(
+            model.o_proj(x).double(), want, rtol=1e-5, atol=1e-5 * want.abs().max()
+        )
+    ids, expected = hf_reference["gqa"]
+    llm = LLM(model_dirs["gqa"], num_kv_blocks=64, block_size=4)
+    runner = llm.engine.runner
+    assert runner.fused.model.lm_head_p and runner.fused.max_batch == 128  # every batch
+    assert all(m.lib is lib for m in runner.model.modules() if isinstance(m, BlockLinear))
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    outs = llm.generate([{"prompt_token_ids": i} for i in ids], params)
+    assert [o.outputs[0].token_ids for o in outs] == expected

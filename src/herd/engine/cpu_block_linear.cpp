@@ -1,12 +1,13 @@
 // bf16 linears on CPUs from weights packed in blocks (cpu_linear.h's packed_linear, the layout
 // the fused decode step reads): y[M, N] = rnd(x[M, K] . w^T + bias) for any M, so prefill and
 // large decode batches read the same single packed copy as the fused step (herd.engine.
-// cpu_block_linear calls this). bf16 needs AVX512-BF16, float32 AVX-512; without, no symbols.
+// cpu_block_linear calls this). bf16 needs AVX512-BF16, float32 AVX-512 or AVX2; without, no
+// symbols.
 #include "cpu_linear.h"
 
 #include <omp.h>
 
-#if defined(HERD_AVX512)
+#if defined(HERD_PACKED)
 // Rows are taken in near-equal panels of up to 8 tiles that stay in L2 while the output blocks of
 // a thread's share stream past them; tasks are (panel, block range), so the team splits even a
 // one-panel batch. (Panels of exactly 88 rows and a remainder left 128 rows split 88 / 40

@@ -2,7 +2,7 @@
 // builds and calls this file). Small decode batches are bound by streaming the weights once per
 // step; done op by op from Python they lose most of the time to per-op overhead between ~200
 // small GEMVs. Here one OpenMP team runs every layer: each projection splits its outputs over
-// the threads (bf16: whole blocks of the packed copy, see packed_linear; float32: weight rows),
+// the threads (whole blocks of weights packed in blocks, see packed_linear; else weight rows),
 // read once for every batch row; the per-row elementwise work (cpu_layer_ops.cpp's row functions,
 // which the eager model runs too) is shared out by rows between barriers; attention is
 // paged_decode.cpp's kernel over sequences (or (sequence, KV head) when there are few).
@@ -18,8 +18,8 @@
 
 struct LayerW {  // one decoder layer's weights (dtype T); biases may be null
   const void *in_norm, *qkv, *qkv_b, *o, *o_b, *post_norm, *gate_up, *gate_up_b, *down, *down_b;
-  // the same projections packed for the broadcast kernel (bf16 builds with AVX512-BF16; else
-  // null): gate and up apart, so a thread's gate and up columns are whole blocks of each
+  // the same projections packed in blocks (BlockLinear, where herd_decoder_packs; else null):
+  // gate and up apart, so a thread's gate and up columns are whole blocks of each
   const uint32_t *qkv_p, *o_p, *gate_p, *up_p, *down_p;
 };
 
@@ -42,7 +42,7 @@ struct Step {  // one decode step: a token per sequence
 
 // Whether this build reads weights of `bytes`-wide elements packed in blocks (else weight rows).
 extern "C" int herd_decoder_packs(int bytes) {
-#if defined(HERD_AVX512)
+#if defined(HERD_PACKED)
   return bytes == 4 ? packs<float>() : packs<uint16_t>();
 #else
   return 0;
@@ -69,7 +69,7 @@ template <typename T, typename O>
 static void project(const T* x, int64_t B, const void* w, const uint32_t* wp, const void* bias,
                     int64_t K, int64_t N, int64_t c0, int64_t c1, O* out, int64_t ldo) {
   if (c0 >= c1) return;
-#if defined(HERD_AVX512)
+#if defined(HERD_PACKED)
   if constexpr (packs<T>())
     if (wp) {
       const int64_t b0 = c0 / PACK_COLS, b1 = (c1 + PACK_COLS - 1) / PACK_COLS;

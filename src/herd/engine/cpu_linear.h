@@ -1,7 +1,7 @@
 // bf16 and float32 projections for CPUs (cpu_decoder.cpp and cpu_block_linear.cpp include this
 // file): out[m, n] = rnd(bias[n] + x[m, :] . w[n, :]) for the rows of x, from plain weight rows
-// (float32, and bf16 builds without AVX512-BF16) or from bf16 weights packed in blocks
-// (packed_linear).
+// (float32, and bf16 builds without AVX512-BF16) or from weights packed in blocks (packed_linear:
+// bf16 with AVX512-BF16, float32 with AVX-512 or AVX2).
 #pragma once
 #include "cpu_simd.h"
 
@@ -23,9 +23,16 @@ static inline __m512 widen(__mmask16 mask, const uint16_t* p) {
 #endif
 
 constexpr int64_t PACK_COLS = 32;  // outputs of a packed weight block
+#if defined(HERD_AVX512) || defined(HERD_AVX2)
+#define HERD_PACKED 1  // this build has a packed tile (below)
+#endif
+#if defined(HERD_AVX2)
+constexpr int64_t PACK_ROWS = 6;  // batch rows of a packed tile: 12 accumulators of 16 registers
+#else
 constexpr int64_t PACK_ROWS = 11;  // batch rows of a packed tile (12 ran ~8% slower: spills)
+#endif
 
-#if defined(HERD_AVX512)
+#if defined(HERD_PACKED)
 // Weights stream from DRAM once a step; the hardware prefetcher alone fell behind as soon as a row
 // cost more than a few instructions (batch 4: 20 GB/s, batch 8: 13). Asking for the line 4 KiB
 // ahead, into L2 (as paged_decode does for K/V), one line per line read, kept 24-30 GB/s up to
@@ -38,7 +45,7 @@ static inline void prefetch_weights(const T* p) {
   for (size_t line = 0; line < 32 * sizeof(T); line += 64)
     _mm_prefetch((const char*)p + WEIGHT_PREFETCH_BYTES + line, _MM_HINT_T1);
 }
-#endif
+#endif  // HERD_PACKED
 
 template <int MT, typename T>
 static inline void dot_row(const T* x, int64_t K, const T* w, float* out) {
@@ -166,8 +173,8 @@ static void linear_tiled(const uint16_t* x, int64_t M, const uint16_t* w, const 
 // vectors: no horizontal sums, no x vector loads, each block one sequential stream. Harness (bf16,
 // 200 MB of rows, 2 threads, K = 768, ms, the row tiles above / packed): batch 1 6.5 / 5.6, 8
 // 10.8 / 5.8, 16 14.5 / 8.2, 24 21.4 / 12.3, 32 29.0 / 16.0 (~400 GFLOP/s: the vdpbf16ps rate).
-#if defined(HERD_AVX512)
-template <typename T>  // the bf16 kernel needs AVX512-BF16; float32 any AVX-512
+#if defined(HERD_PACKED)
+template <typename T>  // the bf16 kernel needs AVX512-BF16; float32 any AVX-512, or AVX2
 constexpr bool packs() {
 #if defined(HERD_BF16_TILES)
   return true;
@@ -177,7 +184,9 @@ constexpr bool packs() {
 }
 template <typename T>
 static inline int64_t pack_units(int64_t K) { return sizeof(T) == 2 ? (K + 1) / 2 : K; }
+#endif
 
+#if defined(HERD_AVX512)
 template <int MR, typename T, typename O>
 static inline void packed_tile(const T* x, int64_t K, const uint32_t* w, const T* bias, int64_t col,
                                int64_t N, O* out, int64_t ldo) {
@@ -225,8 +234,47 @@ static inline void packed_tile(const T* x, int64_t K, const uint32_t* w, const T
       store16(out + m * ldo + c, vrnd<T>(_mm512_add_ps(acc[m][v], b)), mask);
   }
 }
+#elif defined(HERD_AVX2)
+// float32 only, 8 lanes: a block's 32 outputs are taken in two halves of 16, each a tile of up to
+// 6 rows x 2 vectors (12 accumulators, 2 weight vectors and the broadcast x: 15 of 16 registers;
+// a whole block a tile would leave 2 rows). A half reads one 64-byte line of each 128-byte unit
+// row, so the two halves together still read each line of the block once.
+template <int MR, typename T, typename O>
+static inline void packed_tile(const T* x, int64_t K, const uint32_t* w, const T* bias, int64_t col,
+                               int64_t N, O* out, int64_t ldo) {
+  static_assert(sizeof(T) == 4 && sizeof(O) == 4, "AVX2 builds pack float32 weights only");
+  for (int64_t half = col; half < std::min(N, col + PACK_COLS); half += 16) {
+    const float* wh = (const float*)w + (half - col);
+    __m256 acc[MR][2];
+#pragma GCC unroll 6
+    for (int m = 0; m < MR; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    for (int64_t u = 0; u < K; u++) {
+      const float* wk = wh + u * PACK_COLS;
+      _mm_prefetch((const char*)wk + WEIGHT_PREFETCH_BYTES, _MM_HINT_T1);
+      const __m256 w0 = _mm256_loadu_ps(wk), w1 = _mm256_loadu_ps(wk + 8);
+#pragma GCC unroll 6
+      for (int m = 0; m < MR; m++) {
+        const __m256 xb = _mm256_broadcast_ss(x + m * K + u);
+        acc[m][0] = _mm256_fmadd_ps(xb, w0, acc[m][0]);
+        acc[m][1] = _mm256_fmadd_ps(xb, w1, acc[m][1]);
+      }
+    }
+    for (int v = 0; v < 2; v++) {
+      const int64_t c = half + 8 * v, n = std::min<int64_t>(8, N - c);
+      if (n <= 0) break;
+      const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+      const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lanes);
+      const __m256 b = bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
+#pragma GCC unroll 6
+      for (int m = 0; m < MR; m++)
+        _mm256_maskstore_ps(out + m * ldo + c, mask, _mm256_add_ps(acc[m][v], b));
+    }
+  }
+}
+#endif
 
-// Output blocks [b0, b1) of a packed matrix for M batch rows, in near-equal groups of <= 11 rows.
+#if defined(HERD_PACKED)
+// Output blocks [b0, b1) of a packed matrix for M batch rows, in near-equal groups of <= PACK_ROWS.
 template <typename T, typename O>
 static void packed_linear(const T* x, int64_t M, const uint32_t* wp, const T* bias, int64_t K,
                           int64_t N, int64_t b0, int64_t b1, O* out, int64_t ldo) {
@@ -239,7 +287,7 @@ static void packed_linear(const T* x, int64_t M, const uint32_t* wp, const T* bi
       O* o = out + m0 * ldo;
       switch (mt) {
 #define HERD_PACKED_CASE(R) \
-  case R: packed_tile<R>(xm, K, w, bias, col, N, o, ldo); break;
+  case R: if constexpr (R <= PACK_ROWS) packed_tile<R>(xm, K, w, bias, col, N, o, ldo); break;
         HERD_PACKED_CASE(11) HERD_PACKED_CASE(10) HERD_PACKED_CASE(9)
         HERD_PACKED_CASE(8) HERD_PACKED_CASE(7) HERD_PACKED_CASE(6) HERD_PACKED_CASE(5)
         HERD_PACKED_CASE(4) HERD_PACKED_CASE(3) HERD_PACKED_CASE(2)

@@ -1,6 +1,7 @@
 // Scalar and AVX-512 helpers shared by herd's C++ CPU kernels (paged_decode.cpp,
 // cpu_layer_ops.cpp, cpu_decoder.cpp): activations are float32 or bf16 (uint16_t), widened to
-// float32 for arithmetic and rounded to nearest even on store, as torch rounds them.
+// float32 for arithmetic and rounded to nearest even on store, as torch rounds them. HERD_AVX512,
+// or HERD_AVX2 on CPUs with AVX2 and FMA but no AVX-512, says which vector code a build has.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -85,4 +86,7 @@ static inline __m512 exp16(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
   return _mm512_scalef_ps(p, n);
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define HERD_AVX2 1  // AVX2 without AVX-512: only the float32 packed tile (cpu_linear.h) uses it
 #endif

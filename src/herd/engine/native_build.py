@@ -72,11 +72,19 @@ def _build(name: str, flags: list[str]) -> ctypes.CDLL | None:
     return ctypes.CDLL(str(path))
 
 
+def default_flags() -> list[str]:
+    """FLAGS for this CPU, or for the target that `HERD_CPU_MARCH` names (x86-64-v3 builds what
+    a CPU with AVX2 but no AVX-512 runs, so it can be tested and measured on this one)."""
+    march = os.environ.get("HERD_CPU_MARCH", "native")
+    return [f"-march={march}" if f == "-march=native" else f for f in FLAGS]
+
+
 def load_library(name: str, flags: list[str] | None = None) -> ctypes.CDLL | None:
     """The library built from `name` (a .cpp beside this module), built once per process and
-    flag set. None if there is no compiler, `HERD_CPU_KERNELS=0`, or the build failed: the
-    failure is logged and callers stay on their torch path."""
-    flags = FLAGS if flags is None else flags
+    flag set (`default_flags()` unless given). None if there is no compiler,
+    `HERD_CPU_KERNELS=0`, or the build failed: the failure is logged and callers stay on their
+    torch path."""
+    flags = default_flags() if flags is None else flags
     key = (name, tuple(flags))
     with _lock:
         if key not in _libs:
