@@ -149,7 +149,7 @@ def test_the_avx2_build_packs_float32_and_gives_transformers_tokens(
     w, b = model.o_proj.weight.detach().double(), model.o_proj.bias.detach().double()
     pack_blocks(model)
     assert model.o_proj.lib is lib
-    for rows in (1, 5, 6, 7, 13, 49, 300):
+    for rows in (1, 2, 3, 6, 7, 13, 49, 300):  # one-pass tiles (1-2 rows), halves past
         x = torch.randn(rows, 101)
         want = x.double() @ w.T + b
         assert torch.allclose(

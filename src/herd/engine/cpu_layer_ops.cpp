@@ -23,6 +23,7 @@ static void rmsnorm_row(const T* x, const T* w, int64_t H, float eps, T* out) {
   }
 #else
   float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
   for (int64_t k = 0; k < H; k++) ss += to_f(x[k]) * to_f(x[k]);
   const float inv = 1.f / std::sqrt(ss / H + eps);
   for (int64_t k = 0; k < H; k++) put(to_f(w[k]) * rnd<T>(to_f(x[k]) * inv), out + k);
@@ -84,9 +85,10 @@ static void swiglu_row(const T* gate, const T* up, int64_t n, T* out) {
     store16(out + k, _mm512_mul_ps(silu, load16(up + k, m)), m);
   }
 #else
+#pragma omp simd
   for (int64_t k = 0; k < n; k++) {
     const float g = to_f(gate[k]);
-    put(rnd<T>(g / (1.f + std::exp(-g))) * to_f(up[k]), out + k);
+    put(rnd<T>(g / (1.f + exp_poly(-g))) * to_f(up[k]), out + k);
   }
 #endif
 }

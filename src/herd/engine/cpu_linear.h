@@ -235,32 +235,36 @@ static inline void packed_tile(const T* x, int64_t K, const uint32_t* w, const T
   }
 }
 #elif defined(HERD_AVX2)
-// float32 only, 8 lanes: a block's 32 outputs are taken in two halves of 16, each a tile of up to
-// 6 rows x 2 vectors (12 accumulators, 2 weight vectors and the broadcast x: 15 of 16 registers;
-// a whole block a tile would leave 2 rows). A half reads one 64-byte line of each 128-byte unit
-// row, so the two halves together still read each line of the block once.
+// float32 only, 8 lanes. Up to 2 rows a tile takes a block's 32 outputs in one pass (4 vectors a
+// row: 8 accumulators): small batches are bound by the weight stream, which one pass reads best
+// (batch 1 in halves: 19 vs 13 ms a step of the ~100M model). More rows take the block in two
+// halves of 16 outputs, each a tile of up to 6 rows x 2 vectors (12 accumulators, 2 weight
+// vectors and the broadcast x: 15 of the 16 registers).
 template <int MR, typename T, typename O>
 static inline void packed_tile(const T* x, int64_t K, const uint32_t* w, const T* bias, int64_t col,
                                int64_t N, O* out, int64_t ldo) {
   static_assert(sizeof(T) == 4 && sizeof(O) == 4, "AVX2 builds pack float32 weights only");
-  for (int64_t half = col; half < std::min(N, col + PACK_COLS); half += 16) {
-    const float* wh = (const float*)w + (half - col);
-    __m256 acc[MR][2];
+  constexpr int V = MR <= 2 ? 4 : 2;  // vectors of 8 outputs a pass
+  for (int64_t c0 = col; c0 < std::min(N, col + PACK_COLS); c0 += 8 * V) {
+    const float* wc = (const float*)w + (c0 - col);
+    __m256 acc[MR][V];
 #pragma GCC unroll 6
-    for (int m = 0; m < MR; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    for (int m = 0; m < MR; m++)
+      for (int v = 0; v < V; v++) acc[m][v] = _mm256_setzero_ps();
     for (int64_t u = 0; u < K; u++) {
-      const float* wk = wh + u * PACK_COLS;
-      _mm_prefetch((const char*)wk + WEIGHT_PREFETCH_BYTES, _MM_HINT_T1);
-      const __m256 w0 = _mm256_loadu_ps(wk), w1 = _mm256_loadu_ps(wk + 8);
+      const float* wk = wc + u * PACK_COLS;
+      for (int line = 0; line < V / 2; line++)
+        _mm_prefetch((const char*)(wk + 16 * line) + WEIGHT_PREFETCH_BYTES, _MM_HINT_T1);
+      __m256 wv[V];
+      for (int v = 0; v < V; v++) wv[v] = _mm256_loadu_ps(wk + 8 * v);
 #pragma GCC unroll 6
       for (int m = 0; m < MR; m++) {
         const __m256 xb = _mm256_broadcast_ss(x + m * K + u);
-        acc[m][0] = _mm256_fmadd_ps(xb, w0, acc[m][0]);
-        acc[m][1] = _mm256_fmadd_ps(xb, w1, acc[m][1]);
+        for (int v = 0; v < V; v++) acc[m][v] = _mm256_fmadd_ps(xb, wv[v], acc[m][v]);
       }
     }
-    for (int v = 0; v < 2; v++) {
-      const int64_t c = half + 8 * v, n = std::min<int64_t>(8, N - c);
+    for (int v = 0; v < V; v++) {
+      const int64_t c = c0 + 8 * v, n = std::min<int64_t>(8, N - c);
       if (n <= 0) break;
       const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
       const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lanes);

@@ -39,7 +39,8 @@ static void argmax_lse_row(const float* x, int64_t V, int64_t* best, float* lse)
   for (int64_t k = 1; k < V; k++)
     if (x[k] > m) m = x[k], arg = k;
   float sum = 0.f;
-  for (int64_t k = 0; k < V; k++) sum += std::exp(x[k] - m);
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < V; k++) sum += exp_poly(x[k] - m);
 #endif
   *best = arg;
   *lse = m + std::log(sum);

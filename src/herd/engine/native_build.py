@@ -23,6 +23,7 @@ FLAGS = [
     "-march=native",
     "-mprefer-vector-width=512",
     "-fno-math-errno",
+    "-fno-trapping-math",  # lets GCC vectorise loops with comparisons (no kernel traps on FP)
     "-fopenmp",
     "-shared",
     "-fPIC",

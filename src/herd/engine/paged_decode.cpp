@@ -31,6 +31,7 @@ static inline float dot(const float* q, const T* k, int64_t D) {
   }
 #endif
   float s = 0.f;
+#pragma omp simd reduction(+ : s)
   for (int64_t d = 0; d < D; d++) s += q[d] * to_f(k[d]);
   return s;
 }
@@ -61,7 +62,11 @@ static float exp_row(float* s, int64_t L, float m) {
   }
   total = _mm512_reduce_add_ps(tot);
 #endif
-  for (; t < L; t++) { s[t] = expf(s[t] - m); total += s[t]; }
+#pragma omp simd reduction(+ : total)
+  for (int64_t u = t; u < L; u++) {
+    s[u] = exp_poly(s[u] - m);
+    total += s[u];
+  }
   return total;
 }
 
