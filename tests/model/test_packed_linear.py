@@ -8,6 +8,7 @@ from torch import nn
 from herd.engine.llm import LLM
 from herd.engine.sampling_params import SamplingParams
 from herd.model.packed_linear import PackedLinear, available, pack_linears
+from herd.model.quant import weight_bytes
 
 pytestmark = pytest.mark.skipif(not available(), reason="no oneDNN in this torch build")
 
@@ -32,6 +33,14 @@ def test_only_plain_bf16_linears_are_swapped():
     assert pack_linears(model) == 2
     assert [type(m) for m in model] == [PackedLinear, nn.Linear, nn.ReLU, PackedLinear]
     assert model[3].weight is emb.weight  # tied weights stay tied
+
+
+def test_weight_bytes_counts_the_packed_copy():
+    """oneDNN's packed copy has no storage (no data_ptr): counted once, as its own bytes."""
+    model = nn.Sequential(nn.Linear(64, 32, bias=False).to(torch.bfloat16))
+    plain = weight_bytes(model)["total"]
+    pack_linears(model)
+    assert weight_bytes(model)["total"] == 2 * plain  # the plain weight and the packed one
 
 
 def test_engine_logprobs_do_not_change(tmp_path, monkeypatch):

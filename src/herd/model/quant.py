@@ -238,9 +238,10 @@ def weight_bytes(model: nn.Module) -> dict[str, int]:
     for module in model.modules():
         tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
         for t in tensors:
-            if t.data_ptr() in seen:
+            key = id(t) if t.is_mkldnn else t.data_ptr()  # oneDNN's packed copies: no storage
+            if key in seen:
                 continue
-            seen.add(t.data_ptr())
+            seen.add(key)
             n = t.numel() * t.element_size()
             total += n
             if isinstance(module, QUANTIZED_LINEARS):
