@@ -8,6 +8,7 @@ import functools
 import hashlib
 import logging
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -18,10 +19,11 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
+X86 = platform.machine().lower() in ("x86_64", "amd64")
 FLAGS = [
     "-O3",
-    "-march=native",
-    "-mprefer-vector-width=512",
+    "-march=native",  # aarch64's g++ takes it too
+    *(["-mprefer-vector-width=512"] if X86 else []),  # x86 only: g++ elsewhere refuses it
     "-fno-math-errno",
     "-fno-trapping-math",  # lets GCC vectorise loops with comparisons (no kernel traps on FP)
     "-fopenmp",
