@@ -62,6 +62,31 @@ def test_engine_logprobs_do_not_change(tmp_path, monkeypatch):
     assert outs[0] == outs[1]
 
 
+def test_a_cpu_whose_onednn_cannot_pack_bf16_serves_plain_weights(tmp_path, monkeypatch):
+    """On an AVX2-only CPU oneDNN refuses to pack a bf16 weight (it needs AVX-512 BW/VL/DQ or
+    AVX-NE-CONVERT): `available()` says no and a bf16 engine starts on plain weights."""
+    from herd.model import packed_linear
+    from herd.model.demo import write_demo_model
+
+    def refuse(*args):
+        raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support ...")
+
+    monkeypatch.setattr("herd.engine.runner.pack_blocks", lambda *args: 0)
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    packed_linear.available.cache_clear()
+    try:
+        assert not packed_linear.available()
+        llm = LLM(write_demo_model(tmp_path), dtype="bfloat16", num_kv_blocks=64)
+        model = llm.engine.runner.model
+        assert not any(isinstance(m, PackedLinear) for m in model.modules())
+        params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+        assert len(llm.generate(["Hello there"], params)[0].outputs[0].token_ids) == 4
+    finally:
+        monkeypatch.undo()
+        packed_linear.available.cache_clear()
+    assert packed_linear.available()
+
+
 def _pairs(completion) -> list[tuple[int, float]]:
     tokens, logprobs = completion.token_ids, completion.logprobs
     return [(t, d[t].logprob) for t, d in zip(tokens, logprobs, strict=True)]

@@ -5,6 +5,7 @@ oneDNN's blocked layout, a module swap as `herd.model.quant` swaps in quantized 
 plain weight stays (tied embeddings and the fused C++ decode step read it): the linear weights'
 memory doubles, which `prepack_weights=False` avoids."""
 
+import functools
 import logging
 
 import torch
@@ -15,9 +16,22 @@ log = logging.getLogger(__name__)
 BATCH_HINT = 64  # the row count oneDNN chooses its blocking for (any count runs)
 
 
+@functools.cache
 def available() -> bool:
-    """Whether this torch build has oneDNN's prepacked linear ops."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """Whether oneDNN's prepacked bf16 linear runs here: the torch build has the ops, and the CPU
+    what oneDNN's bf16 path needs (AVX-512 BW/VL/DQ or AVX-NE-CONVERT: on an AVX2-only CPU
+    packing a bf16 weight raises, which took a bf16 replica down at start-up)."""
+    if not torch.backends.mkldnn.is_available() or not hasattr(
+        torch.ops.mkldnn, "_linear_pointwise"
+    ):
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(
+            torch.zeros(32, 32, dtype=torch.bfloat16), BATCH_HINT
+        )
+    except RuntimeError:
+        return False
+    return True
 
 
 class PackedLinear(nn.Linear):
