@@ -4,6 +4,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 HERD := $(VENV)/bin/herd
+CPU_KERNEL_TESTS := $(addprefix tests/engine/test_,cpu_block_linear.py cpu_decoder.py \
+	cpu_layer_ops.py cpu_paged_decode.py compiled.py) tests/model/test_packed_linear.py
 
 .PHONY: setup serve test lint format bench
 
@@ -18,6 +20,7 @@ test: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(PY) -m pytest
+	$(PY) -m pytest -p tests.avx2_cpu $(CPU_KERNEL_TESTS)  # again, as on an AVX2 CPU without AVX-512
 	$(PY) -m pytest -m slow  # the slow tier (a real Ray cluster): part of CI all the same
 
 lint: setup
