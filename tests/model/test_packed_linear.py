@@ -59,7 +59,11 @@ def test_engine_logprobs_do_not_change(tmp_path, monkeypatch):
         assert swapped == prepack
         got = llm.generate(["Hello there", "Numbers: 0 1 2 3"], params)
         outs.append([_pairs(o.outputs[0]) for o in got])
-    assert outs[0] == outs[1]
+    # Same tokens; logprobs equal here, but on CPUs without AVX512-BF16 oneDNN picks other
+    # kernels for plain and prepacked weights at some row counts (1e-4 apart, emulated Skylake)
+    for packed, plain in zip(*outs, strict=True):
+        assert [t for t, _ in packed] == [t for t, _ in plain]
+        assert [lp for _, lp in packed] == pytest.approx([lp for _, lp in plain], abs=1e-3)
 
 
 def test_a_cpu_whose_onednn_cannot_pack_bf16_serves_plain_weights(tmp_path, monkeypatch):
