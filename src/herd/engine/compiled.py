@@ -16,6 +16,7 @@ from torch import nn
 
 from herd.engine.attention import AttentionBackend
 from herd.engine.input_buffers import InputBuffers, StepInputs
+from herd.engine.native_build import march
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def describe_kernels(
     parts = [f"attention {backend.describe()}", f"decode steps {decode}", f"{dtype}"]
     if device.type == "cpu":
         parts += [
-            f"ISA {torch.backends.cpu.get_cpu_capability()}",
+            f"ISA {torch.backends.cpu.get_cpu_capability()} (herd's kernels -march={march()})",
             f"oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}",
             f"{torch.get_num_threads()} threads",
             loaded_runtime(),

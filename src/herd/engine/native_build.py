@@ -75,11 +75,15 @@ def _build(name: str, flags: list[str]) -> ctypes.CDLL | None:
     return ctypes.CDLL(str(path))
 
 
+def march() -> str:
+    """The target the kernels are built for: native, or what `HERD_CPU_MARCH` names (x86-64-v3
+    builds what a CPU with AVX2 but no AVX-512 runs, so it can be tested and measured here)."""
+    return os.environ.get("HERD_CPU_MARCH", "native")
+
+
 def default_flags() -> list[str]:
-    """FLAGS for this CPU, or for the target that `HERD_CPU_MARCH` names (x86-64-v3 builds what
-    a CPU with AVX2 but no AVX-512 runs, so it can be tested and measured on this one)."""
-    march = os.environ.get("HERD_CPU_MARCH", "native")
-    return [f"-march={march}" if f == "-march=native" else f for f in FLAGS]
+    """FLAGS with `-march=` the target `march()` names."""
+    return [f"-march={march()}" if f == "-march=native" else f for f in FLAGS]
 
 
 def load_library(name: str, flags: list[str] | None = None) -> ctypes.CDLL | None:
