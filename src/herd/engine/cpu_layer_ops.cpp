@@ -62,6 +62,7 @@ static void rope_row(T* x, int64_t heads, int64_t D, const C* cos, const C* sin)
       store16(p + half + d, hi, m);
     }
 #else
+#pragma omp simd  // iteration d reads and writes only p[d] and p[half + d]
     for (int64_t d = 0; d < half; d++) {
       const float a = to_f(p[d]), b = to_f(p[half + d]);
       const float ca = rnd<T>(to_f(cos[d])), cb = rnd<T>(to_f(cos[half + d]));
