@@ -6,15 +6,14 @@ under it: that path is what most cloud CPUs before Ice Lake / Zen 4 run, and it 
 (a bf16 replica died at start-up in oneDNN)."""
 
 import os
-import platform
 import tempfile
 
 from herd.engine import native_build
 
 _host = native_build.cpu_flags()
-if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= _host:
-    os.environ["HERD_CPU_MARCH"] = "x86-64-v3"
+if native_build.X86 and {"avx2", "fma"} <= _host:
     os.environ.update(
+        HERD_CPU_MARCH="x86-64-v3",
         ONEDNN_MAX_CPU_ISA="AVX2",
         DNNL_MAX_CPU_ISA="AVX2",
         MKL_ENABLE_INSTRUCTIONS="AVX2",

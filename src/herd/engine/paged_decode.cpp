@@ -242,14 +242,13 @@ static void attend(const T* q, const T* kc, const T* vc, const int64_t* row, int
   for (int64_t r = 0; r < R; r++)
     for (int64_t d = 0; d < D; d++) qf[r * D + d] = to_f(q[(h0 * G + r) * D + d]) * scale;
   const int64_t tok = Hkv * D, nblk = (L + bs - 1) / bs, span = (h1 - h0) * D * sizeof(T);
-  auto at = [&](const T* cache, int64_t t) { return cache + (row[t / bs] * bs + t % bs) * tok + h0 * D; };
   for (int64_t blk = 0; blk < nblk; blk++) {
     const int64_t n = std::min(bs, L - blk * bs);
     for (int64_t j = 0; j < n; j++) {
-      const T* kp = kc + (row[blk] * bs + j) * tok;
-      const int64_t t = blk * bs + j;
-      if (t + PREFETCH_AHEAD < L) prefetch_l2(at(kc, t + PREFETCH_AHEAD), span);
-      prefetch_l2(at(vc, t), span);  // for the values pass below, from L2
+      const int64_t slot = (row[blk] * bs + j) * tok, t = blk * bs + j, ahead = t + PREFETCH_AHEAD;
+      const T* kp = kc + slot;
+      if (ahead < L) prefetch_l2(kc + (row[ahead / bs] * bs + ahead % bs) * tok + h0 * D, span);
+      prefetch_l2(vc + slot + h0 * D, span);  // for the values pass below, from L2
       for (int64_t r = 0; r < R; r++) sc[r * L + t] = dot(qf + r * D, kp + (h0 + r / G) * D, D);
     }
   }
