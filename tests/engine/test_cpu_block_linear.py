@@ -3,7 +3,7 @@ of the same bf16 weights: row counts below, at and past a tile and a panel, inpu
 even, output counts no block divides, biases, gate/up segments; traced by torch.compile; and in
 a model: one copy of each weight (the plain one freed, tied embeddings kept), the fused step
 reading the same blocks; on an AMX CPU (its flag faked) oneDNN's copy kept for large products;
-and the build for AVX2 CPUs without AVX-512 (float32 blocks), products and transformers' tokens."""
+and the build for AVX2 CPUs without AVX-512 (bf16 and float32 blocks), products and tokens."""
 
 import copy
 
@@ -22,7 +22,7 @@ from tests.engine.conftest import MAX_TOKENS, PROMPTS
 NO_BF16 = cpu_block_linear.load_kernel(torch.bfloat16) is None
 NO_F32 = cpu_block_linear.load_kernel(torch.float32) is None
 pytestmark = pytest.mark.skipif(NO_F32, reason="no C++ compiler, or neither AVX2 nor AVX-512")
-needs_bf16 = pytest.mark.skipif(NO_BF16, reason="no AVX512-BF16")
+needs_bf16 = pytest.mark.skipif(NO_BF16, reason="neither AVX512-BF16 nor AVX2")
 
 
 class Pair(nn.Module):
@@ -134,32 +134,42 @@ def test_an_amx_cpu_keeps_onednn_for_large_products_and_32_row_fused_steps(model
     assert got == [o.outputs[0].token_ids for o in plain.generate(PROMPTS * 8, params)]
 
 
-def test_the_avx2_build_packs_float32_and_gives_transformers_tokens(
+def test_the_avx2_build_packs_both_dtypes_and_gives_the_reference_tokens(
     model_dirs, hf_reference, monkeypatch
 ):
-    """Every kernel built as for a CPU with AVX2 but no AVX-512 (HERD_CPU_MARCH): float32 linears
-    on its 6-row tiles, the fused step on the same blocks, transformers' greedy tokens."""
+    """Every kernel built as for a CPU with AVX2 but no AVX-512 (HERD_CPU_MARCH): bf16 (widened:
+    no bf16 dot product there) and float32 linears on its tiles, the fused step on the same
+    blocks; float32 gives transformers' greedy tokens, bf16 those of torch's own bf16 linears."""
     monkeypatch.setenv("HERD_CPU_MARCH", "x86-64-v3")
-    lib = cpu_block_linear.load_kernel(torch.float32)
-    if lib is None:
+    libs = {dt: cpu_block_linear.load_kernel(dt) for dt in (torch.float32, torch.bfloat16)}
+    if libs[torch.float32] is None:
         pytest.skip("not an x86-64 compiler")
-    assert cpu_block_linear.load_kernel(torch.bfloat16) is None  # bf16 blocks need AVX512-BF16
-    torch.manual_seed(0)
-    model = Pair(101, 514, True, torch.float32)  # odd K, a partial block and a partial half
-    w, b = model.o_proj.weight.detach().double(), model.o_proj.bias.detach().double()
-    pack_blocks(model)
-    assert model.o_proj.lib is lib
-    for rows in (1, 2, 3, 6, 7, 13, 49, 300):  # one-pass tiles (1-2 rows), halves past
-        x = torch.randn(rows, 101)
-        want = x.double() @ w.T + b
-        assert torch.allclose(
-            model.o_proj(x).double(), want, rtol=1e-5, atol=1e-5 * want.abs().max()
-        )
+    assert libs[torch.bfloat16] is libs[torch.float32]
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2**-8)):
+        torch.manual_seed(0)
+        model = Pair(101, 514, True, dtype)  # odd K, a partial block and a partial half
+        w, b = model.o_proj.weight.detach().double(), model.o_proj.bias.detach().double()
+        pack_blocks(model)
+        assert model.o_proj.lib is libs[dtype]
+        for rows in (1, 2, 3, 6, 7, 13, 49, 300):  # one-pass tiles (1-2 rows), halves past
+            x = torch.randn(rows, 101, dtype=dtype)
+            want, got = x.double() @ w.T + b, model.o_proj(x)
+            assert got.dtype == dtype
+            assert torch.allclose(got.double(), want, rtol=tol, atol=tol * want.abs().max())
     ids, expected = hf_reference["gqa"]
-    llm = LLM(model_dirs["gqa"], num_kv_blocks=64, block_size=4)
-    runner = llm.engine.runner
-    assert runner.fused.model.lm_head_p and runner.fused.max_batch == 128  # every batch
-    assert all(m.lib is lib for m in runner.model.modules() if isinstance(m, BlockLinear))
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    outs = llm.generate([{"prompt_token_ids": i} for i in ids], params)
-    assert [o.outputs[0].token_ids for o in outs] == expected
+    prompts = [{"prompt_token_ids": i} for i in ids]
+    for dtype in ("float32", "bfloat16"):
+        llm = LLM(model_dirs["gqa"], dtype=dtype, num_kv_blocks=64, block_size=4)
+        runner = llm.engine.runner
+        assert runner.fused.model.lm_head_p and runner.fused.max_batch == 128  # every batch
+        assert all(
+            m.lib is libs[torch.float32]
+            for m in runner.model.modules()
+            if isinstance(m, BlockLinear)
+        )
+        if dtype == "bfloat16":
+            plain = LLM(model_dirs["gqa"], dtype=dtype, num_kv_blocks=64, prepack_weights=False)
+            expected = [o.outputs[0].token_ids for o in plain.generate(prompts, params)]
+        outs = llm.generate(prompts, params)
+        assert [o.outputs[0].token_ids for o in outs] == expected

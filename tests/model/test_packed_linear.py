@@ -68,7 +68,8 @@ def test_engine_logprobs_do_not_change(tmp_path, monkeypatch):
 
 def test_a_cpu_whose_onednn_cannot_pack_bf16_serves_plain_weights(tmp_path, monkeypatch):
     """On an AVX2-only CPU oneDNN refuses to pack a bf16 weight (it needs AVX-512 BW/VL/DQ or
-    AVX-NE-CONVERT): `available()` says no and a bf16 engine starts on plain weights."""
+    AVX-NE-CONVERT): `available()` says no, and where herd's blocks cannot run either (no
+    compiler) a bf16 engine starts on plain weights."""
     from herd.model import packed_linear
     from herd.model.demo import write_demo_model
 

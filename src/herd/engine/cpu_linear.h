@@ -1,13 +1,14 @@
 // bf16 and float32 projections for CPUs (cpu_decoder.cpp and cpu_block_linear.cpp include this
 // file): out[m, n] = rnd(bias[n] + x[m, :] . w[n, :]) for the rows of x, from plain weight rows
 // (float32, and bf16 builds without AVX512-BF16) or from weights packed in blocks (packed_linear:
-// bf16 with AVX512-BF16, float32 with AVX-512 or AVX2).
+// bf16 with AVX512-BF16 or AVX2, float32 with AVX-512 or AVX2).
 #pragma once
 #include "cpu_simd.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 // ---- out[m, n] = rnd(bias[n] + x[m, :] . w[n, :]) for rows n in [n0, n1), m < M ----------------
 // One weight row at a time against up to 4 batch rows: the weights are read as one sequential
@@ -174,9 +175,12 @@ static void linear_tiled(const uint16_t* x, int64_t M, const uint16_t* w, const 
 // 200 MB of rows, 2 threads, K = 768, ms, the row tiles above / packed): batch 1 6.5 / 5.6, 8
 // 10.8 / 5.8, 16 14.5 / 8.2, 24 21.4 / 12.3, 32 29.0 / 16.0 (~400 GFLOP/s: the vdpbf16ps rate).
 #if defined(HERD_PACKED)
-template <typename T>  // the bf16 kernel needs AVX512-BF16; float32 any AVX-512, or AVX2
+#if defined(HERD_BF16_TILES) || defined(HERD_AVX2)
+#define HERD_PACKS_BF16 1  // bf16 blocks: AVX512-BF16 dot products, or AVX2 widening them
+#endif
+template <typename T>  // float32 blocks: any AVX-512 or AVX2
 constexpr bool packs() {
-#if defined(HERD_BF16_TILES)
+#if defined(HERD_PACKS_BF16)
   return true;
 #else
   return sizeof(T) == 4;
@@ -188,8 +192,8 @@ static inline int64_t pack_units(int64_t K) { return sizeof(T) == 2 ? (K + 1) / 
 
 #if defined(HERD_AVX512)
 template <int MR, typename T, typename O>
-static inline void packed_tile(const T* x, int64_t K, const uint32_t* w, const T* bias, int64_t col,
-                               int64_t N, O* out, int64_t ldo) {
+static inline void packed_tile(const T* x, int64_t ldx, int64_t K, const uint32_t* w,
+                               const T* bias, int64_t col, int64_t N, O* out, int64_t ldo) {
   __m512 acc[MR][2];
 #pragma GCC unroll 12
   for (int m = 0; m < MR; m++) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
@@ -202,7 +206,7 @@ static inline void packed_tile(const T* x, int64_t K, const uint32_t* w, const T
     const __m512i w0 = _mm512_loadu_si512(wk), w1 = _mm512_loadu_si512(wk + 16);
 #pragma GCC unroll 12
     for (int m = 0; m < MR; m++) {
-      const __m512i xb = unit_at(x + m * K);
+      const __m512i xb = unit_at(x + m * ldx);
       if constexpr (sizeof(T) == 4) {
         acc[m][0] = _mm512_fmadd_ps(_mm512_castsi512_ps(xb), _mm512_castsi512_ps(w0), acc[m][0]);
         acc[m][1] = _mm512_fmadd_ps(_mm512_castsi512_ps(xb), _mm512_castsi512_ps(w1), acc[m][1]);
@@ -235,45 +239,79 @@ static inline void packed_tile(const T* x, int64_t K, const uint32_t* w, const T
   }
 }
 #elif defined(HERD_AVX2)
-// float32 only, 8 lanes. Up to 2 rows a tile takes a block's 32 outputs in one pass (4 vectors a
-// row: 8 accumulators): small batches are bound by the weight stream, which one pass reads best
-// (batch 1 in halves: 19 vs 13 ms a step of the ~100M model). More rows take the block in two
-// halves of 16 outputs, each a tile of up to 6 rows x 2 vectors (12 accumulators, 2 weight
-// vectors and the broadcast x: 15 of the 16 registers).
+// 8 lanes, x broadcast as floats (packed_linear widens bf16 rows first: AVX2 has no bf16 dot
+// product, so a bf16 unit's pair is split into its two inputs' weights by a shift and a mask
+// and takes two FMAs). Up to 2 rows a tile takes a block's 32 outputs in one pass (4 vectors a
+// row): small batches are bound by the weight stream, which one pass reads best (float32 batch
+// 1 in halves: 19 vs 13 ms a step of the ~100M model). More rows take the block in two halves
+// of 16 outputs, each a tile of up to 6 rows x 2 vectors (12 accumulators of 16 registers).
 template <int MR, typename T, typename O>
-static inline void packed_tile(const T* x, int64_t K, const uint32_t* w, const T* bias, int64_t col,
-                               int64_t N, O* out, int64_t ldo) {
-  static_assert(sizeof(T) == 4 && sizeof(O) == 4, "AVX2 builds pack float32 weights only");
+static inline void packed_tile(const float* x, int64_t ldx, int64_t K, const uint32_t* w,
+                               const T* bias, int64_t col, int64_t N, O* out, int64_t ldo) {
   constexpr int V = MR <= 2 ? 4 : 2;  // vectors of 8 outputs a pass
+  const int64_t U = pack_units<T>(K);
   for (int64_t c0 = col; c0 < std::min(N, col + PACK_COLS); c0 += 8 * V) {
-    const float* wc = (const float*)w + (c0 - col);
+    const uint32_t* wc = w + (c0 - col);
     __m256 acc[MR][V];
 #pragma GCC unroll 6
     for (int m = 0; m < MR; m++)
       for (int v = 0; v < V; v++) acc[m][v] = _mm256_setzero_ps();
-    for (int64_t u = 0; u < K; u++) {
-      const float* wk = wc + u * PACK_COLS;
+    for (int64_t u = 0; u < U; u++) {
+      const uint32_t* wk = wc + u * PACK_COLS;
       for (int line = 0; line < V / 2; line++)
         _mm_prefetch((const char*)(wk + 16 * line) + WEIGHT_PREFETCH_BYTES, _MM_HINT_T1);
-      __m256 wv[V];
-      for (int v = 0; v < V; v++) wv[v] = _mm256_loadu_ps(wk + 8 * v);
+      if constexpr (sizeof(T) == 4) {
+        __m256 wv[V];
+        for (int v = 0; v < V; v++) wv[v] = _mm256_loadu_ps((const float*)wk + 8 * v);
 #pragma GCC unroll 6
-      for (int m = 0; m < MR; m++) {
-        const __m256 xb = _mm256_broadcast_ss(x + m * K + u);
-        for (int v = 0; v < V; v++) acc[m][v] = _mm256_fmadd_ps(xb, wv[v], acc[m][v]);
+        for (int m = 0; m < MR; m++) {
+          const __m256 xb = _mm256_broadcast_ss(x + m * ldx + u);
+          for (int v = 0; v < V; v++) acc[m][v] = _mm256_fmadd_ps(xb, wv[v], acc[m][v]);
+        }
+      } else {
+        __m256 lo[V], hi[V];  // inputs 2u's and 2u + 1's weights
+        for (int v = 0; v < V; v++) {
+          const __m256i pair = _mm256_loadu_si256((const __m256i*)(wk + 8 * v));
+          lo[v] = _mm256_castsi256_ps(_mm256_slli_epi32(pair, 16));
+          hi[v] = _mm256_castsi256_ps(_mm256_and_si256(pair, _mm256_set1_epi32(-65536)));
+        }
+#pragma GCC unroll 6
+        for (int m = 0; m < MR; m++) {
+          const __m256 x0 = _mm256_broadcast_ss(x + m * ldx + 2 * u);
+          const __m256 x1 = _mm256_broadcast_ss(x + m * ldx + 2 * u + 1);
+          for (int v = 0; v < V; v++)
+            acc[m][v] = _mm256_fmadd_ps(x1, hi[v], _mm256_fmadd_ps(x0, lo[v], acc[m][v]));
+        }
       }
     }
     for (int v = 0; v < V; v++) {
-      const int64_t c = c0 + 8 * v, n = std::min<int64_t>(8, N - c);
-      if (n <= 0) break;
-      const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-      const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lanes);
-      const __m256 b = bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
+      const int64_t c = c0 + 8 * v;
+      if (c >= N) break;
+      const __m256 b = bias ? load8(bias + c, N - c) : _mm256_setzero_ps();
 #pragma GCC unroll 6
       for (int m = 0; m < MR; m++)
-        _mm256_maskstore_ps(out + m * ldo + c, mask, _mm256_add_ps(acc[m][v], b));
+        store8(out + m * ldo + c, vrnd8<T>(_mm256_add_ps(acc[m][v], b)), N - c);
     }
   }
+}
+
+// The rows x packed_tile broadcasts from: float32 rows as they are; bf16 rows widened once into
+// this thread's buffer, each padded to whole units (an odd K's pad is 0, as its weight is).
+static inline const float* tile_rows(const float* x, int64_t, int64_t K, int64_t& ldx) {
+  ldx = K;
+  return x;
+}
+static inline const float* tile_rows(const uint16_t* x, int64_t M, int64_t K, int64_t& ldx) {
+  thread_local std::vector<float> rows;
+  ldx = 2 * pack_units<uint16_t>(K);
+  rows.resize(M * ldx);
+  for (int64_t m = 0; m < M; m++) {
+    float* r = rows.data() + m * ldx;
+#pragma omp simd
+    for (int64_t k = 0; k < K; k++) r[k] = to_f(x[m * K + k]);
+    if (K % 2) r[K] = 0.f;
+  }
+  return rows.data();
 }
 #endif
 
@@ -283,20 +321,29 @@ template <typename T, typename O>
 static void packed_linear(const T* x, int64_t M, const uint32_t* wp, const T* bias, int64_t K,
                           int64_t N, int64_t b0, int64_t b1, O* out, int64_t ldo) {
   const int64_t groups = (M + PACK_ROWS - 1) / PACK_ROWS, U = pack_units<T>(K);
+#if defined(HERD_AVX2)
+  int64_t ldx;
+  const float* rows = tile_rows(x, M, K, ldx);
+#else
+  const T* rows = x;
+  const int64_t ldx = K;
+#endif
   for (int64_t nb = b0; nb < b1; nb++) {
     const uint32_t* w = wp + nb * U * PACK_COLS;
     for (int64_t g = 0, m0 = 0; g < groups; g++) {
       const int64_t mt = M / groups + (g < M % groups), col = nb * PACK_COLS;
-      const T* xm = x + m0 * K;
+      const auto* xm = rows + m0 * ldx;
       O* o = out + m0 * ldo;
       switch (mt) {
 #define HERD_PACKED_CASE(R) \
-  case R: if constexpr (R <= PACK_ROWS) packed_tile<R>(xm, K, w, bias, col, N, o, ldo); break;
+  case R:                   \
+    if constexpr (R <= PACK_ROWS) packed_tile<R, T>(xm, ldx, K, w, bias, col, N, o, ldo); \
+    break;
         HERD_PACKED_CASE(11) HERD_PACKED_CASE(10) HERD_PACKED_CASE(9)
         HERD_PACKED_CASE(8) HERD_PACKED_CASE(7) HERD_PACKED_CASE(6) HERD_PACKED_CASE(5)
         HERD_PACKED_CASE(4) HERD_PACKED_CASE(3) HERD_PACKED_CASE(2)
 #undef HERD_PACKED_CASE
-        default: packed_tile<1>(xm, K, w, bias, col, N, o, ldo);
+        default: packed_tile<1, T>(xm, ldx, K, w, bias, col, N, o, ldo);
       }
       m0 += mt;
     }

@@ -3,6 +3,7 @@
 // float32 for arithmetic and rounded to nearest even on store, as torch rounds them. HERD_AVX512,
 // or HERD_AVX2 on CPUs with AVX2 and FMA but no AVX-512, says which vector code a build has.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -110,5 +111,46 @@ static inline __m512 exp16(__m512 x) {
 }
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
-#define HERD_AVX2 1  // AVX2 without AVX-512: only the float32 packed tile (cpu_linear.h) uses it
+#define HERD_AVX2 1  // AVX2 without AVX-512: the packed tile (cpu_linear.h) uses it
+// Loads and stores of the first n (< 8 allowed) of 8 lanes; bf16 rounded to nearest even, NaN
+// kept quiet, bit for bit as put. AVX2 has no 16-bit masked moves: bf16 tails go through a copy.
+static inline __m256i first8(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)std::min<int64_t>(n, 8)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline __m256 load8(const float* p, int64_t n) { return _mm256_maskload_ps(p, first8(n)); }
+static inline __m256 load8(const uint16_t* p, int64_t n) {
+  __m128i v;
+  if (n >= 8) {
+    v = _mm_loadu_si128((const __m128i*)p);
+  } else {
+    uint16_t tail[8] = {};
+    std::memcpy(tail, p, n * 2);
+    v = _mm_loadu_si128((const __m128i*)tail);
+  }
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+}
+static inline __m256i bf16_bits8(__m256 x) {  // each lane's bf16 bits, in its low 16 bits
+  const __m256i u = _mm256_castps_si256(x);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd));
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x400000)), nan);
+  return _mm256_srli_epi32(r, 16);
+}
+template <typename T>
+static inline __m256 vrnd8(__m256 x) {  // rnd of 8 lanes
+  if constexpr (sizeof(T) == 4) return x;
+  return _mm256_castsi256_ps(_mm256_slli_epi32(bf16_bits8(x), 16));
+}
+static inline void store8(float* p, __m256 x, int64_t n) { _mm256_maskstore_ps(p, first8(n), x); }
+static inline void store8(uint16_t* p, __m256 x, int64_t n) {
+  const __m256i r = bf16_bits8(x);  // 16-bit values: packus keeps them, within each 128-bit lane
+  const __m128i bits = _mm256_castsi256_si128(
+      _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0b1000));
+  if (n >= 8) return _mm_storeu_si128((__m128i*)p, bits);
+  uint16_t tail[8];
+  _mm_storeu_si128((__m128i*)tail, bits);
+  std::memcpy(p, tail, n * 2);
+}
 #endif
