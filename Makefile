@@ -20,7 +20,8 @@ test: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(PY) -m pytest
-	$(PY) -m pytest -p tests.avx2_cpu $(CPU_KERNEL_TESTS)  # again, as on an AVX2 CPU without AVX-512
+	HERD_EMULATED_CPU=avx2 $(PY) -m pytest -p tests.emulated_cpu $(CPU_KERNEL_TESTS)  # again, as on an AVX2 CPU
+	HERD_EMULATED_CPU=avx512 $(PY) -m pytest -p tests.emulated_cpu $(CPU_KERNEL_TESTS)  # and AVX-512, no BF16
 	$(PY) -m pytest -m slow  # the slow tier (a real Ray cluster): part of CI all the same
 
 lint: setup

@@ -3,7 +3,8 @@ of the same bf16 weights: row counts below, at and past a tile and a panel, inpu
 even, output counts no block divides, biases, gate/up segments; traced by torch.compile; and in
 a model: one copy of each weight (the plain one freed, tied embeddings kept), the fused step
 reading the same blocks; on an AMX CPU (its flag faked) oneDNN's copy kept for large products;
-and the build for AVX2 CPUs without AVX-512 (bf16 and float32 blocks), products and tokens."""
+and the builds for CPUs without bf16 dot products (AVX2; AVX-512 without BF16): bf16 and float32
+blocks, products and tokens."""
 
 import copy
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from herd.engine import cpu_block_linear
+from herd.engine import cpu_block_linear, native_build
 from herd.engine.cpu_block_linear import BlockLinear, pack_blocks
 from herd.engine.llm import LLM
 from herd.engine.sampling_params import SamplingParams
@@ -20,9 +21,10 @@ from herd.model.packed_linear import PackedLinear
 from tests.engine.conftest import MAX_TOKENS, PROMPTS
 
 NO_BF16 = cpu_block_linear.load_kernel(torch.bfloat16) is None
+SKYLAKE = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"}  # what skylake-avx512 uses
 NO_F32 = cpu_block_linear.load_kernel(torch.float32) is None
 pytestmark = pytest.mark.skipif(NO_F32, reason="no C++ compiler, or neither AVX2 nor AVX-512")
-needs_bf16 = pytest.mark.skipif(NO_BF16, reason="neither AVX512-BF16 nor AVX2")
+needs_bf16 = pytest.mark.skipif(NO_BF16, reason="neither AVX-512 nor AVX2")
 
 
 class Pair(nn.Module):
@@ -134,13 +136,17 @@ def test_an_amx_cpu_keeps_onednn_for_large_products_and_32_row_fused_steps(model
     assert got == [o.outputs[0].token_ids for o in plain.generate(PROMPTS * 8, params)]
 
 
-def test_the_avx2_build_packs_both_dtypes_and_gives_the_reference_tokens(
-    model_dirs, hf_reference, monkeypatch
+@pytest.mark.parametrize("march", ["x86-64-v3", "skylake-avx512"])
+def test_older_cpus_builds_pack_both_dtypes_and_give_the_reference_tokens(
+    model_dirs, hf_reference, monkeypatch, march
 ):
-    """Every kernel built as for a CPU with AVX2 but no AVX-512 (HERD_CPU_MARCH): bf16 (widened:
-    no bf16 dot product there) and float32 linears on its tiles, the fused step on the same
-    blocks; float32 gives transformers' greedy tokens, bf16 those of torch's own bf16 linears."""
-    monkeypatch.setenv("HERD_CPU_MARCH", "x86-64-v3")
+    """Every kernel built as for a CPU without bf16 dot products (HERD_CPU_MARCH): AVX2 without
+    AVX-512, and AVX-512 without AVX512-BF16 (Skylake-SP to Ice Lake). bf16 (pairs widened) and
+    float32 linears on their tiles, the fused step on the same blocks; float32 gives
+    transformers' greedy tokens, bf16 those of torch's own bf16 linears."""
+    if march == "skylake-avx512" and not SKYLAKE <= native_build.cpu_flags():
+        pytest.skip("this CPU cannot run AVX-512 code")
+    monkeypatch.setenv("HERD_CPU_MARCH", march)
     libs = {dt: cpu_block_linear.load_kernel(dt) for dt in (torch.float32, torch.bfloat16)}
     if libs[torch.float32] is None:
         pytest.skip("not an x86-64 compiler")

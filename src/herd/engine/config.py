@@ -109,7 +109,7 @@ class EngineConfig:
     # native call. Reading weights packed in blocks (bf16 or float32) it beat eager steps
     # at every batch measured up to 128 (bench model, ms: 64 40 vs 41-46, 128 72 vs 98;
     # SmolLM2: 48 46 vs 57-59, 64 58-64 vs 67-69), so by default it takes every decode batch
-    # there; from plain weight rows (no AVX2, or bf16 without AVX512-BF16) it lost past 32
+    # there; from plain weight rows (no AVX2 or AVX-512, or no compiler) it lost past 32
     # (float32 rows at 64: 157 vs 116 ms). benchmarks/RESULTS.md has the runs.
     fused_decode_max_batch: int | None = setting(
         None,
@@ -119,13 +119,13 @@ class EngineConfig:
         f"else {FUSED_ROWS_MAX_BATCH})",
     )
     # Packed linear weights on CPU: blocks for herd's kernels (engine/cpu_block_linear.py) where
-    # the CPU runs them (bf16: AVX512-BF16; float32: AVX-512 or AVX2), which replace the plain
-    # weights and which the fused step reads too; elsewhere, for bf16, oneDNN's layout
-    # (model/packed_linear.py) beside them.
+    # the CPU runs them (bf16 and float32: AVX-512 or AVX2), which replace the plain weights and
+    # which the fused step reads too; elsewhere, for bf16, oneDNN's layout (model/packed_linear.py)
+    # beside them.
     prepack_weights: bool = setting(
         True,
         "CPU: pack each linear's weight for the matmul kernels: in blocks for herd's kernels "
-        "(bf16 with AVX512-BF16, float32 with AVX-512 or AVX2), in place of the plain weight (one "
+        "(bf16 and float32, on CPUs with AVX-512 or AVX2), in place of the plain weight (one "
         "copy); elsewhere bf16 weights in oneDNN's layout beside it (matmuls 8-25 percent "
         "faster at 64 rows, twice the linear weights' memory); false keeps the plain weights only",
     )

@@ -1,8 +1,7 @@
-// bf16 linears on CPUs from weights packed in blocks (cpu_linear.h's packed_linear, the layout
-// the fused decode step reads): y[M, N] = rnd(x[M, K] . w^T + bias) for any M, so prefill and
-// large decode batches read the same single packed copy as the fused step (herd.engine.
-// cpu_block_linear calls this). bf16 needs AVX512-BF16 or AVX2, float32 AVX-512 or AVX2;
-// without, no symbols.
+// bf16 and float32 linears on CPUs from weights packed in blocks (cpu_linear.h's packed_linear,
+// the layout the fused decode step reads): y[M, N] = rnd(x[M, K] . w^T + bias) for any M, so
+// prefill and large decode batches read the same single packed copy as the fused step
+// (herd.engine.cpu_block_linear calls this). AVX-512 or AVX2 builds only; elsewhere no symbols.
 #include "cpu_linear.h"
 
 #include <omp.h>
@@ -39,7 +38,5 @@ static void block_linear(const T* x, int64_t M, int64_t K, const uint32_t* wp, i
     block_linear(x, M, K, wp, N, bias, out, ldo, nthreads);                                     \
   }
 HERD_ENTRY(herd_block_linear_f32, float)
-#if defined(HERD_PACKS_BF16)
 HERD_ENTRY(herd_block_linear_bf16, uint16_t)
-#endif
 #endif

@@ -20,8 +20,8 @@ _P, _I = ctypes.c_void_p, ctypes.c_int64
 
 def load_kernel(dtype: torch.dtype = torch.bfloat16) -> ctypes.CDLL | None:
     """The kernel library for `dtype` weights, or None where it cannot run: no compiler,
-    `HERD_CPU_KERNELS=0`, a failed build, or a CPU without AVX2 or AVX-512 (float32) or AVX512-BF16
-    (bf16): the library then lacks the symbol."""
+    `HERD_CPU_KERNELS=0`, a failed build, or a CPU with neither AVX-512 nor AVX2 (the library
+    then lacks the symbols)."""
     lib = load_library("cpu_block_linear.cpp") if dtype in SYMBOLS else None
     return lib if lib is not None and hasattr(lib, SYMBOLS[dtype]) else None
 

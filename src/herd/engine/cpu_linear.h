@@ -175,31 +175,47 @@ static void linear_tiled(const uint16_t* x, int64_t M, const uint16_t* w, const 
 // 200 MB of rows, 2 threads, K = 768, ms, the row tiles above / packed): batch 1 6.5 / 5.6, 8
 // 10.8 / 5.8, 16 14.5 / 8.2, 24 21.4 / 12.3, 32 29.0 / 16.0 (~400 GFLOP/s: the vdpbf16ps rate).
 #if defined(HERD_PACKED)
-#if defined(HERD_BF16_TILES) || defined(HERD_AVX2)
-#define HERD_PACKS_BF16 1  // bf16 blocks: AVX512-BF16 dot products, or AVX2 widening them
-#endif
-template <typename T>  // float32 blocks: any AVX-512 or AVX2
-constexpr bool packs() {
-#if defined(HERD_PACKS_BF16)
-  return true;
-#else
-  return sizeof(T) == 4;
-#endif
-}
 template <typename T>
 static inline int64_t pack_units(int64_t K) { return sizeof(T) == 2 ? (K + 1) / 2 : K; }
+
+#if !defined(HERD_BF16_TILES)
+// Without bf16 dot products (AVX2, AVX-512 without AVX512-BF16) a tile splits each bf16 pair
+// into its two inputs' float32 weights (a shift and a mask) and takes two FMAs, from x rows
+// widened to float32 once a call. Widening each block once instead, for all the row groups that
+// read it, was slower on AVX2: the float32 copy doubles what the tiles read from L2 (2 threads,
+// 64 rows: ~80 vs ~120 GFLOP/s).
+#define HERD_WIDENS_BF16 1
+
+// The rows a tile broadcasts from: float32 rows as they are; bf16 rows widened into this
+// thread's buffer, each padded to whole units (an odd K's pad is 0, as its weight is).
+static inline const float* tile_rows(const float* x, int64_t, int64_t K, int64_t& ldx) {
+  ldx = K;
+  return x;
+}
+static inline const float* tile_rows(const uint16_t* x, int64_t M, int64_t K, int64_t& ldx) {
+  thread_local std::vector<float> rows;
+  ldx = 2 * pack_units<uint16_t>(K);
+  rows.resize(M * ldx);
+  for (int64_t m = 0; m < M; m++) {
+    float* r = rows.data() + m * ldx;
+#pragma omp simd
+    for (int64_t k = 0; k < K; k++) r[k] = to_f(x[m * K + k]);
+    if (K % 2) r[K] = 0.f;
+  }
+  return rows.data();
+}
+#endif
 #endif
 
 #if defined(HERD_AVX512)
-template <int MR, typename T, typename O>
-static inline void packed_tile(const T* x, int64_t ldx, int64_t K, const uint32_t* w,
-                               const T* bias, int64_t col, int64_t N, O* out, int64_t ldo) {
-  __m512 acc[MR][2];
-#pragma GCC unroll 12
-  for (int m = 0; m < MR; m++) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
-  // Each row's x unit is broadcast straight from memory (a load, not a vector-ALU move from a
-  // general register, which competed with the dot products: bf16 prefill shapes ran at ~320 of
-  // the ~430 GFLOP/s oneDNN reaches); an odd K's last bf16 pair is a zero-padded half, apart.
+// acc += a block's products over every unit, each row's x unit broadcast as it is: a float, or a
+// bf16 pair dotted by AVX512-BF16. The broadcast is straight from memory (a load, not a
+// vector-ALU move from a general register, which competed with the dot products: bf16 prefill
+// shapes ran at ~320 of the ~430 GFLOP/s oneDNN reaches); an odd K's last bf16 pair is a
+// zero-padded half, apart.
+template <int MR, typename T>
+static inline void packed_units(const T* x, int64_t ldx, int64_t K, const uint32_t* w,
+                                __m512 (&acc)[MR][2]) {
   auto step = [&](const uint32_t* wk, auto unit_at) {
     _mm_prefetch((const char*)wk + WEIGHT_PREFETCH_BYTES, _MM_HINT_T1);
     _mm_prefetch((const char*)wk + WEIGHT_PREFETCH_BYTES + 64, _MM_HINT_T1);
@@ -228,6 +244,48 @@ static inline void packed_tile(const T* x, int64_t ldx, int64_t K, const uint32_
   if constexpr (sizeof(T) == 2)
     if (whole < U)
       step(w + whole * PACK_COLS, [K](const T* xm) { return _mm512_set1_epi32(xm[K - 1]); });
+}
+
+#if defined(HERD_WIDENS_BF16)
+// acc += a bf16 block's products over every unit, x from float32 rows (tile_rows): 4 weight
+// vectors a unit, each row's two inputs broadcast from memory into its FMAs.
+template <int MR>
+static inline void widened_units(const float* x, int64_t ldx, int64_t K, const uint32_t* w,
+                                 __m512 (&acc)[MR][2]) {
+  for (int64_t u = 0; u < pack_units<uint16_t>(K); u++) {
+    const uint32_t* wk = w + u * PACK_COLS;
+    _mm_prefetch((const char*)wk + WEIGHT_PREFETCH_BYTES, _MM_HINT_T1);
+    _mm_prefetch((const char*)wk + WEIGHT_PREFETCH_BYTES + 64, _MM_HINT_T1);
+    __m512 lo[2], hi[2];  // inputs 2u's and 2u + 1's weights
+    for (int v = 0; v < 2; v++) {
+      const __m512i pair = _mm512_loadu_si512(wk + 16 * v);
+      lo[v] = _mm512_castsi512_ps(_mm512_slli_epi32(pair, 16));
+      hi[v] = _mm512_castsi512_ps(_mm512_and_si512(pair, _mm512_set1_epi32(-65536)));
+    }
+#pragma GCC unroll 12
+    for (int m = 0; m < MR; m++) {
+      const float* xm = x + m * ldx + 2 * u;
+      for (int v = 0; v < 2; v++)
+        acc[m][v] = _mm512_fmadd_ps(_mm512_set1_ps(xm[1]), hi[v],
+                                    _mm512_fmadd_ps(_mm512_set1_ps(xm[0]), lo[v], acc[m][v]));
+    }
+  }
+}
+#endif
+
+template <int MR, typename T, typename X, typename O>  // X: T, or float rows of bf16 (tile_rows)
+static inline void packed_tile(const X* x, int64_t ldx, int64_t K, const uint32_t* w,
+                               const T* bias, int64_t col, int64_t N, O* out, int64_t ldo) {
+  __m512 acc[MR][2];
+#pragma GCC unroll 12
+  for (int m = 0; m < MR; m++) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
+  if constexpr (!std::is_same_v<T, X>) {
+#if defined(HERD_WIDENS_BF16)
+    widened_units<MR>(x, ldx, K, w, acc);
+#endif
+  } else {
+    packed_units<MR, T>(x, ldx, K, w, acc);
+  }
   for (int v = 0; v < 2; v++) {
     const int64_t c = col + 16 * v;
     if (c >= N) break;
@@ -239,9 +297,7 @@ static inline void packed_tile(const T* x, int64_t ldx, int64_t K, const uint32_
   }
 }
 #elif defined(HERD_AVX2)
-// 8 lanes, x broadcast as floats (packed_linear widens bf16 rows first: AVX2 has no bf16 dot
-// product, so a bf16 unit's pair is split into its two inputs' weights by a shift and a mask
-// and takes two FMAs). Up to 2 rows a tile takes a block's 32 outputs in one pass (4 vectors a
+// 8 lanes, x broadcast from float32 rows (bf16 pairs split as HERD_WIDENS_BF16 says). Up to 2 rows a tile takes a block's 32 outputs in one pass (4 vectors a
 // row): small batches are bound by the weight stream, which one pass reads best (float32 batch
 // 1 in halves: 19 vs 13 ms a step of the ~100M model). More rows take the block in two halves
 // of 16 outputs, each a tile of up to 6 rows x 2 vectors (12 accumulators of 16 registers).
@@ -295,24 +351,6 @@ static inline void packed_tile(const float* x, int64_t ldx, int64_t K, const uin
   }
 }
 
-// The rows x packed_tile broadcasts from: float32 rows as they are; bf16 rows widened once into
-// this thread's buffer, each padded to whole units (an odd K's pad is 0, as its weight is).
-static inline const float* tile_rows(const float* x, int64_t, int64_t K, int64_t& ldx) {
-  ldx = K;
-  return x;
-}
-static inline const float* tile_rows(const uint16_t* x, int64_t M, int64_t K, int64_t& ldx) {
-  thread_local std::vector<float> rows;
-  ldx = 2 * pack_units<uint16_t>(K);
-  rows.resize(M * ldx);
-  for (int64_t m = 0; m < M; m++) {
-    float* r = rows.data() + m * ldx;
-#pragma omp simd
-    for (int64_t k = 0; k < K; k++) r[k] = to_f(x[m * K + k]);
-    if (K % 2) r[K] = 0.f;
-  }
-  return rows.data();
-}
 #endif
 
 #if defined(HERD_PACKED)
@@ -321,7 +359,7 @@ template <typename T, typename O>
 static void packed_linear(const T* x, int64_t M, const uint32_t* wp, const T* bias, int64_t K,
                           int64_t N, int64_t b0, int64_t b1, O* out, int64_t ldo) {
   const int64_t groups = (M + PACK_ROWS - 1) / PACK_ROWS, U = pack_units<T>(K);
-#if defined(HERD_AVX2)
+#if defined(HERD_WIDENS_BF16)
   int64_t ldx;
   const float* rows = tile_rows(x, M, K, ldx);
 #else

@@ -176,8 +176,8 @@ class ModelRunner:
 
     def _pack_linears(self, prepack: bool) -> None:
         """Linears on CPU: packed in blocks for herd's kernels (one copy of the weights) where
-        the CPU runs them (bf16: AVX512-BF16; float32: AVX-512 or AVX2), else bf16 ones prepacked for
-        oneDNN beside the plain weights."""
+        the CPU runs them (AVX-512 or AVX2), else bf16 ones prepacked for oneDNN beside the plain
+        weights."""
         if not prepack:
             return
         # AMX: oneDNN's tile kernels should outrun the AVX-512 blocks on prefill-sized products
