@@ -154,3 +154,59 @@ static inline void store8(uint16_t* p, __m256 x, int64_t n) {
   std::memcpy(p, tail, n * 2);
 }
 #endif
+
+// ---- vec: a float32 vector of the widest width a build has, for kernels written once for both
+// AVX-512 (16 lanes) and AVX2 (8 lanes); HERD_VEC says a build has one.
+#if defined(HERD_AVX512) || defined(HERD_AVX2)
+#define HERD_VEC 1
+namespace vec {
+#if defined(HERD_AVX512)
+using F = __m512;
+constexpr int N = 16;
+static inline F zero() { return _mm512_setzero_ps(); }
+static inline F set(float x) { return _mm512_set1_ps(x); }
+static inline F load(const float* p) { return _mm512_loadu_ps(p); }
+static inline F load(const uint16_t* p) { return load16(p); }
+static inline void store(float* p, F x) { _mm512_storeu_ps(p, x); }
+static inline void store_first(float* p, F x, int64_t n) { _mm512_mask_storeu_ps(p, first(n), x); }
+static inline F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+static inline F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+// The lane sums of 16 vectors as one vector (s[j] = sum of v[j]): a transpose-and-add tree, ~3
+// instructions a vector where a reduction per vector costs ~8.
+static inline F lane_sums(const F* v) {
+  __m512 t[8], u[4];
+  for (int i = 0; i < 8; i++)
+    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                         _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; i++) {
+    const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
+    u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  const int lo = _MM_SHUFFLE(2, 0, 2, 0), hi = _MM_SHUFFLE(3, 1, 3, 1);
+  const __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], lo),
+                                  _mm512_shuffle_f32x4(u[0], u[1], hi));
+  const __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], lo),
+                                  _mm512_shuffle_f32x4(u[2], u[3], hi));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, lo), _mm512_shuffle_f32x4(w0, w1, hi));
+}
+#else
+using F = __m256;
+constexpr int N = 8;
+static inline F zero() { return _mm256_setzero_ps(); }
+static inline F set(float x) { return _mm256_set1_ps(x); }
+static inline F load(const float* p) { return _mm256_loadu_ps(p); }
+static inline F load(const uint16_t* p) { return load8(p, 8); }
+static inline void store(float* p, F x) { _mm256_storeu_ps(p, x); }
+static inline void store_first(float* p, F x, int64_t n) { _mm256_maskstore_ps(p, first8(n), x); }
+static inline F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+static inline F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+// The lane sums of 8 vectors as one vector: pairwise adds within 128-bit lanes, then the halves.
+static inline F lane_sums(const F* v) {
+  const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+#endif
+}  // namespace vec
+#endif
