@@ -29,9 +29,15 @@ constexpr int64_t PACK_COLS = 32;  // outputs of a packed weight block
 #endif
 #if defined(HERD_AVX2)
 constexpr int64_t PACK_ROWS = 6;  // batch rows of a packed tile: 12 accumulators of 16 registers
+// bf16 takes 4: 8 accumulators, 4 widened weight vectors and 2 broadcasts; 6 spilled (2 threads,
+// 24-64 rows: ~105-140 vs ~130-175 GFLOP/s; 5 varied between the two)
+constexpr int64_t PACK_ROWS_BF16 = 4;
 #else
 constexpr int64_t PACK_ROWS = 11;  // batch rows of a packed tile (12 ran ~8% slower: spills)
+constexpr int64_t PACK_ROWS_BF16 = PACK_ROWS;
 #endif
+template <typename T>
+constexpr int64_t pack_rows() { return sizeof(T) == 2 ? PACK_ROWS_BF16 : PACK_ROWS; }
 
 #if defined(HERD_PACKED)
 // Weights stream from DRAM once a step; the hardware prefetcher alone fell behind as soon as a row
@@ -354,11 +360,13 @@ static inline void packed_tile(const float* x, int64_t ldx, int64_t K, const uin
 #endif
 
 #if defined(HERD_PACKED)
-// Output blocks [b0, b1) of a packed matrix for M batch rows, in near-equal groups of <= PACK_ROWS.
+// Output blocks [b0, b1) of a packed matrix for M batch rows, in near-equal groups of at most
+// pack_rows<T>().
 template <typename T, typename O>
 static void packed_linear(const T* x, int64_t M, const uint32_t* wp, const T* bias, int64_t K,
                           int64_t N, int64_t b0, int64_t b1, O* out, int64_t ldo) {
-  const int64_t groups = (M + PACK_ROWS - 1) / PACK_ROWS, U = pack_units<T>(K);
+  constexpr int64_t most = pack_rows<T>();
+  const int64_t groups = (M + most - 1) / most, U = pack_units<T>(K);
 #if defined(HERD_WIDENS_BF16)
   int64_t ldx;
   const float* rows = tile_rows(x, M, K, ldx);
@@ -375,7 +383,7 @@ static void packed_linear(const T* x, int64_t M, const uint32_t* wp, const T* bi
       switch (mt) {
 #define HERD_PACKED_CASE(R) \
   case R:                   \
-    if constexpr (R <= PACK_ROWS) packed_tile<R, T>(xm, ldx, K, w, bias, col, N, o, ldo); \
+    if constexpr (R <= most) packed_tile<R, T>(xm, ldx, K, w, bias, col, N, o, ldo); \
     break;
         HERD_PACKED_CASE(11) HERD_PACKED_CASE(10) HERD_PACKED_CASE(9)
         HERD_PACKED_CASE(8) HERD_PACKED_CASE(7) HERD_PACKED_CASE(6) HERD_PACKED_CASE(5)
