@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HERD := $(VENV)/bin/herd
 CPU_KERNEL_TESTS := $(addprefix tests/engine/test_,cpu_block_linear.py cpu_decoder.py \
-	cpu_layer_ops.py cpu_paged_decode.py compiled.py) tests/model/test_packed_linear.py
+	cpu_layer_ops.py cpu_paged_decode.py cpu_paged_prefill.py compiled.py) \
+	tests/model/test_packed_linear.py
 
 .PHONY: setup serve test lint format bench
 

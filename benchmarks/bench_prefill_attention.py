@@ -84,7 +84,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     lib = load_kernel()
-    assert lib is not None, "no C++ compiler or no AVX-512: the kernel could not be built"
+    assert lib is not None, (
+        "no C++ compiler, or neither AVX-512 nor AVX2: the kernel could not be built"
+    )
     flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
     print(f"threads {torch.get_num_threads()}, avx512_bf16 {'avx512_bf16' in flags}, "
           f"amx {'amx_bf16' in flags}")  # fmt: skip

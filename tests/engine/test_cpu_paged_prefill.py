@@ -16,7 +16,7 @@ from herd.engine.sampling_params import SamplingParams
 from tests.engine.conftest import PROMPTS
 
 pytestmark = pytest.mark.skipif(
-    cpu_paged_prefill.load_kernel() is None, reason="no C++ compiler or no AVX-512"
+    cpu_paged_prefill.load_kernel() is None, reason="no C++ compiler, or neither AVX-512 nor AVX2"
 )
 
 
@@ -98,10 +98,14 @@ def test_what_it_does_not_take_goes_to_sdpa():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_engine_chunked_and_prefix_cached_gives_the_torch_backends_tokens(model_dirs, dtype):
     """Prompts sharing a prefix (cache hits), split into chunks of 16 tokens: the later chunks
-    read their context through the table. Logprobs agree with the SDPA path's."""
+    read their context through the table. Tokens and logprobs agree with the SDPA path's; the
+    tokens may part only where the SDPA path's top two are within the tolerance, and the rest
+    of that sequence is then left (a tie within bf16's rounding: built for AVX2, torch's SDPA
+    rounds differently from its AVX-512 build, and one such tie split)."""
     shared = PROMPTS[3] + " " + PROMPTS[1]
     prompts = [shared + " one", shared + " two", PROMPTS[0], shared + " three"]
-    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=0)
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=2)
+    tol = 1e-4 if dtype == "float32" else 3e-2
     outs = {}
     for name in ("torch", "cpu"):
         llm = LLM(model_dirs["gqa"], attention_backend=name, num_kv_blocks=64, block_size=4,
@@ -110,18 +114,23 @@ def test_engine_chunked_and_prefix_cached_gives_the_torch_backends_tokens(model_
         rest = llm.generate(prompts[1:], params)
         assert rest[0].num_cached_tokens > 0
         outs[name] = [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in first + rest]
+    followed = 0
     for (ids, lps), (ref_ids, ref_lps) in zip(outs["cpu"], outs["torch"], strict=True):
-        assert ids == ref_ids
-        got = [lp[t].logprob for lp, t in zip(lps, ids, strict=True)]
-        want = [lp[t].logprob for lp, t in zip(ref_lps, ids, strict=True)]
-        assert got == pytest.approx(want, abs=1e-4 if dtype == "float32" else 3e-2)
+        for t, ref_t, lp, ref_lp in zip(ids, ref_ids, lps, ref_lps, strict=True):
+            assert lp[t].logprob == pytest.approx(ref_lp[t].logprob, abs=tol)
+            if t != ref_t:  # only a tie may split them
+                top = sorted((x.logprob for x in ref_lp.values()), reverse=True)
+                assert top[0] - top[1] <= tol
+                break
+            followed += 1
+    assert followed >= 12
 
 
-def test_a_build_for_cpus_without_avx512_exports_nothing():
+def test_a_build_for_cpus_without_avx2_exports_nothing():
     """So `load_kernel` returns None there and the backend keeps SDPA."""
     from herd.engine.native_build import FLAGS, load_library
 
-    flags = [f.replace("native", "x86-64-v3") for f in FLAGS if f != "-mprefer-vector-width=512"]
+    flags = [f.replace("native", "x86-64-v2") for f in FLAGS if f != "-mprefer-vector-width=512"]
     lib = load_library("paged_prefill.cpp", flags)
     if lib is None:
         pytest.skip("not an x86-64 compiler")

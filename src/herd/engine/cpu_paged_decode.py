@@ -64,7 +64,7 @@ def _rows_contiguous(k: torch.Tensor, v: torch.Tensor) -> bool:
 
 
 class CpuAttention(TorchAttention):
-    """`TorchAttention` whose decodes, and on AVX-512 CPUs prefill chunks, run C++ kernels that
+    """`TorchAttention` whose decodes, and on AVX-512 or AVX2 CPUs prefill chunks, run C++ kernels that
     read the cache through the block tables (no padded context gathered, all of a step's chunks
     in one call); caches the kernels do not take (fp8, float16) stay on the torch path. Same
     outputs as `TorchAttention` within float32 rounding (bf16: one unit in the last place)."""

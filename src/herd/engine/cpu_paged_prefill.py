@@ -15,7 +15,7 @@ SYMBOLS = {torch.float32: "herd_paged_prefill_f32", torch.bfloat16: "herd_paged_
 
 def load_kernel() -> ctypes.CDLL | None:
     """The kernel library, or None where it cannot run: no compiler, `HERD_CPU_KERNELS=0`, a
-    failed build, or a CPU without AVX-512 (the library then has no symbols)."""
+    failed build, or a CPU with neither AVX-512 nor AVX2 (the library then has no symbols)."""
     lib = load_library("paged_prefill.cpp")
     return lib if lib is not None and hasattr(lib, SYMBOLS[torch.float32]) else None
 

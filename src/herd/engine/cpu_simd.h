@@ -168,9 +168,50 @@ static inline F set(float x) { return _mm512_set1_ps(x); }
 static inline F load(const float* p) { return _mm512_loadu_ps(p); }
 static inline F load(const uint16_t* p) { return load16(p); }
 static inline void store(float* p, F x) { _mm512_storeu_ps(p, x); }
-static inline void store_first(float* p, F x, int64_t n) { _mm512_mask_storeu_ps(p, first(n), x); }
 static inline F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
 static inline F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+static inline F add(F a, F b) { return _mm512_add_ps(a, b); }
+static inline F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+static inline F max(F a, F b) { return _mm512_max_ps(a, b); }
+static inline F div(F a, F b) { return _mm512_div_ps(a, b); }
+static inline F exp(F x) { return exp16(x); }
+template <typename T>
+static inline F rnd(F x) { return vrnd<T>(x); }
+template <typename T>
+static inline F load_first(const T* p, int64_t n) { return load16(p, first(n)); }
+template <typename T>
+static inline void store_first(T* p, F x, int64_t n) { store16(p, x, first(n)); }
+// Lane masks: which lanes of a vector of int32 positions are at least j.
+using M = __mmask16;
+static inline M all() { return 0xffff; }
+static inline M at_least(const int32_t* pos, int32_t j) {
+  return _mm512_cmpge_epi32_mask(_mm512_loadu_si512(pos), _mm512_set1_epi32(j));
+}
+static inline F max_where(M ok, F a, F b) { return _mm512_mask_max_ps(a, ok, a, b); }
+static inline F zero_unless(M ok, F x) { return _mm512_maskz_mov_ps(ok, x); }
+// v[i] lane j <- v[j] lane i: sixteen vectors of 16 lanes transposed in registers.
+static inline void transpose(F* v) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(v[i], v[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4)
+    for (int k = 0; k < 2; k++) {
+      const __m512d a = _mm512_castps_pd(t[i + k]), b = _mm512_castps_pd(t[i + k + 2]);
+      v[i + 2 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+      v[i + 2 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    }
+  for (int i = 0; i < 16; i += 8)
+    for (int k = 0; k < 4; k++) {
+      t[i + k] = _mm512_shuffle_f32x4(v[i + k], v[i + k + 4], 0x88);
+      t[i + k + 4] = _mm512_shuffle_f32x4(v[i + k], v[i + k + 4], 0xdd);
+    }
+  for (int k = 0; k < 8; k++) {
+    v[k] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0x88);
+    v[k + 8] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0xdd);
+  }
+}
 // The lane sums of 16 vectors as one vector (s[j] = sum of v[j]): a transpose-and-add tree, ~3
 // instructions a vector where a reduction per vector costs ~8.
 static inline F lane_sums(const F* v) {
@@ -198,9 +239,58 @@ static inline F set(float x) { return _mm256_set1_ps(x); }
 static inline F load(const float* p) { return _mm256_loadu_ps(p); }
 static inline F load(const uint16_t* p) { return load8(p, 8); }
 static inline void store(float* p, F x) { _mm256_storeu_ps(p, x); }
-static inline void store_first(float* p, F x, int64_t n) { _mm256_maskstore_ps(p, first8(n), x); }
 static inline F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
 static inline F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+static inline F add(F a, F b) { return _mm256_add_ps(a, b); }
+static inline F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+static inline F max(F a, F b) { return _mm256_max_ps(a, b); }
+static inline F div(F a, F b) { return _mm256_div_ps(a, b); }
+// e^x as exp16 computes it: the same reduction and polynomial, 2^n built in the exponent bits
+static inline F exp(F x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
+  __m256 p = _mm256_set1_ps(1.f / 720);
+  for (float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f})
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+  const __m256i bits = _mm256_slli_epi32(  // n <= 128: 128 gives inf's bits, as it should
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+template <typename T>
+static inline F rnd(F x) { return vrnd8<T>(x); }
+template <typename T>
+static inline F load_first(const T* p, int64_t n) { return load8(p, n); }
+template <typename T>
+static inline void store_first(T* p, F x, int64_t n) { store8(p, x, n); }
+using M = __m256;  // all ones in the lanes that are on
+static inline M all() { return _mm256_castsi256_ps(_mm256_set1_epi32(-1)); }
+static inline M at_least(const int32_t* pos, int32_t j) {
+  const __m256i p = _mm256_loadu_si256((const __m256i*)pos);
+  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(p, _mm256_set1_epi32(j - 1)));
+}
+static inline F max_where(M ok, F a, F b) { return _mm256_blendv_ps(a, _mm256_max_ps(a, b), ok); }
+static inline F zero_unless(M ok, F x) { return _mm256_and_ps(ok, x); }
+// v[i] lane j <- v[j] lane i: eight vectors of 8 lanes transposed in registers.
+static inline void transpose(F* v) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4)
+    for (int k = 0; k < 2; k++) {
+      const __m256d a = _mm256_castps_pd(t[i + k]), b = _mm256_castps_pd(t[i + k + 2]);
+      u[i + 2 * k] = _mm256_castpd_ps(_mm256_unpacklo_pd(a, b));
+      u[i + 2 * k + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(a, b));
+    }
+  for (int k = 0; k < 4; k++) {
+    v[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
+    v[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
+  }
+}
 // The lane sums of 8 vectors as one vector: pairwise adds within 128-bit lanes, then the halves.
 static inline F lane_sums(const F* v) {
   const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));

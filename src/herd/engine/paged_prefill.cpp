@@ -4,20 +4,23 @@
 // read through its block table: the chunk's own K/V are stored before the call, so a first chunk,
 // a chunk after a prefix-cache hit and a later chunk of a long prompt are read the same way.
 // A task is one (chunk, KV head, block of query tokens). Its query rows (token-major, the G query
-// heads of the KV head each) lie across the 16 lanes of a vector, so the online softmax (flash
+// heads of the KV head each) lie across the lanes of a vector, so the online softmax (flash
 // attention's running max and sum per row) is lane-wise arithmetic, without horizontal sums, and a
 // key is read from the cache once per task and broadcast to every row. With AVX512-BF16 both
 // products run on bf16 pairs with float32 sums: scores dot query pairs with the key's pairs
 // (an even head_dim), weighted values dot the probabilities of two keys, rounded to bf16 as
 // torch's CPU flash kernel rounds them, with those keys' values of one column. Otherwise float32
-// FMAs on widened values. Queries and outputs are transposed 16 x 16 in registers.
-// AVX-512 only: without it the library has no symbols and the caller keeps SDPA.
+// FMAs on widened values. Queries and outputs are transposed N x N in registers. Written once over
+// cpu_simd.h's vec (N = 16 lanes with AVX-512, 8 with AVX2); without either the library has no
+// symbols and the caller keeps SDPA.
 // Measured on a 2-core Zen 4 (bf16, 12 heads over 4 KV heads, head_dim 64), ms a layer, SDPA vs
 // this: 16 chunks of 128 tokens 8.9 vs 2.4; 4 of 512 24.5 vs 7.1; one of 2048 57.4 vs 24.8;
-// 2048 after a 2048-token prefix 193 vs 72 (~260 GFLOP/s).
+// 2048 after a 2048-token prefix 193 vs 72 (~260 GFLOP/s). Built for AVX2 (emulated there):
+// 16 x 128 11.6 vs 6.1 (float32 11.6 vs 8.4), one of 2048 74.7 vs 67.9 (65.9 vs 63.4): each
+// broadcast is its own load there, and FMAs cannot take it from memory as AVX-512's do.
 #include "cpu_simd.h"
 
-#ifdef HERD_AVX512
+#ifdef HERD_VEC
 #include <algorithm>
 #include <type_traits>
 #include <vector>
@@ -30,7 +33,8 @@ namespace {
 
 constexpr int64_t KT = 32;        // keys per tile: one softmax update
 constexpr int KU = 8;             // keys whose scores are summed side by side
-constexpr int64_t ROWS = 64;      // query rows (tokens x G) a task aims for: four vectors
+constexpr int64_t ROWS = 64;      // query rows (tokens x G) a task aims for: 4 (AVX2: 8) vectors
+constexpr int64_t N = vec::N;     // lanes: query rows a vector holds, columns a values pass
 constexpr int64_t NCHUNK = 4;     // per chunk: first token in q, query tokens, context, table offset
 
 template <typename T>
@@ -54,7 +58,7 @@ struct Task {
 
 // Scratch of one thread, reused by its tasks.
 struct Scratch {
-  std::vector<float> qt, sc, vf, ot, m, l;
+  std::vector<float> qt, sc, kf, vf, ot, m, l;
   std::vector<int32_t> pos;
 };
 
@@ -67,36 +71,12 @@ constexpr bool dot_path() {
 #endif
 }
 
-// v[i] lane j <- v[j] lane i: sixteen vectors of 16 32-bit lanes transposed in registers.
-inline void transpose16(__m512* v) {
-  __m512 t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(v[i], v[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4)
-    for (int k = 0; k < 2; k++) {
-      const __m512d a = _mm512_castps_pd(t[i + k]), b = _mm512_castps_pd(t[i + k + 2]);
-      v[i + 2 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-      v[i + 2 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-    }
-  for (int i = 0; i < 16; i += 8)
-    for (int k = 0; k < 4; k++) {
-      t[i + k] = _mm512_shuffle_f32x4(v[i + k], v[i + k + 4], 0x88);
-      t[i + k + 4] = _mm512_shuffle_f32x4(v[i + k], v[i + k + 4], 0xdd);
-    }
-  for (int k = 0; k < 8; k++) {
-    v[k] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0x88);
-    v[k + 8] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0xdd);
-  }
-}
-
 template <typename T>
 class PrefillTask {
  public:
   PrefillTask(const Args<T>& a, const Task& t, Scratch& w)
-      : a_(a), t_(t), w_(w), G_(a.Hq / a.Hkv), R_(t.n * G_), NRV_((R_ + 15) / 16),
-        Dp_((a.D + 15) / 16 * 16), dot_(dot_path<T>() && a.D % 2 == 0),
+      : a_(a), t_(t), w_(w), G_(a.Hq / a.Hkv), R_(t.n * G_), NRV_((R_ + N - 1) / N),
+        Dp_((a.D + N - 1) / N * N), dot_(dot_path<T>() && a.D % 2 == 0),
         Dq_(dot_ ? a.D / 2 : a.D) {
     const int64_t* c = a.chunks + t.s * NCHUNK;
     q0_ = c[0], first_pos_ = c[2] - c[1], table_ = a.tables + c[3];
@@ -118,57 +98,76 @@ class PrefillTask {
   const T* row(const T* cache, int64_t j) const {
     return cache + ((table_[j / a_.bs] * a_.bs + j % a_.bs) * a_.Hkv + t_.h) * a_.D;
   }
+  // bf16 scores are scaled once summed, as torch's flash kernel scales them (float32 queries
+  // are scaled as they are loaded)
+  float pre_scale() const { return std::is_same_v<T, uint16_t> ? 1.f : a_.scale; }
   const T* query(int64_t r) const {  // lane r: token r / G, head r % G of the group
     return a_.q + (q0_ + t_.i0 + r / G_) * a_.q_stride + (t_.h * G_ + r % G_) * a_.D;
   }
 
-  // The queries transposed (lane = row), 16 x 16 at a time: bf16 pairs as 32-bit words, or
+  // The queries transposed (lane = row), N x N at a time: bf16 pairs as 32-bit words, or
   // scaled floats.
   void load_queries() {
-    w_.qt.resize(NRV_ * Dq_ * 16 + KT / 2 * NRV_ * 16);  // then the probability pairs
-    w_.pos.assign(NRV_ * 16, -1);  // padding lanes attend to nothing
-    w_.m.assign(NRV_ * 16, -1e30f);
-    w_.l.assign(NRV_ * 16, 0.f);
-    w_.ot.assign(NRV_ * Dp_ * 16, 0.f);
-    w_.sc.resize(KT * NRV_ * 16);
+    w_.qt.resize(NRV_ * Dq_ * N + KT / 2 * NRV_ * N);  // then the probability pairs
+    w_.pos.assign(NRV_ * N, -1);  // padding lanes attend to nothing
+    w_.m.assign(NRV_ * N, -1e30f);
+    w_.l.assign(NRV_ * N, 0.f);
+    w_.ot.assign(NRV_ * Dp_ * N, 0.f);
+    w_.sc.resize(KT * NRV_ * N);
     w_.vf.assign(KT * Dp_, 0.f);
     for (int64_t r = 0; r < R_; r++) w_.pos[r] = (int32_t)(first_pos_ + t_.i0 + r / G_);
     for (int64_t rv = 0; rv < NRV_; rv++)
-      for (int64_t c0 = 0; c0 < Dq_; c0 += 16) {
-        const __mmask16 m = first(Dq_ - c0);
-        __m512 v[16];
-        for (int64_t i = 0; i < 16; i++) {
-          const int64_t r = rv * 16 + i;
-          if (r >= R_) v[i] = _mm512_setzero_ps();
-          else if (dot_) v[i] = _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(m, query(r) + 2 * c0));
-          else v[i] = _mm512_mul_ps(load16(query(r) + c0, m), _mm512_set1_ps(a_.scale));
+      for (int64_t c0 = 0; c0 < Dq_; c0 += N) {
+        vec::F v[N];
+        for (int64_t i = 0; i < N; i++) {
+          const int64_t r = rv * N + i;
+          if (r >= R_) v[i] = vec::zero();
+#ifdef HERD_PREFILL_BF16_DOT
+          else if (dot_) v[i] = _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(first(Dq_ - c0), query(r) + 2 * c0));
+#endif
+          else v[i] = vec::mul(vec::load_first(query(r) + c0, Dq_ - c0), vec::set(pre_scale()));
         }
-        transpose16(v);
-        for (int64_t k = 0; k < 16 && c0 + k < Dq_; k++) _mm512_storeu_ps(&w_.qt[(rv * Dq_ + c0 + k) * 16], v[k]);
+        vec::transpose(v);
+        for (int64_t k = 0; k < N && c0 + k < Dq_; k++) vec::store(&w_.qt[(rv * Dq_ + c0 + k) * N], v[k]);
       }
   }
 
-  // sc[j][rv] = the 16 rows' scores of key j0 + j, KU keys at a time: KU independent sums keep
+  // sc[j][rv] = the N rows' scores of key j0 + j, KU keys at a time: KU independent sums keep
   // the multiply-add pipe busy (four: 11% slower at 2048 tokens, each sum waiting on its last add).
+  // Without the bf16 dot product, bf16 keys are widened once a tile into kf rather than once a
+  // row vector (AVX2, bf16, one chunk of 2048 tokens: 74 -> 68 ms a layer).
   void scores(int64_t j0, int64_t nt) {
-    const float post = dot_ ? a_.scale : 1.f;
+    if constexpr (std::is_same_v<T, uint16_t>)
+      if (!dot_) {
+        w_.kf.resize(KT * a_.D);
+        for (int64_t j = 0; j < nt; j++)
+          for (int64_t d = 0; d < a_.D; d++) w_.kf[j * a_.D + d] = to_f(key(j0 + j)[d]);
+        return scores_of(nt, [&](int64_t j) { return w_.kf.data() + j * a_.D; });
+      }
+    scores_of(nt, [&](int64_t j) { return key(j0 + j); });
+  }
+
+  template <typename KeyAt>
+  void scores_of(int64_t nt, KeyAt key_at) {
+    const float post = a_.scale / pre_scale();
     for (int64_t j = 0; j < nt; j += KU) {
-      const T* kp[KU];
-      for (int u = 0; u < KU; u++) kp[u] = key(j0 + std::min<int64_t>(j + u, nt - 1));
+      decltype(key_at(0)) kp[KU];
+      for (int u = 0; u < KU; u++) kp[u] = key_at(std::min<int64_t>(j + u, nt - 1));
       for (int64_t rv = 0; rv < NRV_; rv++) {
-        __m512 acc[KU];
-        for (int u = 0; u < KU; u++) acc[u] = _mm512_setzero_ps();
+        vec::F acc[KU];
+        for (int u = 0; u < KU; u++) acc[u] = vec::zero();
         dots(rv, kp, acc);
         for (int u = 0; u < KU && j + u < nt; u++)
-          _mm512_storeu_ps(&w_.sc[((j + u) * NRV_ + rv) * 16], _mm512_mul_ps(acc[u], _mm512_set1_ps(post)));
+          vec::store(&w_.sc[((j + u) * NRV_ + rv) * N], vec::mul(acc[u], vec::set(post)));
       }
     }
   }
 
-  void dots(int64_t rv, const T* const* kp, __m512* acc) const {
-    const float* qt = w_.qt.data() + rv * Dq_ * 16;
+  template <typename K>
+  void dots(int64_t rv, const K* const* kp, vec::F* acc) const {
+    const float* qt = w_.qt.data() + rv * Dq_ * N;
 #ifdef HERD_PREFILL_BF16_DOT
-    if constexpr (std::is_same_v<T, uint16_t>)
+    if constexpr (std::is_same_v<K, uint16_t>)
       if (dot_) {
 #pragma GCC unroll 4
         for (int64_t c = 0; c < Dq_; c++) {
@@ -184,8 +183,8 @@ class PrefillTask {
 #endif
 #pragma GCC unroll 4
     for (int64_t d = 0; d < Dq_; d++) {
-      const __m512 x = _mm512_loadu_ps(qt + d * 16);
-      for (int u = 0; u < KU; u++) acc[u] = _mm512_fmadd_ps(x, _mm512_set1_ps(to_f(kp[u][d])), acc[u]);
+      const vec::F x = vec::load(qt + d * N);
+      for (int u = 0; u < KU; u++) acc[u] = vec::fma(x, vec::set(to_f(kp[u][d])), acc[u]);
     }
   }
 
@@ -196,30 +195,30 @@ class PrefillTask {
     // carry finite garbage, never stored).
     const bool full = j0 + nt - 1 <= first_pos_ + t_.i0;
     for (int64_t rv = 0; rv < NRV_; rv++) {
-      const __m512i pos = _mm512_loadu_si512(&w_.pos[rv * 16]);
-      const __m512 m = _mm512_loadu_ps(&w_.m[rv * 16]);
-      __m512 mt = _mm512_set1_ps(-INFINITY);
+      const int32_t* pos = &w_.pos[rv * N];
+      const vec::F m = vec::load(&w_.m[rv * N]);
+      vec::F mt = vec::set(-INFINITY);
       for (int64_t j = 0; j < nt; j++) {
-        const __mmask16 ok = full ? 0xffff : _mm512_cmpge_epi32_mask(pos, _mm512_set1_epi32((int32_t)(j0 + j)));
-        mt = _mm512_mask_max_ps(mt, ok, mt, _mm512_loadu_ps(&w_.sc[(j * NRV_ + rv) * 16]));
+        const vec::M ok = full ? vec::all() : vec::at_least(pos, (int32_t)(j0 + j));
+        mt = vec::max_where(ok, mt, vec::load(&w_.sc[(j * NRV_ + rv) * N]));
       }
-      const __m512 mn = _mm512_max_ps(m, mt), alpha = exp16(_mm512_sub_ps(m, mn));
-      __m512 sum = _mm512_setzero_ps();
+      const vec::F mn = vec::max(m, mt), alpha = vec::exp(vec::sub(m, mn));
+      vec::F sum = vec::zero();
       for (int64_t j = 0; j < nt; j++) {
-        float* s = &w_.sc[(j * NRV_ + rv) * 16];
-        const __mmask16 ok = full ? 0xffff : _mm512_cmpge_epi32_mask(pos, _mm512_set1_epi32((int32_t)(j0 + j)));
-        const __m512 p = _mm512_maskz_mov_ps(ok, exp16(_mm512_sub_ps(_mm512_loadu_ps(s), mn)));
-        _mm512_storeu_ps(s, p);
-        sum = _mm512_add_ps(sum, p);
+        float* s = &w_.sc[(j * NRV_ + rv) * N];
+        const vec::M ok = full ? vec::all() : vec::at_least(pos, (int32_t)(j0 + j));
+        const vec::F p = vec::zero_unless(ok, vec::exp(vec::sub(vec::load(s), mn)));
+        vec::store(s, dot_ ? p : vec::rnd<T>(p));  // bf16 probabilities rounded as torch rounds
+        sum = vec::add(sum, p);                    // them for its product with the values
       }
-      _mm512_storeu_ps(&w_.m[rv * 16], mn);
-      _mm512_storeu_ps(&w_.l[rv * 16], _mm512_fmadd_ps(_mm512_loadu_ps(&w_.l[rv * 16]), alpha, sum));
-      float* ot = w_.ot.data() + rv * Dp_ * 16;
-      for (int64_t d = 0; d < Dp_; d++) _mm512_storeu_ps(ot + d * 16, _mm512_mul_ps(_mm512_loadu_ps(ot + d * 16), alpha));
+      vec::store(&w_.m[rv * N], mn);
+      vec::store(&w_.l[rv * N], vec::fma(vec::load(&w_.l[rv * N]), alpha, sum));
+      float* ot = w_.ot.data() + rv * Dp_ * N;
+      for (int64_t d = 0; d < Dp_; d++) vec::store(ot + d * N, vec::mul(vec::load(ot + d * N), alpha));
     }
   }
 
-  // ot[rv][d] += sum over the tile's keys of p[key][rv] * v[key][d], 16 columns in registers.
+  // ot[rv][d] += sum over the tile's keys of p[key][rv] * v[key][d], N columns in registers.
   void weighted_values(int64_t j0, int64_t nt) {
 #ifdef HERD_PREFILL_BF16_DOT
     if constexpr (std::is_same_v<T, uint16_t>) return weighted_values_bf16(j0, nt);
@@ -230,16 +229,16 @@ class PrefillTask {
       for (int64_t d = 0; d < a_.D; d++) vf[d] = to_f(v[d]);
     }
     for (int64_t rv = 0; rv < NRV_; rv++)
-      for (int64_t d0 = 0; d0 < Dp_; d0 += 16) {
-        float* ot = w_.ot.data() + (rv * Dp_ + d0) * 16;
-        __m512 acc[16];
-        for (int dd = 0; dd < 16; dd++) acc[dd] = _mm512_loadu_ps(ot + dd * 16);
+      for (int64_t d0 = 0; d0 < Dp_; d0 += N) {
+        float* ot = w_.ot.data() + (rv * Dp_ + d0) * N;
+        vec::F acc[N];
+        for (int dd = 0; dd < N; dd++) acc[dd] = vec::load(ot + dd * N);
         for (int64_t j = 0; j < nt; j++) {
-          const __m512 p = _mm512_loadu_ps(&w_.sc[(j * NRV_ + rv) * 16]);
+          const vec::F p = vec::load(&w_.sc[(j * NRV_ + rv) * N]);
           const float* vf = w_.vf.data() + j * Dp_ + d0;
-          for (int dd = 0; dd < 16; dd++) acc[dd] = _mm512_fmadd_ps(p, _mm512_set1_ps(vf[dd]), acc[dd]);
+          for (int dd = 0; dd < N; dd++) acc[dd] = vec::fma(p, vec::set(vf[dd]), acc[dd]);
         }
-        for (int dd = 0; dd < 16; dd++) _mm512_storeu_ps(ot + dd * 16, acc[dd]);
+        for (int dd = 0; dd < N; dd++) vec::store(ot + dd * N, acc[dd]);
       }
   }
 
@@ -278,18 +277,18 @@ class PrefillTask {
   }
 #endif
 
-  // Each row's accumulated values over its sum, transposed back to rows 16 x 16 at a time.
+  // Each row's accumulated values over its sum, transposed back to rows N x N at a time.
   void store() const {
     for (int64_t rv = 0; rv < NRV_; rv++) {
-      const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_loadu_ps(&w_.l[rv * 16]));
-      for (int64_t d0 = 0; d0 < a_.D; d0 += 16) {
-        __m512 v[16];
-        for (int k = 0; k < 16; k++) v[k] = _mm512_mul_ps(_mm512_loadu_ps(&w_.ot[(rv * Dp_ + d0 + k) * 16]), inv);
-        transpose16(v);
-        for (int64_t i = 0; i < 16 && rv * 16 + i < R_; i++) {
-          const int64_t r = rv * 16 + i;
+      const vec::F inv = vec::div(vec::set(1.f), vec::load(&w_.l[rv * N]));
+      for (int64_t d0 = 0; d0 < a_.D; d0 += N) {
+        vec::F v[N];
+        for (int k = 0; k < N; k++) v[k] = vec::mul(vec::load(&w_.ot[(rv * Dp_ + d0 + k) * N]), inv);
+        vec::transpose(v);
+        for (int64_t i = 0; i < N && rv * N + i < R_; i++) {
+          const int64_t r = rv * N + i;
           T* o = a_.out + (q0_ + t_.i0 + r / G_) * a_.out_stride + (t_.h * G_ + r % G_) * a_.D;
-          store16(o + d0, v[i], first(a_.D - d0));
+          vec::store_first(o + d0, v[i], a_.D - d0);
         }
       }
     }
