@@ -140,8 +140,10 @@ class PrefillTask {
     if constexpr (std::is_same_v<T, uint16_t>)
       if (!dot_) {
         w_.kf.resize(KT * a_.D);
-        for (int64_t j = 0; j < nt; j++)
-          for (int64_t d = 0; d < a_.D; d++) w_.kf[j * a_.D + d] = to_f(key(j0 + j)[d]);
+        for (int64_t j = 0; j < nt; j++) {
+          const T* k = key(j0 + j);
+          for (int64_t d = 0; d < a_.D; d++) w_.kf[j * a_.D + d] = to_f(k[d]);
+        }
         return scores_of(nt, [&](int64_t j) { return w_.kf.data() + j * a_.D; });
       }
     scores_of(nt, [&](int64_t j) { return key(j0 + j); });
