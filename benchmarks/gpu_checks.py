@@ -1,8 +1,10 @@
 """Correctness checks gpu_suite.py runs before it times anything, each returning a dict for the
-suite's JSON with an `ok` verdict: FlexAttention against the reference backend (bf16, a step of
-decodes and prefill chunks over many key tiles), CUDA-graph decode against eager greedy tokens on a
-small model, and fp8 `_scaled_mm` linears against bf16. On CPU (--tiny) the same code runs:
-compiled flex and graph capture are CUDA-only, so there the static-buffer path runs uncaptured.
+suite's JSON with an `ok` verdict: TritonAttention and FlexAttention against the reference backend
+(bf16, a step of decodes and prefill chunks over many key tiles; Triton over an fp8 cache too),
+CUDA-graph decode against eager greedy tokens on a small model, and fp8 `_scaled_mm` linears
+against bf16. On CPU (--tiny) the same code runs: compiled flex and graph capture are CUDA-only,
+so there the static-buffer path runs uncaptured, and Triton's kernels run under its interpreter
+when TRITON_INTERPRET=1 (the tests set it), else are left out.
 """
 
 import random
@@ -11,6 +13,8 @@ import torch
 
 from herd.engine.attention import AttentionMetadata, TorchAttention
 from herd.engine.flex_attention import FlexAttention
+from herd.engine.triton_attention import TritonAttention, unusable
+from herd.model.quant import FP8
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -56,19 +60,29 @@ def _attention_step(dev: str, dtype: torch.dtype, bs: int, hq: int, hkv: int, d:
     return q, k, v, cache, meta
 
 
-def check_flex(dev: str, tiny: bool) -> dict:
-    """Flex (compiled on CUDA) and the torch backend in bf16 against the torch backend in float32
-    on upcast inputs, Llama-3-8B head shapes (32 / 8 heads of 128) unless tiny."""
+def check_attention(dev: str, tiny: bool) -> dict:
+    """Triton, flex (compiled on CUDA) and the torch backend in bf16 against the torch backend in
+    float32 on upcast inputs, Llama-3-8B head shapes (32 / 8 heads of 128) unless tiny; then
+    Triton over an fp8 cache against the torch backend over the same cache."""
     shape = (16, 4, 2, 16) if tiny else (16, 32, 8, 128)
-    q, k, v, cache, meta = _attention_step(dev, torch.bfloat16, *shape, seed=0)
     bs = shape[0]
+    q, k, v, cache, meta = _attention_step(dev, torch.bfloat16, *shape, seed=0)
     ref = TorchAttention(bs).forward(q.float(), k.float(), v.float(), *cache.float(), meta())
-    flex_cache, torch_cache = cache.clone(), cache.clone()
-    flex = FlexAttention(bs).forward(q, k, v, *flex_cache, meta())
-    plain = TorchAttention(bs).forward(q, k, v, *torch_cache, meta())
-    r = {"flex_rel_err": rel_err(flex, ref), "torch_rel_err": rel_err(plain, ref)}
-    r["same_cache_writes"] = bool(torch.equal(flex_cache, torch_cache))
-    r["ok"] = r["flex_rel_err"] < 1e-2 and r["same_cache_writes"]
+    backends = {"torch": TorchAttention, "flex": FlexAttention}
+    if not (why := unusable(torch.device(dev), FP8)):
+        backends["triton"] = TritonAttention
+    r, caches = {"triton_skipped": why} if why else {}, {}
+    for name, cls in backends.items():
+        caches[name] = cache.clone()
+        r[f"{name}_rel_err"] = rel_err(cls(bs).forward(q, k, v, *caches[name], meta()), ref)
+    r["same_cache_writes"] = all(torch.equal(c, caches["torch"]) for c in caches.values())
+    r["ok"] = r["same_cache_writes"] and all(r[f"{n}_rel_err"] < 1e-2 for n in backends)
+    if "triton" in backends:  # the fp8 cache: K/V on its grid (see the test of the same)
+        k8, v8, c8 = k.to(FP8).to(k.dtype), v.to(FP8).to(v.dtype), cache.to(FP8)
+        ref8 = TorchAttention(bs).forward(q, k8, v8, *c8.clone(), meta())
+        got8 = TritonAttention(bs).forward(q, k8, v8, *c8.clone(), meta())
+        r["triton_fp8_cache_rel_err"] = rel_err(got8, ref8)
+        r["ok"] = r["ok"] and r["triton_fp8_cache_rel_err"] < 1e-2
     return r
 
 

@@ -1,11 +1,12 @@
-"""The GPU suite, one command (< 8 min on an H100): correctness first (gpu_checks.py: compiled
-FlexAttention against the reference backend, CUDA-graph decode against eager greedy tokens, fp8
-`_scaled_mm` against bf16), then Llama-3.1-8B shapes with random bf16 weights, bf16 and fp8
-weights; batch-1 decode tok/s (CUDA graphs, and eager beside it), offline 128/128 throughput at
-256 prompts, TTFT and ITL at 4 requests/s (engine-level arrivals, no HTTP), weight and KV memory,
-start-up and graph-capture time; transformers' batch-1 decode on the same GPU beside it. Each part
-runs under its own guard and time limit; the JSON is rewritten after every part (a part that
-failed records its error), and progress lines go to stdout.
+"""The GPU suite, one command (< 8 min on an H100): correctness first (gpu_checks.py: the Triton
+kernels and compiled FlexAttention against the reference backend, CUDA-graph decode against eager
+greedy tokens, fp8 `_scaled_mm` against bf16), then Llama-3.1-8B shapes with random bf16 weights,
+bf16 and fp8 weights; batch-1 decode tok/s (CUDA graphs, and eager beside it), offline 128/128
+throughput at 256 prompts, TTFT and ITL at 4 requests/s (engine-level arrivals, no HTTP), weight
+and KV memory, start-up and graph-capture time; transformers' batch-1 decode on the same GPU
+beside it; last, if time is left, the attention backends timed on one layer (gpu_attention.py).
+Each part runs under its own guard and time limit; the JSON is rewritten after every part (a part
+that failed records its error), and progress lines go to stdout.
 
     PYTHONPATH=src .venv/bin/python benchmarks/gpu_suite.py --out gpu_suite.json
     PYTHONPATH=src .venv/bin/python benchmarks/gpu_suite.py --tiny   # the same logic, CPU, seconds
@@ -23,7 +24,8 @@ import time
 import traceback
 from pathlib import Path
 
-import gpu_checks  # beside this script
+import gpu_attention  # beside this script
+import gpu_checks
 import torch
 
 from herd.model.demo import write_demo_model
@@ -265,7 +267,7 @@ def main() -> None:
 
     if args.tiny:
         suite.part("checkpoint", checkpoint)
-    suite.part("check_flex", gpu_checks.check_flex, device, args.tiny, need_s=20)
+    suite.part("check_attention", gpu_checks.check_attention, device, args.tiny, need_s=20)
 
     def graphs() -> dict:
         small = model_dir  # --tiny: the suite's own tiny checkpoint serves
@@ -284,7 +286,8 @@ def main() -> None:
         quant = None if q == "none" else q
         suite.part(f"herd_{q}", run_herd, model_dir, quant, args, vocab, need_s=60)
     suite.part("transformers_bf16", run_transformers, model_dir, args, vocab, device, need_s=30)
-    checks = [result[k].get("ok") for k in ("check_flex", "check_graphs", "check_fp8")]
+    suite.part("attention_ms", gpu_attention.time_attention, device, args.tiny, need_s=45)
+    checks = [result[k].get("ok") for k in ("check_attention", "check_graphs", "check_fp8")]
     result["checks_ok"] = all(checks)
     suite.out.write_text(json.dumps(result, indent=1))
     print(f"\nwrote {suite.out}; checks_ok {result['checks_ok']}; summary (no traces):")

@@ -36,6 +36,10 @@ class AttentionBackend(ABC):
     """Writes this step's K/V into the paged cache, then attends each query token to its
     sequence's context (causally within the chunk)."""
 
+    # Reads the cache in place through full-width decode tables, with no host work in a decode
+    # step: a decode step through it can be captured as a CUDA graph (cuda_graphs.GraphedDecode).
+    graph_safe = False
+
     def __init__(self, block_size: int) -> None:
         self.block_size = block_size
 

@@ -14,7 +14,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int8", "int4", "fp8")
 KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8")
 # "auto" + herd.engine.backends.BACKENDS; checked by a test
-ATTENTION_BACKENDS = ("auto", "torch", "flex", "cpu")
+ATTENTION_BACKENDS = ("auto", "torch", "flex", "cpu", "triton")
 KV_SWAP_POLICIES = ("auto", "swap", "recompute")  # herd.engine.swap_policy.MODES
 FUSED_ROWS_MAX_BATCH = 32  # the fused step's default limit when it reads plain weight rows
 
@@ -85,7 +85,8 @@ class EngineConfig:
     enable_prefix_caching: bool = setting(True, "reuse KV blocks of shared prompt prefixes")
     attention_backend: str = setting(
         "auto",
-        "attention implementation (auto: flex on CUDA, else cpu: C++ paged decode on CPU)",
+        "attention implementation (auto: triton on CUDA (flex without Triton), else cpu: C++ paged "
+        "decode on CPU)",
         ATTENTION_BACKENDS,
     )
     seed: int = setting(0, "seed of requests that give none")

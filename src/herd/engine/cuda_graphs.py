@@ -13,7 +13,6 @@ from torch import nn
 
 from herd.engine.attention import AttentionBackend
 from herd.engine.compiled import bucket_for
-from herd.engine.flex_attention import FlexAttention
 from herd.engine.input_buffers import InputBuffers, StepInputs
 
 log = logging.getLogger(__name__)
@@ -49,8 +48,8 @@ class GraphedDecode:
     def supports(backend: AttentionBackend) -> bool:
         """A graph reads full-width block tables: a backend that gathers each row's table
         (TorchAttention) would gather `max_model_len` tokens per row, so only one that reads the
-        cache in place through its tables (FlexAttention) is captured."""
-        return isinstance(backend, FlexAttention)
+        cache in place through its tables (TritonAttention, FlexAttention) is captured."""
+        return backend.graph_safe
 
     def bucket_for(self, n: int) -> int | None:
         return bucket_for(self.buckets, self.failed, n)

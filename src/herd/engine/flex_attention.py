@@ -33,6 +33,8 @@ class FlexAttention(AttentionBackend):
     on the device from the tables alone (no host round trip, fixed shapes for a decode step), so
     a decode step with it can be captured in a CUDA graph."""
 
+    graph_safe = True
+
     def forward(self, q, k, v, k_cache, v_cache, meta):
         store(k_cache, meta.slot_mapping, k)
         store(v_cache, meta.slot_mapping, v)

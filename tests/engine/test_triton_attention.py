@@ -1,0 +1,165 @@
+"""TritonAttention's kernels (decodes in one launch, prefill chunks in another, each program on
+one sequence's blocks) run here under Triton's interpreter, against TorchAttention: the same
+outputs over many key tiles, GQA groups that are not powers of two, odd head sizes and an fp8
+cache, and the same greedy tokens through the engine, eager and in the static decode step CUDA
+graphs capture. On a GPU the compiled kernels are checked by benchmarks/gpu_suite.py."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from herd.engine import triton_attention
+from herd.engine.attention import AttentionMetadata, TorchAttention
+from herd.engine.backends import get_backend
+from herd.engine.cuda_graphs import GraphedDecode
+from herd.engine.llm import LLM
+from herd.engine.sampling_params import SamplingParams
+from herd.engine.triton_attention import TritonAttention
+from herd.model.quant import FP8
+from tests.engine.conftest import BS, PROMPTS, mixed_step
+
+pytest.importorskip("triton")
+
+
+@pytest.fixture
+def interpreted():
+    """These tests build CPU tensors: they run where tests/conftest.py set the interpreter."""
+    if not triton_attention.interpreting():
+        pytest.skip("TRITON_INTERPRET=1 is set (by tests/conftest.py) only without CUDA")
+
+
+def _many_tiles(dtype, bs: int, hq: int, hkv: int, d: int, seed: int = 0):
+    """Decodes of contexts 1..300 (two sharing their prefix blocks), a 150-token prefill from 0
+    and a 40-token chunk after 200 cached tokens; blocks scattered over the cache."""
+    rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
+    query_lens = [1] * 6 + [150, 40]
+    seq_lens = [1, 17, 64, 65, 300, 299, 150, 240]
+    need = [-(-n // bs) for n in seq_lens]
+    free = rng.sample(range(sum(need) + 8), sum(need) + 8)
+    tables = [[free.pop() for _ in range(k)] for k in need]
+    tables[5][:-1] = tables[4][: need[5] - 1]  # shared prefix blocks
+    slots = [t[p // bs] * bs + p % bs for t, q, n in zip(tables, query_lens, seq_lens, strict=True)
+             for p in range(n - q, n)]  # fmt: skip
+    w = max(need[:6])
+
+    def meta() -> AttentionMetadata:
+        return AttentionMetadata(
+            slot_mapping=torch.tensor(slots),
+            num_decodes=6,
+            query_lens=query_lens,
+            seq_lens=seq_lens,
+            prefill_block_ids=[torch.tensor(t) for t in tables[6:]],
+            decode_block_table=torch.tensor([t + [0] * (w - len(t)) for t in tables[:6]]),
+            decode_seq_lens=torch.tensor(seq_lens[:6]),
+        )
+
+    t = sum(query_lens)
+    q, k, v = (torch.randn(t, h, d, generator=g, dtype=dtype) for h in (hq, hkv, hkv))
+    cache = torch.randn(2, sum(need) + 8, bs, hkv, d, generator=g, dtype=dtype)
+    return q, k, v, cache, meta
+
+
+def _both(q, k, v, cache, meta, bs):
+    """TorchAttention's and TritonAttention's outputs, each on its own copy of the cache."""
+    ref_cache, got_cache = cache.clone(), cache.clone()
+    ref = TorchAttention(bs).forward(q, k, v, ref_cache[0], ref_cache[1], meta())
+    got = TritonAttention(bs).forward(q, k, v, got_cache[0], got_cache[1], meta())
+    assert torch.equal(ref_cache.view(torch.uint8), got_cache.view(torch.uint8))  # same writes
+    return got, ref
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_triton_matches_the_reference_backend(interpreted, dtype, tol):
+    got, ref = _both(*mixed_step(dtype), BS)
+    torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
+
+
+# (block size, query heads, KV heads, head size): GQA 2, 3 (not a power of two) and 8 (one KV
+# head), head sizes 16, 24 (padded to 32 in the kernel) and 64, a block larger than a key tile
+@pytest.mark.parametrize("shape", [(16, 4, 2, 16), (8, 6, 2, 24), (128, 8, 1, 64)])
+def test_triton_over_many_key_tiles_and_gqa_groups(interpreted, shape):
+    got, ref = _both(*_many_tiles(torch.float32, *shape), shape[0])
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_triton_reads_an_fp8_cache_as_the_reference_does(interpreted):
+    q, k, v, cache, meta = _many_tiles(torch.bfloat16, 16, 4, 2, 32)
+    # K/V already on fp8's grid: the reference attends a prefill from 0 to the step's own K/V
+    # (not read back from the cache); the kernels read the cache
+    k, v = (x.to(FP8).to(torch.bfloat16) for x in (k, v))
+    got, ref = _both(q, k, v, cache.to(FP8), meta, 16)
+    torch.testing.assert_close(got, ref, atol=2e-2, rtol=2e-2)
+
+
+def test_triton_engine_gives_the_reference_greedy_tokens(interpreted, model_dirs):
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    outs = {}
+    for name in ("torch", "triton"):
+        llm = LLM(model_dirs["gqa"], attention_backend=name, num_kv_blocks=64, enforce_eager=True)
+        outs[name] = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params)]
+    assert outs["triton"] == outs["torch"]
+
+
+def test_triton_static_decode_step_gives_the_eager_tokens(interpreted, model_dirs):
+    """The step a CUDA graph captures (full-width tables, a batch of 3 padded to 4), uncaptured."""
+    kw = dict(attention_backend="triton", num_kv_blocks=48, enforce_eager=True)
+    static, eager = LLM(model_dirs["gqa"], **kw), LLM(model_dirs["gqa"], **kw)
+    r = static.engine.runner
+    r.graphs = GraphedDecode(r.model, r.backend, [1, 2, 4], r.inputs, capture=False)
+    greedy = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
+    got = [o.outputs[0].token_ids for o in static.generate(PROMPTS[:3], greedy)]
+    assert got == [o.outputs[0].token_ids for o in eager.generate(PROMPTS[:3], greedy)]
+    assert 4 in r.graphs.captured
+    assert GraphedDecode.supports(r.backend)
+
+
+def test_auto_picks_triton_on_cuda_and_refuses_it_where_it_cannot_run(monkeypatch):
+    assert isinstance(get_backend("auto", 16, torch.device("cuda")), TritonAttention)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        get_backend("triton", 16, torch.device("cpu"))
+    monkeypatch.setattr(triton_attention, "available", lambda: False)
+    assert type(get_backend("auto", 16, torch.device("cuda"))).__name__ == "FlexAttention"
+    with pytest.raises(ValueError, match="not installed"):
+        get_backend("triton", 16, torch.device("cuda"))
+
+
+def test_auto_leaves_an_fp8_cache_to_flex_on_gpus_without_fp8(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    cuda = torch.device("cuda")
+    assert type(get_backend("auto", 16, cuda, FP8)).__name__ == "FlexAttention"
+    assert isinstance(get_backend("auto", 16, cuda, torch.bfloat16), TritonAttention)
+    with pytest.raises(ValueError, match="fp8 KV cache needs"):
+        get_backend("triton", 16, cuda, FP8)
+
+
+# arch:activations:cache:launch:GQA group:head size (Llama-3-8B: group 4, head 128)
+BUILDS = [
+    "90:bf16:bf16:decode:4:128",
+    "90:bf16:bf16:prefill:4:128",
+    "90:bf16:fp8e4nv:decode:4:128",
+    "90:bf16:fp8e4nv:prefill:4:128",
+    "90:fp16:fp16:prefill:3:80",
+    "80:bf16:bf16:decode:8:64",
+]
+
+
+def test_the_kernels_compile_for_hopper_and_ampere_without_spilling():
+    """The real compiler (not the interpreter): Triton's ptxas builds each kernel for sm_90 /
+    sm_80 without a GPU; 16-bit builds must keep their tiles in registers (no stack)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).with_name("triton_compile.py")
+    run = subprocess.run(
+        [sys.executable, str(script), *BUILDS], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout)
+    for spec in BUILDS:
+        assert "error" not in report[spec], (spec, report[spec])
+        assert report[spec]["stack"] == 0, (spec, report[spec])

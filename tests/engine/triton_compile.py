@@ -1,0 +1,77 @@
+"""Compiles TritonAttention's kernel for a GPU this machine lacks (Triton's own ptxas makes the
+cubin; no driver needed) and reports each build's registers, stack (spills) and shared memory,
+as JSON. The launch's specialization is restated here: 16-byte aligned pointers, strides that
+are multiples of 16. Run in a process without TRITON_INTERPRET (the test does).
+
+    python tests/engine/triton_compile.py 90:bf16:bf16:decode:4:128 80:bf16:bf16:prefill:4:128
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from herd.engine import triton_attention as ta
+
+POINTERS = ["q_ptr", "out_ptr", "k_cache", "v_cache", "tables"]
+PLAN = ["ctx_lens", "tile_seqs", "tile_firsts", "seq_ends"]
+TOKEN_STRIDES = ["stride_qt", "stride_ot", "stride_kb", "stride_ks", "stride_vb", "stride_vs"]
+HEAD_STRIDES = ["stride_qh", "stride_oh", "stride_kh", "stride_vh"]
+
+
+def build(arch: int, dtype: str, cache: str, kind: str, group: int, head_dim: int) -> dict:
+    kernel = ta._get_kernel()
+    decode = kind == "decode"
+    rows = ta._rows(group, decode)
+    wide = dtype == "fp32"
+    constexprs = dict(
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_D=max(16, ta.next_pow2(head_dim)),
+        BLOCK_SIZE=16, ROWS=rows, BLOCK_Q=1 if decode else rows // group, KEYS=ta.KEY_TILE,
+        DECODE=decode, WIDE=wide, PRECISION="ieee" if wide else "tf32",
+    )  # fmt: skip
+    signature = {"q_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "tables": "*i64"}
+    signature |= {"k_cache": f"*{cache}", "v_cache": f"*{cache}", "scale_log2": "fp32"}
+    signature |= dict.fromkeys(PLAN, "*i64" if decode else "*i32")
+    signature |= dict.fromkeys(TOKEN_STRIDES + HEAD_STRIDES + ["stride_table"], "i32")
+    signature |= dict.fromkeys(constexprs, "constexpr")
+    assert set(signature) == set(kernel.arg_names), "the kernel's arguments changed"
+    aligned = POINTERS + PLAN + TOKEN_STRIDES + (HEAD_STRIDES if head_dim % 16 == 0 else [])
+    src = ASTSource(
+        fn=kernel,
+        signature={n: signature[n] for n in kernel.arg_names},
+        constexprs={(kernel.arg_names.index(n),): v for n, v in constexprs.items()},
+        attrs={(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned},
+    )
+    options = dict(num_warps=4 if decode else 8)
+    out = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    return {"shared": out.metadata.shared, **_resources(out.asm["cubin"])}
+
+
+def _resources(cubin: bytes) -> dict:
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+    path = f"/tmp/herd-triton-{os.getpid()}.cubin"
+    with open(path, "wb") as f:
+        f.write(cubin)
+    try:
+        text = subprocess.run(
+            [tool, "--dump-resource-usage", path], capture_output=True, text=True, check=True
+        ).stdout
+    finally:
+        os.unlink(path)
+    return {k.lower(): int(v) for k, v in re.findall(r"(REG|STACK):(\d+)", text)}
+
+
+if __name__ == "__main__":
+    report = {}
+    for spec in sys.argv[1:]:
+        arch, dtype, cache, kind, group, head_dim = spec.split(":")
+        try:
+            report[spec] = build(int(arch), dtype, cache, kind, int(group), int(head_dim))
+        except Exception as e:  # noqa: BLE001 - reported per build
+            report[spec] = {"error": repr(e)[:500]}
+    print(json.dumps(report))
