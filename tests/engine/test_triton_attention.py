@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,27 @@ def test_triton_reads_an_fp8_cache_as_the_reference_does(interpreted):
     torch.testing.assert_close(got, ref, atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("sms,splits", [(1, 1), (18, 3), (200, 16)])
+def test_triton_split_decodes_match_the_reference(interpreted, monkeypatch, sms, splits):
+    """Decodes only, contexts 1..300: with few multiprocessors nothing splits, with many each
+    decode's keys split into ranges (16: short contexts leave most of them empty) and merge."""
+    monkeypatch.setattr(triton_attention, "INTERPRETER_SMS", sms)
+    q, k, v, cache, meta = _many_tiles(torch.float32, 16, 4, 2, 16)
+    decodes = replace(meta(), num_decodes=6, query_lens=[1] * 6, seq_lens=meta().seq_lens[:6])
+    decodes.prefill_block_ids, decodes.slot_mapping = [], decodes.slot_mapping[:6]
+    assert triton_attention.decode_splits(6, 2, torch.device("cpu")) == splits
+    got, ref = _both(q[:6], k[:6], v[:6], cache, lambda: replace(decodes), 16)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_splits_fill_the_gpu_only_where_the_batch_does_not(monkeypatch):
+    monkeypatch.setattr(triton_attention, "_gpu_multiprocessors", lambda device: 132)  # H100
+    cuda = torch.device("cuda")
+    # Llama-3-8B (8 KV heads): batch 1 takes the most ranges, 16 takes 2, 64 none
+    splits = [triton_attention.decode_splits(b, 8, cuda) for b in (1, 2, 8, 16, 17, 64, 256)]
+    assert splits == [16, 16, 4, 2, 1, 1, 1]
+
+
 def test_triton_engine_gives_the_reference_greedy_tokens(interpreted, model_dirs):
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
     outs = {}
@@ -142,11 +164,12 @@ def test_auto_leaves_an_fp8_cache_to_flex_on_gpus_without_fp8(monkeypatch):
 # arch:activations:cache:launch:GQA group:head size (Llama-3-8B: group 4, head 128)
 BUILDS = [
     "90:bf16:bf16:decode:4:128",
+    "90:bf16:bf16:decode/16:4:128",  # 16 key ranges, and the merge kernel
     "90:bf16:bf16:prefill:4:128",
     "90:bf16:fp8e4nv:decode:4:128",
     "90:bf16:fp8e4nv:prefill:4:128",
     "90:fp16:fp16:prefill:3:80",
-    "80:bf16:bf16:decode:8:64",
+    "80:bf16:bf16:decode/8:8:64",
 ]
 
 

@@ -1,9 +1,11 @@
-"""Compiles TritonAttention's kernel for a GPU this machine lacks (Triton's own ptxas makes the
+"""Compiles TritonAttention's kernels for a GPU this machine lacks (Triton's own ptxas makes the
 cubin; no driver needed) and reports each build's registers, stack (spills) and shared memory,
 as JSON. The launch's specialization is restated here: 16-byte aligned pointers, strides that
 are multiples of 16. Run in a process without TRITON_INTERPRET (the test does).
 
     python tests/engine/triton_compile.py 90:bf16:bf16:decode:4:128 80:bf16:bf16:prefill:4:128
+    (arch:activations:cache:launch:GQA group:head size; launch decode, decode/S (S key ranges,
+    with the merge kernel) or prefill)
 """
 
 import json
@@ -17,30 +19,45 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from herd.engine import triton_attention as ta
+from herd.engine.triton_kernels import kernels
 
-POINTERS = ["q_ptr", "out_ptr", "k_cache", "v_cache", "tables"]
+POINTERS = ["q_ptr", "out_ptr", "part_out", "part_lse", "k_cache", "v_cache", "tables"]
 PLAN = ["ctx_lens", "tile_seqs", "tile_firsts", "seq_ends"]
 TOKEN_STRIDES = ["stride_qt", "stride_ot", "stride_kb", "stride_ks", "stride_vb", "stride_vs"]
 HEAD_STRIDES = ["stride_qh", "stride_oh", "stride_kh", "stride_vh"]
 
 
 def build(arch: int, dtype: str, cache: str, kind: str, group: int, head_dim: int) -> dict:
-    kernel = ta._get_kernel()
-    decode = kind == "decode"
+    decode = kind.startswith("decode")
+    splits = int(kind.split("/")[1]) if "/" in kind else 1
     rows = ta._rows(group, decode)
     wide = dtype == "fp32"
+    block_d = max(16, ta.next_pow2(head_dim))
     constexprs = dict(
-        GROUP=group, HEAD_DIM=head_dim, BLOCK_D=max(16, ta.next_pow2(head_dim)),
-        BLOCK_SIZE=16, ROWS=rows, BLOCK_Q=1 if decode else rows // group, KEYS=ta.KEY_TILE,
-        DECODE=decode, WIDE=wide, PRECISION="ieee" if wide else "tf32",
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=16, ROWS=rows,
+        BLOCK_Q=1 if decode else rows // group, KEYS=ta.KEY_TILE, DECODE=decode, SPLITS=splits,
+        WIDE=wide, PRECISION="ieee" if wide else "tf32",
     )  # fmt: skip
     signature = {"q_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "tables": "*i64"}
     signature |= {"k_cache": f"*{cache}", "v_cache": f"*{cache}", "scale_log2": "fp32"}
+    signature |= {"part_out": "*fp32", "part_lse": "*fp32"}
     signature |= dict.fromkeys(PLAN, "*i64" if decode else "*i32")
     signature |= dict.fromkeys(TOKEN_STRIDES + HEAD_STRIDES + ["stride_table"], "i32")
-    signature |= dict.fromkeys(constexprs, "constexpr")
-    assert set(signature) == set(kernel.arg_names), "the kernel's arguments changed"
     aligned = POINTERS + PLAN + TOKEN_STRIDES + (HEAD_STRIDES if head_dim % 16 == 0 else [])
+    report = _compile(kernels().paged_attention, arch, signature, constexprs, aligned, decode)
+    if splits > 1:
+        signature = {"part_out": "*fp32", "part_lse": "*fp32", "out_ptr": f"*{dtype}"}
+        signature |= {"stride_ot": "i32", "stride_oh": "i32"}
+        constexprs = dict(SPLITS=splits, BLOCK_S=ta.next_pow2(splits), HEAD_DIM=head_dim)
+        constexprs["BLOCK_D"] = block_d
+        merge = _compile(kernels().merge_splits, arch, signature, constexprs, list(signature), True)
+        report |= {f"merge_{k}": v for k, v in merge.items()}
+    return report
+
+
+def _compile(kernel, arch, signature, constexprs, aligned, decode) -> dict:
+    signature = signature | dict.fromkeys(constexprs, "constexpr")
+    assert set(signature) == set(kernel.arg_names), "the kernel's arguments changed"
     src = ASTSource(
         fn=kernel,
         signature={n: signature[n] for n in kernel.arg_names},
