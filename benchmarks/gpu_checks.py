@@ -1,8 +1,8 @@
 """Correctness checks gpu_suite.py runs before it times anything, each returning a dict for the
 suite's JSON with an `ok` verdict: TritonAttention and FlexAttention against the reference backend
 (bf16, a step of decodes and prefill chunks over many key tiles; Triton over an fp8 cache too),
-CUDA-graph decode against eager greedy tokens on a small model, and fp8 `_scaled_mm` linears
-against bf16. On CPU (--tiny) the same code runs: compiled flex and graph capture are CUDA-only,
+CUDA-graph decode against eager greedy tokens on a small model, fp8 `_scaled_mm` linears against
+bf16, and the Triton layer ops (norm, SiLU, RoPE, fp8 quantisation) against the torch modules. On CPU (--tiny) the same code runs: compiled flex and graph capture are CUDA-only,
 so there the static-buffer path runs uncaptured, and Triton's kernels run under its interpreter
 when TRITON_INTERPRET=1 (the tests set it), else are left out.
 """
@@ -146,4 +146,54 @@ def check_fp8(dev: str, tiny: bool) -> dict:
         r[f"m{m}_rel_err_vs_dequant"] = rel_err(got, x.float() @ dequant.t())
     # e4m3 keeps 3 mantissa bits: a few percent per product, averaged down over k terms
     r["ok"] = all(v < 0.08 for key, v in r.items() if key.endswith("_vs_bf16"))
+    return r
+
+
+def check_layer_ops(dev: str, tiny: bool) -> dict:
+    """triton_layer_ops against the torch modules they replace at Llama-3-8B sizes (tiny: small):
+    largest distance in 16-bit ulps (rounding where torch rounds: 1 at most, for a statistic
+    summed in another order) and e4m3 codes that differ from torch's. bf16 on CUDA; float16 in
+    the interpreter, which truncates bf16."""
+    import torch.nn.functional as F
+
+    from herd.engine import triton_layer_ops as lo
+    from herd.model.config import RopeConfig
+    from herd.model.llama import RMSNorm
+    from herd.model.quant import quantize_rows
+    from herd.model.rope import RotaryEmbedding, apply_rotary
+
+    if why := unusable(torch.device(dev)):
+        return {"skipped": why, "ok": True}
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float16
+    h, inter, heads, d, t = (64, 96, 6, 16, 5) if tiny else (4096, 14336, 40, 128, 7)
+    g = torch.Generator().manual_seed(4)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dev, dtype)
+
+    def ulps(a, b):
+        return int((a.view(torch.int16).int() - b.view(torch.int16).int()).abs().max())
+
+    norm = RMSNorm(h, 1e-5).to(dev, dtype)
+    norm.weight.data = rand(h)
+    mine = lo.TritonRMSNorm(h, 1e-5).to(dev, dtype)
+    mine.weight.data = norm.weight.data
+    x, res = rand(t, h, scale=3), rand(t, h)
+    (want, want_res), (got, got_res) = norm(x, res.clone()), mine(x, res.clone())
+    r = {"rmsnorm_ulps": ulps(got, want), "residual_ulps": ulps(got_res, want_res)}
+    gate_up = rand(t, 2 * inter, scale=4)
+    want = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
+    r["silu_ulps"] = ulps(lo.TritonSiluAndMul()(gate_up), want)
+    cos_sin = RotaryEmbedding(RopeConfig(), d, 4096).to(dev)(
+        torch.arange(t, device=dev) * 97, dtype
+    )
+    qk = rand(t, heads, d)
+    want = apply_rotary(qk, cos_sin)
+    r["rope_ulps"] = ulps(lo.TritonRotary()(qk.clone(), cos_sin), want)
+    x = rand(t, inter, scale=5)
+    (q, scale), (ref_q, ref_scale) = lo.quantize_fp8(x), quantize_rows(x)
+    r["fp8_scale_equal"] = bool(torch.equal(scale, ref_scale))
+    r["fp8_codes_differing"] = int((q.view(torch.uint8) != ref_q.view(torch.uint8)).sum())
+    exact_fp8 = r["fp8_codes_differing"] == 0 or dev != "cuda"  # the interpreter rounds e4m3 off
+    r["ok"] = max(r[k] for k in r if k.endswith("ulps")) <= 1 and r["fp8_scale_equal"] and exact_fp8
     return r

@@ -1,12 +1,13 @@
 """The GPU suite, one command (< 8 min on an H100): correctness first (gpu_checks.py: the Triton
 kernels and compiled FlexAttention against the reference backend, CUDA-graph decode against eager
-greedy tokens, fp8 `_scaled_mm` against bf16), then Llama-3.1-8B shapes with random bf16 weights,
-bf16 and fp8 weights; batch-1 decode tok/s (CUDA graphs, and eager beside it), offline 128/128
-throughput at 256 prompts, TTFT and ITL at 4 requests/s (engine-level arrivals, no HTTP), weight
-and KV memory, start-up and graph-capture time; transformers' batch-1 decode on the same GPU
-beside it; last, if time is left, the attention backends timed on one layer (gpu_attention.py).
-Each part runs under its own guard and time limit; the JSON is rewritten after every part (a part
-that failed records its error), and progress lines go to stdout.
+greedy tokens, fp8 `_scaled_mm` against bf16, the Triton layer ops against the torch modules),
+then Llama-3.1-8B shapes with random bf16 weights, bf16 and fp8 weights; batch-1 decode tok/s
+(CUDA graphs, and eager beside it), offline 128/128 throughput at 256 prompts, TTFT and ITL at 4
+requests/s (engine-level arrivals, no HTTP), weight and KV memory, start-up and graph-capture
+time; transformers' batch-1 decode on the same GPU beside it; last, if time is left, the
+attention backends timed on one layer (gpu_attention.py). Each part runs under its own guard and
+time limit; the JSON is rewritten after every part (a part that failed records its error), and
+progress lines go to stdout.
 
     PYTHONPATH=src .venv/bin/python benchmarks/gpu_suite.py --out gpu_suite.json
     PYTHONPATH=src .venv/bin/python benchmarks/gpu_suite.py --tiny   # the same logic, CPU, seconds
@@ -279,6 +280,7 @@ def main() -> None:
 
     suite.part("check_graphs", graphs, need_s=20)
     suite.part("check_fp8", gpu_checks.check_fp8, device, args.tiny, need_s=5)
+    suite.part("check_layer_ops", gpu_checks.check_layer_ops, device, args.tiny, need_s=5)
     if not args.tiny:
         suite.part("checkpoint", checkpoint, need_s=60)
     vocab = shape["vocab_size"]
@@ -287,7 +289,10 @@ def main() -> None:
         suite.part(f"herd_{q}", run_herd, model_dir, quant, args, vocab, need_s=60)
     suite.part("transformers_bf16", run_transformers, model_dir, args, vocab, device, need_s=30)
     suite.part("attention_ms", gpu_attention.time_attention, device, args.tiny, need_s=45)
-    checks = [result[k].get("ok") for k in ("check_attention", "check_graphs", "check_fp8")]
+    checks = [
+        result[k].get("ok")
+        for k in ("check_attention", "check_graphs", "check_fp8", "check_layer_ops")
+    ]
     result["checks_ok"] = all(checks)
     suite.out.write_text(json.dumps(result, indent=1))
     print(f"\nwrote {suite.out}; checks_ok {result['checks_ok']}; summary (no traces):")

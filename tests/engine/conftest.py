@@ -69,6 +69,23 @@ def mixed_step(dtype):
     return q, k, v, cache, meta
 
 
+def ulps16(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Distance in units of the last place of a 16-bit float (a and b bf16 or fp16 values)."""
+    return (a.view(torch.int16).int() - b.view(torch.int16).int()).abs()
+
+
+def assert_same(native: torch.Tensor, ref: torch.Tensor) -> None:
+    """float32: to rounding; 16-bit: equal but for rare one-ulp ties (float32 statistics summed
+    in another order can round the other way)."""
+    assert native.dtype == ref.dtype and native.shape == ref.shape
+    if native.dtype == torch.float32:
+        torch.testing.assert_close(native, ref, rtol=2e-6, atol=2e-6)
+        return
+    ulps = ulps16(native, ref)
+    assert ulps.max() <= 1
+    assert (ulps > 0).float().mean() < 2e-3
+
+
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from herd.model.demo import write_demo_model

@@ -17,6 +17,7 @@ from herd.engine.native_build import load_library
 from herd.model.config import RopeConfig
 from herd.model.llama import RMSNorm, SiluAndMul
 from herd.model.rope import Rotary, RotaryEmbedding, apply_rotary
+from tests.engine.conftest import assert_same
 
 pytestmark = pytest.mark.skipif(
     load_library("cpu_layer_ops.cpp") is None, reason="no C++ compiler here"
@@ -28,25 +29,6 @@ def swapped(module):
     wrapper = torch.nn.Sequential(module)
     assert use_native_layer_ops(wrapper) == 1
     return wrapper[0]
-
-
-def bf16_ulps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Distance in units of the last place of bf16 (a and b bf16 values)."""
-    ia = a.view(torch.int16).int()
-    ib = b.view(torch.int16).int()
-    return (ia - ib).abs()
-
-
-def assert_same(native: torch.Tensor, ref: torch.Tensor) -> None:
-    """float32: to rounding; bf16: equal but for rare one-ulp ties (float32 statistics summed in
-    another order can round the other way)."""
-    assert native.dtype == ref.dtype and native.shape == ref.shape
-    if native.dtype == torch.float32:
-        torch.testing.assert_close(native, ref, rtol=2e-6, atol=2e-6)
-        return
-    ulps = bf16_ulps(native, ref)
-    assert ulps.max() <= 1
-    assert (ulps > 0).float().mean() < 2e-3
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

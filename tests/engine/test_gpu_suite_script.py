@@ -30,7 +30,7 @@ def test_gpu_suite_tiny_writes_every_figure(tmp_path):
     # fp8 weights take fewer bytes than bf16 ones (the decoder linears halve)
     assert result["herd_fp8"]["weight_gib"] < result["herd_none"]["weight_gib"]
     assert result["transformers_bf16"]["batch1_tok_s"] > 0
-    for part in ("check_attention", "check_graphs", "check_fp8"):
+    for part in ("check_attention", "check_graphs", "check_fp8", "check_layer_ops"):
         assert result[part]["ok"], result[part]
     assert result["checks_ok"] is True
     assert result["check_attention"]["triton_rel_err"] < 1e-2  # interpreted: the tests set it

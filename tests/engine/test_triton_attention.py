@@ -170,12 +170,18 @@ BUILDS = [
     "90:bf16:fp8e4nv:prefill:4:128",
     "90:fp16:fp16:prefill:3:80",
     "80:bf16:bf16:decode/8:8:64",
+    # triton_layer_ops at Llama-3-8B's sizes (rope: 32 + 8 heads of 128)
+    "90:bf16:rmsnorm:4096",
+    "90:bf16:silu:14336",
+    "90:bf16:rope:40x128",
+    "90:bf16:fp8quant:14336",
 ]
 
 
 def test_the_kernels_compile_for_hopper_and_ampere_without_spilling():
-    """The real compiler (not the interpreter): Triton's ptxas builds each kernel for sm_90 /
-    sm_80 without a GPU; 16-bit builds must keep their tiles in registers (no stack)."""
+    """The real compiler (not the interpreter): Triton's ptxas builds each kernel (attention's
+    and triton_layer_ops') for sm_90 / sm_80 without a GPU; 16-bit builds must keep their tiles
+    in registers (no stack)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = Path(__file__).with_name("triton_compile.py")
     run = subprocess.run(

@@ -3,9 +3,10 @@ cubin; no driver needed) and reports each build's registers, stack (spills) and 
 as JSON. The launch's specialization is restated here: 16-byte aligned pointers, strides that
 are multiples of 16. Run in a process without TRITON_INTERPRET (the test does).
 
-    python tests/engine/triton_compile.py 90:bf16:bf16:decode:4:128 80:bf16:bf16:prefill:4:128
-    (arch:activations:cache:launch:GQA group:head size; launch decode, decode/S (S key ranges,
-    with the merge kernel) or prefill)
+    python tests/engine/triton_compile.py 90:bf16:bf16:decode:4:128 90:bf16:rmsnorm:4096
+    attention: arch:activations:cache:launch:GQA group:head size (launch decode, decode/S: S key
+    ranges and the merge kernel, or prefill); layer ops (triton_layer_ops): arch:activations:
+    rmsnorm|silu|rope|fp8quant:hidden size (rope: heads x head size, as 40x128)
 """
 
 import json
@@ -19,6 +20,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from herd.engine import triton_attention as ta
+from herd.engine import triton_layer_ops as lo
 from herd.engine.triton_kernels import kernels
 
 POINTERS = ["q_ptr", "out_ptr", "part_out", "part_lse", "k_cache", "v_cache", "tables"]
@@ -44,18 +46,45 @@ def build(arch: int, dtype: str, cache: str, kind: str, group: int, head_dim: in
     signature |= dict.fromkeys(PLAN, "*i64" if decode else "*i32")
     signature |= dict.fromkeys(TOKEN_STRIDES + HEAD_STRIDES + ["stride_table"], "i32")
     aligned = POINTERS + PLAN + TOKEN_STRIDES + (HEAD_STRIDES if head_dim % 16 == 0 else [])
-    report = _compile(kernels().paged_attention, arch, signature, constexprs, aligned, decode)
+    report = _compile(
+        kernels().paged_attention, arch, signature, constexprs, aligned, 4 if decode else 8
+    )
     if splits > 1:
         signature = {"part_out": "*fp32", "part_lse": "*fp32", "out_ptr": f"*{dtype}"}
         signature |= {"stride_ot": "i32", "stride_oh": "i32"}
         constexprs = dict(SPLITS=splits, BLOCK_S=ta.next_pow2(splits), HEAD_DIM=head_dim)
         constexprs["BLOCK_D"] = block_d
-        merge = _compile(kernels().merge_splits, arch, signature, constexprs, list(signature), True)
+        merge = _compile(kernels().merge_splits, arch, signature, constexprs, list(signature), 4)
         report |= {f"merge_{k}": v for k, v in merge.items()}
     return report
 
 
-def _compile(kernel, arch, signature, constexprs, aligned, decode) -> dict:
+def build_layer_op(arch: int, dtype: str, op: str, size: str) -> dict:
+    """A triton_layer_ops kernel at a model's sizes, specialised as its launch is."""
+    k = lo._get()
+    if op == "rope":
+        heads, head_dim = map(int, size.split("x"))
+        signature = {"x_ptr": f"*{dtype}", "cos_ptr": f"*{dtype}", "sin_ptr": f"*{dtype}"}
+        signature |= {"stride_t": "i32", "heads": "i32"}
+        half = head_dim // 2
+        constexprs = dict(HALF=half, BLOCK_H=lo._block(heads), BLOCK_HALF=lo._block(half))
+        return _compile(k.rope, arch, signature, constexprs, list(signature), 4)
+    n = int(size)
+    if op == "rmsnorm":
+        signature = {p: f"*{dtype}" for p in ("x_ptr", "res_ptr", "w_ptr", "out_ptr")}
+        signature |= {"h": "i32", "eps": "fp32"}
+        constexprs = dict(HAS_RESIDUAL=True, BLOCK=lo._block(n))
+        warps = 8 if n > 2048 else 4  # as TritonRMSNorm launches it
+        return _compile(k.add_rmsnorm, arch, signature, constexprs, list(signature), warps)
+    if op == "silu":
+        signature = {"gate_up": f"*{dtype}", "out_ptr": f"*{dtype}", "n": "i32"}
+        return _compile(k.silu_and_mul, arch, signature, dict(BLOCK=1024), list(signature), 4)
+    signature = {"x_ptr": f"*{dtype}", "q_ptr": "*fp8e4nv", "scale_ptr": "*fp32", "k": "i32"}
+    signature["fp8_max"] = "fp32"
+    return _compile(k.quantize_fp8, arch, signature, dict(BLOCK=lo._block(n)), ["x_ptr"], 8)
+
+
+def _compile(kernel, arch, signature, constexprs, aligned, warps: int) -> dict:
     signature = signature | dict.fromkeys(constexprs, "constexpr")
     assert set(signature) == set(kernel.arg_names), "the kernel's arguments changed"
     src = ASTSource(
@@ -64,7 +93,7 @@ def _compile(kernel, arch, signature, constexprs, aligned, decode) -> dict:
         constexprs={(kernel.arg_names.index(n),): v for n, v in constexprs.items()},
         attrs={(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned},
     )
-    options = dict(num_warps=4 if decode else 8)
+    options = dict(num_warps=warps)
     out = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     return {"shared": out.metadata.shared, **_resources(out.asm["cubin"])}
 
@@ -86,9 +115,13 @@ def _resources(cubin: bytes) -> dict:
 if __name__ == "__main__":
     report = {}
     for spec in sys.argv[1:]:
-        arch, dtype, cache, kind, group, head_dim = spec.split(":")
+        parts = spec.split(":")
         try:
-            report[spec] = build(int(arch), dtype, cache, kind, int(group), int(head_dim))
+            if len(parts) == 4:
+                report[spec] = build_layer_op(int(parts[0]), *parts[1:])
+            else:
+                arch, dtype, cache, kind, group, head_dim = parts
+                report[spec] = build(int(arch), dtype, cache, kind, int(group), int(head_dim))
         except Exception as e:  # noqa: BLE001 - reported per build
             report[spec] = {"error": repr(e)[:500]}
     print(json.dumps(report))

@@ -10,7 +10,7 @@ from torch import nn
 
 from herd.engine.native_build import load_library
 from herd.model.llama import RMSNorm, SiluAndMul
-from herd.model.rope import Rotary
+from herd.model.rope import Rotary, in_place_layout
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class NativeRotary(Rotary):
 
     def forward(self, x, cos_sin):
         cos, sin = cos_sin
-        if not _rotatable(x, cos, sin):
+        if not (_native(x) and in_place_layout(x, cos, sin)):
             return super().forward(x, cos_sin)
         t, heads, d = x.shape
         getattr(self.lib, f"herd_rope_{SUFFIX[x.dtype]}")(
@@ -80,17 +80,6 @@ class NativeRotary(Rotary):
             ctypes.c_int(torch.get_num_threads()),
         )  # fmt: skip
         return x
-
-
-def _rotatable(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
-    """x's heads contiguous (any row stride), one contiguous cos/sin row per token, one dtype."""
-    t, _, d = x.shape
-    heads_ok = x.stride(2) == 1 and x.stride(1) == d and d % 2 == 0
-    tables_ok = all(
-        c.dtype == x.dtype and c.is_contiguous() and c.numel() == t * d and c.shape[0] == t
-        for c in (cos, sin)
-    )
-    return _native(x) and heads_ok and tables_ok
 
 
 SWAPS = {RMSNorm: NativeRMSNorm, SiluAndMul: NativeSiluAndMul, Rotary: NativeRotary}

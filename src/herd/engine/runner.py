@@ -23,6 +23,7 @@ from herd.engine.request import Request
 from herd.engine.sampler import Sampler, SamplerOutput, rank_logprobs, to_device
 from herd.engine.scheduler import ScheduledRequest, SchedulerOutput
 from herd.engine.structured import StructuredOutputs
+from herd.engine.triton_layer_ops import use_triton_layer_ops
 from herd.model import packed_linear
 from herd.model.config import ModelConfig
 from herd.model.loader import load_model
@@ -130,6 +131,8 @@ class ModelRunner:
             rehome_weights(self.model)  # decode streams them: 2 MiB pages read faster
             if n := use_native_layer_ops(self.model):
                 log.info("%d norms, activations and rotaries run native (cpu_layer_ops.cpp)", n)
+        elif self.device.type == "cuda" and (n := use_triton_layer_ops(self.model)):
+            log.info("%d norms, activations, rotaries and fp8 linears run Triton kernels", n)
         self.kv_dtype = KV_DTYPES.get(config.kv_cache_dtype, self.dtype)
         # What /v1/models and herd_model_info report (a pre-quantized checkpoint included).
         self.precision = {

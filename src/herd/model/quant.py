@@ -126,6 +126,12 @@ def _pack_int4(q: torch.Tensor) -> torch.Tensor:
     return torch._convert_weight_to_int4pack_for_cpu(q, 1)
 
 
+def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x2 [M, K] as e4m3 with a float32 scale per row: amax / 448, at least 1e-12."""
+    x_scale = (x2.abs().amax(dim=-1, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)
+    return to_fp8(x2 / x_scale), x_scale
+
+
 class Fp8Linear(nn.Module):
     """float8 e4m3 weights [N, K] with a float32 scale per output channel (per-tensor scales
     are stored per channel too). On CUDA activations get a dynamic per-token scale and go
@@ -152,9 +158,12 @@ class Fp8Linear(nn.Module):
         scale = (w.abs().amax(dim=1) / FP8_MAX).clamp(min=1e-12)
         return cls(to_fp8(w / scale[:, None]), scale, _bias(linear))
 
+    # x2 [M, K] -> (e4m3 [M, K], float32 scales [M, 1]); a backend may swap in a fused kernel
+    quantize = staticmethod(quantize_rows)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cuda":
-            y = fp8_scaled_mm(x, self.weight, self.weight_scale)
+            y = fp8_scaled_mm(x, self.weight, self.weight_scale, self.quantize)
         else:
             w, exp2 = fp8_widen(self.weight, x.dtype)
             y = F.linear(x, w) * (self.weight_scale * exp2).to(x.dtype)
@@ -166,12 +175,11 @@ def to_fp8(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(-FP8_MAX, FP8_MAX).to(FP8)
 
 
-def fp8_scaled_mm(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+def fp8_scaled_mm(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, quantize=quantize_rows):
     """x @ (w * w_scale)^T with x quantized to e4m3 per token (row-wise scales), as the
     published Llama 3 FP8 checkpoints expect. `_scaled_mm` wants the weight column-major."""
     x2 = x.reshape(-1, x.shape[-1])
-    x_scale = (x2.abs().amax(dim=-1, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)
-    xq = to_fp8(x2 / x_scale)
+    xq, x_scale = quantize(x2)
     out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
     y = torch._scaled_mm(
         xq, w.t(), scale_a=x_scale, scale_b=w_scale.float()[None, :], out_dtype=out_dtype

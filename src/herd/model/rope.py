@@ -64,3 +64,14 @@ def apply_rotary(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) ->
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
+
+
+def in_place_layout(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """Whether a kernel may rotate x [T, H, D] in place: heads contiguous (any row stride), one
+    contiguous cos/sin row [T, 1, D] per token, all in x's dtype."""
+    t, _, d = x.shape
+    heads_ok = x.stride(2) == 1 and x.stride(1) == d and d % 2 == 0
+    return heads_ok and all(
+        c.dtype == x.dtype and c.is_contiguous() and c.numel() == t * d and c.shape[0] == t
+        for c in (cos, sin)
+    )

@@ -1,0 +1,195 @@
+"""Triton versions of the eager model's elementwise modules on CUDA: residual add + RMSNorm, RoPE
+in place, SiLU-and-mul, and the fp8 linear's per-token activation quantisation, one kernel each
+instead of 4-9 torch kernels (a batch-1 decode step is mostly such small kernels besides its
+GEMVs). `use_triton_layer_ops` swaps them into a loaded model, as cpu_layer_ops does on CPU.
+Each rounds where the torch version rounds; off CUDA (and outside the interpreter) they fall back.
+"""
+
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from herd.engine import triton_attention
+from herd.model.llama import RMSNorm, SiluAndMul
+from herd.model.quant import FP8, FP8_MAX, Fp8Linear, quantize_rows
+from herd.model.rope import Rotary, in_place_layout
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_kernels: SimpleNamespace | None = None
+
+
+def _runs(x: torch.Tensor) -> bool:
+    """Whether this call can take the kernel: a CUDA tensor (or any, under the interpreter) of a
+    float dtype, outside a traced graph."""
+    on = x.is_cuda or triton_attention.interpreting()
+    return on and x.dtype in DTYPES and not torch.compiler.is_compiling()
+
+
+def _block(n: int) -> int:
+    return triton_attention.next_pow2(n)
+
+
+class TritonRMSNorm(RMSNorm):
+    """RMSNorm, and the residual add before it, in one kernel a row; the residual is updated in
+    place (the caller hands it over)."""
+
+    def forward(self, x, residual=None):
+        operands = [x, self.weight] + ([residual] if residual is not None else [])
+        same = all(t.is_contiguous() and t.dtype == x.dtype for t in operands)
+        if not (_runs(x) and same and (residual is None or residual.shape == x.shape)):
+            return super().forward(x, residual)
+        out = torch.empty_like(x)
+        h = x.shape[-1]
+        res = residual if residual is not None else x
+        _get().add_rmsnorm[(x.numel() // h,)](
+            x, res, self.weight, out, h, self.eps,
+            HAS_RESIDUAL=residual is not None, BLOCK=_block(h), num_warps=8 if h > 2048 else 4,
+        )  # fmt: skip
+        return out if residual is None else (out, residual)
+
+
+class TritonSiluAndMul(SiluAndMul):
+    """silu(gate) * up in one kernel, rounded as the torch version rounds."""
+
+    def forward(self, gate_up):
+        if not (_runs(gate_up) and gate_up.is_contiguous()):
+            return super().forward(gate_up)
+        n = gate_up.shape[-1] // 2
+        out = gate_up.new_empty((*gate_up.shape[:-1], n))
+        rows = gate_up.numel() // (2 * n)
+        _get().silu_and_mul[(rows, -(-n // 1024))](gate_up, out, n, BLOCK=1024)
+        return out
+
+
+class TritonRotary(Rotary):
+    """RoPE rotated in place, one program a token: x [T, H, D] may be a view into the fused QKV
+    output (heads contiguous, any row stride); cos/sin [T, 1, D] in x's dtype."""
+
+    def forward(self, x, cos_sin):
+        cos, sin = cos_sin
+        if not (_runs(x) and in_place_layout(x, cos, sin)):
+            return super().forward(x, cos_sin)
+        t, heads, d = x.shape
+        _get().rope[(t,)](
+            x, cos, sin, x.stride(0), heads, HALF=d // 2, BLOCK_H=_block(heads),
+            BLOCK_HALF=_block(d // 2),
+        )  # fmt: skip
+        return x
+
+
+def quantize_fp8(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x2 [M, K] as e4m3 with a float32 scale per row (amax / 448, at least 1e-12): the values
+    and rounding of `quant.quantize_rows`, one program a row."""
+    if not (_runs(x2) and x2.is_contiguous()):
+        return quantize_rows(x2)
+    m, k = x2.shape
+    xq = torch.empty((m, k), dtype=FP8, device=x2.device)
+    scale = torch.empty((m, 1), dtype=torch.float32, device=x2.device)
+    _get().quantize_fp8[(m,)](x2, xq, scale, k, FP8_MAX, BLOCK=_block(k), num_warps=8)
+    return xq, scale
+
+
+class TritonFp8Linear(Fp8Linear):
+    """Fp8Linear whose activations are quantised per token by one kernel (amax, scale, e4m3
+    cast) before `_scaled_mm`, instead of eight torch kernels."""
+
+    quantize = staticmethod(quantize_fp8)
+
+
+SWAPS = {RMSNorm: TritonRMSNorm, SiluAndMul: TritonSiluAndMul, Rotary: TritonRotary}
+SWAPS[Fp8Linear] = TritonFp8Linear
+
+
+def use_triton_layer_ops(model: nn.Module) -> int:
+    """Swaps every RMSNorm, SiluAndMul, Rotary and Fp8Linear in `model` for its Triton version
+    (state kept, not copied); returns how many, 0 without Triton."""
+    if not triton_attention.available():
+        return 0
+    swapped = 0
+    for module in model.modules():
+        if (kind := SWAPS.get(type(module))) is not None:
+            module.__class__ = kind
+            swapped += 1
+    return swapped
+
+
+def _get() -> SimpleNamespace:
+    global _kernels
+    if _kernels is None:
+        _kernels = _define()
+    return _kernels
+
+
+def _define() -> SimpleNamespace:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def add_rmsnorm(x_ptr, res_ptr, w_ptr, out_ptr, h, eps, HAS_RESIDUAL: tl.constexpr,
+                    BLOCK: tl.constexpr):  # fmt: skip
+        """Row r: s = x + residual (rounded, written back), out = w * round(s / rms(s))."""
+        row = tl.program_id(0).to(tl.int64) * h
+        c = tl.arange(0, BLOCK)
+        mask = c < h
+        x = tl.load(x_ptr + row + c, mask=mask, other=0.0)
+        if HAS_RESIDUAL:
+            x = (x.to(tl.float32) + tl.load(res_ptr + row + c, mask=mask, other=0.0)).to(x.dtype)
+            tl.store(res_ptr + row + c, x, mask=mask)
+        xf = x.to(tl.float32)
+        inv = tl.rsqrt(tl.sum(xf * xf, 0) / h + eps)
+        normed = (xf * inv).to(x.dtype).to(tl.float32)
+        w = tl.load(w_ptr + c, mask=mask, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row + c, (w * normed).to(x.dtype), mask=mask)
+
+    @triton.jit
+    def silu_and_mul(gate_up, out_ptr, n, BLOCK: tl.constexpr):
+        """Row r, columns of block b: round(round(silu(gate)) * up)."""
+        row = tl.program_id(0).to(tl.int64)
+        c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = c < n
+        g = tl.load(gate_up + row * 2 * n + c, mask=mask, other=0.0)
+        u = tl.load(gate_up + row * 2 * n + n + c, mask=mask, other=0.0).to(tl.float32)
+        gf = g.to(tl.float32)
+        s = (gf / (1.0 + tl.exp(-gf))).to(g.dtype).to(tl.float32)
+        tl.store(out_ptr + row * n + c, (s * u).to(g.dtype), mask=mask)
+
+    @triton.jit
+    def rope(x_ptr, cos_ptr, sin_ptr, stride_t, heads, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
+             BLOCK_HALF: tl.constexpr):  # fmt: skip
+        """Token t, every head: (x1, x2) -> (x1 cos1 - x2 sin1, x2 cos2 + x1 sin2), each product
+        and the sum rounded, as x * cos + rotate_half(x) * sin in the activation dtype."""
+        t = tl.program_id(0).to(tl.int64)
+        h = tl.arange(0, BLOCK_H)[:, None]
+        c = tl.arange(0, BLOCK_HALF)[None, :]
+        mask = (h < heads) & (c < HALF)
+        at = x_ptr + t * stride_t + h * 2 * HALF + c
+        x1 = tl.load(at, mask=mask, other=0.0)
+        x2 = tl.load(at + HALF, mask=mask, other=0.0)
+        dt = x1.dtype
+        cs, sn = cos_ptr + t * 2 * HALF + c, sin_ptr + t * 2 * HALF + c
+        cos1 = tl.load(cs, mask=c < HALF, other=0.0).to(tl.float32)
+        cos2 = tl.load(cs + HALF, mask=c < HALF, other=0.0).to(tl.float32)
+        sin1 = tl.load(sn, mask=c < HALF, other=0.0).to(tl.float32)
+        sin2 = tl.load(sn + HALF, mask=c < HALF, other=0.0).to(tl.float32)
+        f1, f2 = x1.to(tl.float32), x2.to(tl.float32)
+        a = (f1 * cos1).to(dt).to(tl.float32) + (-f2 * sin1).to(dt).to(tl.float32)
+        b = (f2 * cos2).to(dt).to(tl.float32) + (f1 * sin2).to(dt).to(tl.float32)
+        tl.store(at, a.to(dt), mask=mask)
+        tl.store(at + HALF, b.to(dt), mask=mask)
+
+    @triton.jit
+    def quantize_fp8(x_ptr, q_ptr, scale_ptr, k, fp8_max, BLOCK: tl.constexpr):
+        """Row r: scale = max(amax |x| / fp8_max, 1e-12), q = e4m3(clamp(x / scale))."""
+        row = tl.program_id(0).to(tl.int64)
+        c = tl.arange(0, BLOCK)
+        mask = c < k
+        x = tl.load(x_ptr + row * k + c, mask=mask, other=0.0).to(tl.float32)
+        scale = tl.maximum(tl.max(tl.abs(x), 0) / fp8_max, 1e-12)
+        q = tl.clamp(tl.math.div_rn(x, scale), -fp8_max, fp8_max)
+        tl.store(q_ptr + row * k + c, q.to(q_ptr.dtype.element_ty), mask=mask)
+        tl.store(scale_ptr + row, scale)
+
+    return SimpleNamespace(
+        add_rmsnorm=add_rmsnorm, silu_and_mul=silu_and_mul, rope=rope, quantize_fp8=quantize_fp8
+    )
