@@ -40,19 +40,8 @@ def paged_step(dev, query_lens, seq_lens, bs=16, hq=32, hkv=8, d=128, seed=0):
     need = [-(-n // bs) for n in seq_lens]
     blocks = rng.sample(range(sum(need)), sum(need))
     tables = [[blocks.pop() for _ in range(n)] for n in need]
-    slots = [t[p // bs] * bs + p % bs for t, q, n in zip(tables, query_lens, seq_lens, strict=True)
-             for p in range(n - q, n)]  # fmt: skip
     nd = sum(1 for n in query_lens if n == 1)
-    w = max(need[:nd], default=1)
-    meta = AttentionMetadata(
-        slot_mapping=torch.tensor(slots, device=dev),
-        num_decodes=nd,
-        query_lens=query_lens,
-        seq_lens=seq_lens,
-        prefill_block_ids=[torch.tensor(t, device=dev) for t in tables[nd:]],
-        decode_block_table=torch.tensor([t + [0] * (w - len(t)) for t in tables[:nd]], device=dev),
-        decode_seq_lens=torch.tensor(seq_lens[:nd], device=dev),
-    )
+    meta = AttentionMetadata.from_tables(tables, query_lens, seq_lens, nd, bs, dev)
     t = sum(query_lens)
     q, k, v = (torch.randn(t, h, d, generator=g).to(dev, torch.bfloat16) for h in (hq, hkv, hkv))
     cache = torch.randn(2, sum(need), bs, hkv, d, generator=g).to(dev, torch.bfloat16)

@@ -37,22 +37,9 @@ def _attention_step(dev: str, dtype: torch.dtype, bs: int, hq: int, hkv: int, d:
     tables = [[free.pop() for _ in range(k)] for k in need]
     share = min(need[0], need[1]) - 1  # decodes 0 and 1 share their full prefix blocks
     tables[1][:share] = tables[0][:share]
-    slots = [t[p // bs] * bs + p % bs for t, q, n in zip(tables, query_lens, seq_lens, strict=True)
-             for p in range(n - q, n)]  # fmt: skip
-    nd, w = 24, max(need[:24])
 
     def meta() -> AttentionMetadata:
-        return AttentionMetadata(
-            slot_mapping=torch.tensor(slots, device=dev),
-            num_decodes=nd,
-            query_lens=query_lens,
-            seq_lens=seq_lens,
-            prefill_block_ids=[torch.tensor(t, device=dev) for t in tables[nd:]],
-            decode_block_table=torch.tensor(
-                [t + [0] * (w - len(t)) for t in tables[:nd]], device=dev
-            ),
-            decode_seq_lens=torch.tensor(seq_lens[:nd], device=dev),
-        )
+        return AttentionMetadata.from_tables(tables, query_lens, seq_lens, 24, bs, dev)
 
     t = sum(query_lens)
     q, k, v = (torch.randn(t, h, d, generator=g).to(dev, dtype) for h in (hq, hkv, hkv))

@@ -47,21 +47,9 @@ def mixed_step(dtype):
     g = torch.Generator().manual_seed(0)
     query_lens, seq_lens = [1, 1, 3, 4], [7, 9, 3, 9]
     tables = [[3, 5], [3, 8, 9], [11], [12, 13, 14]]
-    slots = []
-    for t, q, n in zip(tables, query_lens, seq_lens, strict=True):
-        slots += [t[p // BS] * BS + p % BS for p in range(n - q, n)]
-    width = max(len(t) for t in tables[:2])
 
     def meta() -> AttentionMetadata:  # a fresh one per backend: backends cache their per-step state
-        return AttentionMetadata(
-            slot_mapping=torch.tensor(slots),
-            num_decodes=2,
-            query_lens=query_lens,
-            seq_lens=seq_lens,
-            prefill_block_ids=[torch.tensor(t) for t in tables[2:]],
-            decode_block_table=torch.tensor([t + [0] * (width - len(t)) for t in tables[:2]]),
-            decode_seq_lens=torch.tensor(seq_lens[:2]),
-        )
+        return AttentionMetadata.from_tables(tables, query_lens, seq_lens, 2, BS)
 
     t = sum(query_lens)
     q, k, v = (torch.randn(t, h, D, generator=g, dtype=dtype) for h in (HQ, HKV, HKV))

@@ -24,20 +24,9 @@ def _step(seed: int):
         tables.append(perm[i : i + -(-n // BS)])
         i += -(-n // BS)
     tables[1][:2] = tables[0][:2]
-    slots = [t[p // BS] * BS + p % BS for t, q, n in zip(tables, query_lens, seq_lens, strict=True)
-             for p in range(n - q, n)]  # fmt: skip
-    w = max(len(t) for t in tables[:2])
 
     def meta() -> AttentionMetadata:
-        return AttentionMetadata(
-            slot_mapping=torch.tensor(slots),
-            num_decodes=2,
-            query_lens=query_lens,
-            seq_lens=seq_lens,
-            prefill_block_ids=[torch.tensor(t) for t in tables[2:]],
-            decode_block_table=torch.tensor([t + [0] * (w - len(t)) for t in tables[:2]]),
-            decode_seq_lens=torch.tensor(seq_lens[:2]),
-        )
+        return AttentionMetadata.from_tables(tables, query_lens, seq_lens, 2, BS)
 
     t = sum(query_lens)
     q, k, v = (torch.randn(t, h, D, generator=g) for h in (HQ, HKV, HKV))

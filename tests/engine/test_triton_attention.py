@@ -45,20 +45,9 @@ def _many_tiles(dtype, bs: int, hq: int, hkv: int, d: int, seed: int = 0):
     free = rng.sample(range(sum(need) + 8), sum(need) + 8)
     tables = [[free.pop() for _ in range(k)] for k in need]
     tables[5][:-1] = tables[4][: need[5] - 1]  # shared prefix blocks
-    slots = [t[p // bs] * bs + p % bs for t, q, n in zip(tables, query_lens, seq_lens, strict=True)
-             for p in range(n - q, n)]  # fmt: skip
-    w = max(need[:6])
 
     def meta() -> AttentionMetadata:
-        return AttentionMetadata(
-            slot_mapping=torch.tensor(slots),
-            num_decodes=6,
-            query_lens=query_lens,
-            seq_lens=seq_lens,
-            prefill_block_ids=[torch.tensor(t) for t in tables[6:]],
-            decode_block_table=torch.tensor([t + [0] * (w - len(t)) for t in tables[:6]]),
-            decode_seq_lens=torch.tensor(seq_lens[:6]),
-        )
+        return AttentionMetadata.from_tables(tables, query_lens, seq_lens, 6, bs)
 
     t = sum(query_lens)
     q, k, v = (torch.randn(t, h, d, generator=g, dtype=dtype) for h in (hq, hkv, hkv))

@@ -31,6 +31,34 @@ class AttentionMetadata:
     # what a backend derives once per step and reuses in every layer (FlexAttention's mask)
     backend_state: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_tables(
+        cls,
+        tables: list[list[int]],
+        query_lens: list[int],
+        seq_lens: list[int],
+        num_decodes: int,
+        block_size: int,
+        device: torch.device | str = "cpu",
+    ) -> "AttentionMetadata":
+        """A step given as plain lists (per sequence, decodes first: its block table, its tokens
+        this step, its context after it), with the tensors the runner's InputBuffers would
+        build: for tests and benchmarks that drive a backend directly."""
+        bs, nd = block_size, num_decodes
+        slots = [t[p // bs] * bs + p % bs for t, q, n in zip(tables, query_lens, seq_lens, strict=True)
+                 for p in range(n - q, n)]  # fmt: skip
+        width = max((len(t) for t in tables[:nd]), default=0)
+        table = [t + [0] * (width - len(t)) for t in tables[:nd]]
+        return cls(
+            slot_mapping=torch.tensor(slots, device=device),
+            num_decodes=nd,
+            query_lens=list(query_lens),
+            seq_lens=list(seq_lens),
+            prefill_block_ids=[torch.tensor(t, device=device) for t in tables[nd:]],
+            decode_block_table=torch.tensor(table, device=device) if nd else None,
+            decode_seq_lens=torch.tensor(seq_lens[:nd], device=device) if nd else None,
+        )
+
 
 class AttentionBackend(ABC):
     """Writes this step's K/V into the paged cache, then attends each query token to its

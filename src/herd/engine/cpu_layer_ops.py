@@ -32,9 +32,7 @@ class NativeRMSNorm(RMSNorm):
     lib: ctypes.CDLL
 
     def forward(self, x, residual=None):
-        operands = [x, self.weight] + ([residual] if residual is not None else [])
-        same = all(t.is_contiguous() and t.dtype == x.dtype for t in operands)
-        if not (_native(x) and same and (residual is None or residual.shape == x.shape)):
+        if not (_native(x) and self.flat_operands(x, residual)):
             return super().forward(x, residual)
         out = torch.empty_like(x)
         h = x.shape[-1]

@@ -4,19 +4,12 @@ program per (query tile of one sequence, KV head[, key range]), and `merge_split
 split decode's key ranges together.
 """
 
+import functools
 from types import SimpleNamespace
 
-_kernels: SimpleNamespace | None = None
 
-
+@functools.cache
 def kernels() -> SimpleNamespace:
-    global _kernels
-    if _kernels is None:
-        _kernels = _define()
-    return _kernels
-
-
-def _define() -> SimpleNamespace:
     import triton
     import triton.language as tl
 

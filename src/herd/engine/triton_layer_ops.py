@@ -5,6 +5,7 @@ GEMVs). `use_triton_layer_ops` swaps them into a loaded model, as cpu_layer_ops 
 Each rounds where the torch version rounds; off CUDA (and outside the interpreter) they fall back.
 """
 
+import functools
 from types import SimpleNamespace
 
 import torch
@@ -16,7 +17,6 @@ from herd.model.quant import FP8, FP8_MAX, Fp8Linear, quantize_rows
 from herd.model.rope import Rotary, in_place_layout
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_kernels: SimpleNamespace | None = None
 
 
 def _runs(x: torch.Tensor) -> bool:
@@ -35,9 +35,7 @@ class TritonRMSNorm(RMSNorm):
     place (the caller hands it over)."""
 
     def forward(self, x, residual=None):
-        operands = [x, self.weight] + ([residual] if residual is not None else [])
-        same = all(t.is_contiguous() and t.dtype == x.dtype for t in operands)
-        if not (_runs(x) and same and (residual is None or residual.shape == x.shape)):
+        if not (_runs(x) and self.flat_operands(x, residual)):
             return super().forward(x, residual)
         out = torch.empty_like(x)
         h = x.shape[-1]
@@ -114,14 +112,9 @@ def use_triton_layer_ops(model: nn.Module) -> int:
     return swapped
 
 
+@functools.cache
 def _get() -> SimpleNamespace:
-    global _kernels
-    if _kernels is None:
-        _kernels = _define()
-    return _kernels
-
-
-def _define() -> SimpleNamespace:
+    """The kernels, defined on first use (as triton_kernels.kernels)."""
     import triton
     import triton.language as tl
 

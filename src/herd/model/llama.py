@@ -40,6 +40,13 @@ class RMSNorm(nn.Module):
         residual = x + residual
         return self._norm(residual), residual
 
+    def flat_operands(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+        """Whether a kernel version may take this call: x, the weight and the residual
+        contiguous, of one dtype, the residual of x's shape."""
+        operands = [x, self.weight] + ([residual] if residual is not None else [])
+        same = all(t.is_contiguous() and t.dtype == x.dtype for t in operands)
+        return same and (residual is None or residual.shape == x.shape)
+
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in float32 and cast back before the weight, exactly as transformers does.
         # F.rms_norm: one fused kernel for the five ops (identical results; 10% less CPU measured).
