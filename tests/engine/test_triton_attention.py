@@ -164,6 +164,8 @@ BUILDS = [
     "90:bf16:silu:14336",
     "90:bf16:rope:40x128",
     "90:bf16:fp8quant:14336",
+    "90:bf16:storekv:8x128",
+    "90:bf16:storekv-fp8:8x128",
 ]
 
 

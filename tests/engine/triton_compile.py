@@ -6,7 +6,8 @@ are multiples of 16. Run in a process without TRITON_INTERPRET (the test does).
     python tests/engine/triton_compile.py 90:bf16:bf16:decode:4:128 90:bf16:rmsnorm:4096
     attention: arch:activations:cache:launch:GQA group:head size (launch decode, decode/S: S key
     ranges and the merge kernel, or prefill); layer ops (triton_layer_ops): arch:activations:
-    rmsnorm|silu|rope|fp8quant:hidden size (rope: heads x head size, as 40x128)
+    rmsnorm|silu|rope|fp8quant|storekv|storekv-fp8:hidden size (rope, storekv: heads x head
+    size, as 40x128)
 """
 
 import json
@@ -69,6 +70,15 @@ def build_layer_op(arch: int, dtype: str, op: str, size: str) -> dict:
         half = head_dim // 2
         constexprs = dict(HALF=half, BLOCK_H=lo._block(heads), BLOCK_HALF=lo._block(half))
         return _compile(k.rope, arch, signature, constexprs, list(signature), 4)
+    if op.startswith("storekv"):
+        heads, head_dim = map(int, size.split("x"))
+        cache = "fp8e4nv" if op.endswith("fp8") else dtype
+        signature = {"k_ptr": f"*{dtype}", "v_ptr": f"*{dtype}", "slots": "*i64"}
+        signature |= {"k_cache": f"*{cache}", "v_cache": f"*{cache}", "fp8_max": "fp32"}
+        signature |= dict.fromkeys(["stride_kt", "stride_vt", "stride_kc", "stride_vc"], "i32")
+        row = heads * head_dim
+        constexprs = dict(ROW=row, BLOCK=ta.next_pow2(row), FP8_CACHE=cache != dtype)
+        return _compile(kernels().store_kv, arch, signature, constexprs, list(signature), 4)
     n = int(size)
     if op == "rmsnorm":
         signature = {p: f"*{dtype}" for p in ("x_ptr", "res_ptr", "w_ptr", "out_ptr")}

@@ -15,7 +15,7 @@ import torch
 
 from herd.engine.attention import AttentionBackend, AttentionMetadata, store
 from herd.engine.triton_kernels import kernels
-from herd.model.quant import FP8
+from herd.model.quant import FP8, FP8_MAX
 
 PREFILL_ROWS = 128  # query rows (tokens x heads of one KV group) per prefill program
 KEY_TILE = 64  # keys per inner step
@@ -65,8 +65,7 @@ class TritonAttention(AttentionBackend):
         return "TritonAttention (paged decode, split for small batches, + varlen prefill kernels)"
 
     def forward(self, q, k, v, k_cache, v_cache, meta):
-        store(k_cache, meta.slot_mapping, k)
-        store(v_cache, meta.slot_mapping, v)
+        _store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         nd, hkv = meta.num_decodes, k_cache.shape[2]
         if nd:
@@ -134,6 +133,25 @@ def _rows(group: int, decode: bool) -> int:
     """Query rows a program takes: a decode's group of heads (at least 16, tl.dot's least), or
     `PREFILL_ROWS` (whole tokens' groups of it)."""
     return max(16 if decode else PREFILL_ROWS, next_pow2(group))
+
+
+def _store_kv(k, v, k_cache, v_cache, slots) -> None:
+    """One launch for both rows of every token (`attention.store` takes 2-6 torch kernels);
+    rows whose heads are not contiguous, or a cache not flat per slot, go through `store`."""
+    t, hkv, d = k.shape
+    flat = all(x.stride(2) == 1 and x.stride(1) == d for x in (k, v))
+    per_slot = all(
+        c.stride(1) == hkv * d and c.stride(0) == c.shape[1] * hkv * d for c in (k_cache, v_cache)
+    )
+    if not (flat and per_slot):
+        store(k_cache, slots, k)
+        store(v_cache, slots, v)
+        return
+    kernels().store_kv[(t,)](
+        k, v, k_cache, v_cache, slots, k.stride(0), v.stride(0), k_cache.stride(1),
+        v_cache.stride(1), FP8_MAX, ROW=hkv * d, BLOCK=next_pow2(hkv * d),
+        FP8_CACHE=k_cache.dtype == FP8,
+    )  # fmt: skip
 
 
 def next_pow2(n: int) -> int:

@@ -1,7 +1,7 @@
 """TritonAttention's two Triton kernels, defined on first use (Triton is imported only where the
 backend runs, and TRITON_INTERPRET is read when a kernel is defined): `paged_attention`, one
-program per (query tile of one sequence, KV head[, key range]), and `merge_splits`, which folds a
-split decode's key ranges together.
+program per (query tile of one sequence, KV head[, key range]), `merge_splits`, which folds a
+split decode's key ranges together, and `store_kv`, the step's K/V rows into their slots.
 """
 
 import functools
@@ -115,4 +115,25 @@ def kernels() -> SimpleNamespace:
         out = out_ptr + tok * stride_ot + head * stride_oh + d
         tl.store(out, o.to(out_ptr.dtype.element_ty), mask=d < HEAD_DIM)
 
-    return SimpleNamespace(paged_attention=paged_attention, merge_splits=merge_splits)
+    @triton.jit
+    def store_kv(
+        k_ptr, v_ptr, k_cache, v_cache, slots, stride_kt, stride_vt, stride_kc, stride_vc,
+        fp8_max, ROW: tl.constexpr, BLOCK: tl.constexpr, FP8_CACHE: tl.constexpr,
+    ):  # fmt: skip
+        """Token t's K and V rows (ROW = KV heads x head size, contiguous) into cache slot
+        slots[t]; an fp8 cache gets them saturated to +-fp8_max first, as `attention.store`."""
+        t = tl.program_id(0).to(tl.int64)
+        slot = tl.load(slots + t)
+        c = tl.arange(0, BLOCK)
+        mask = c < ROW
+        k = tl.load(k_ptr + t * stride_kt + c, mask=mask)
+        v = tl.load(v_ptr + t * stride_vt + c, mask=mask)
+        if FP8_CACHE:
+            k = tl.clamp(k.to(tl.float32), -fp8_max, fp8_max)
+            v = tl.clamp(v.to(tl.float32), -fp8_max, fp8_max)
+        tl.store(k_cache + slot * stride_kc + c, k.to(k_cache.dtype.element_ty), mask=mask)
+        tl.store(v_cache + slot * stride_vc + c, v.to(v_cache.dtype.element_ty), mask=mask)
+
+    return SimpleNamespace(
+        paged_attention=paged_attention, merge_splits=merge_splits, store_kv=store_kv
+    )
