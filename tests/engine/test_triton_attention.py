@@ -4,6 +4,7 @@ outputs over many key tiles, GQA groups that are not powers of two, odd head siz
 cache, and the same greedy tokens through the engine, eager and in the static decode step CUDA
 graphs capture. On a GPU the compiled kernels are checked by benchmarks/gpu_suite.py."""
 
+import itertools
 import json
 import os
 import random
@@ -183,3 +184,16 @@ def test_the_kernels_compile_for_hopper_and_ampere_without_spilling():
     for spec in BUILDS:
         assert "error" not in report[spec], (spec, report[spec])
         assert report[spec]["stack"] == 0, (spec, report[spec])
+
+
+@pytest.mark.parametrize("query_lens", [[5], [1, 1, 7, 300], [33, 2, 2]])
+def test_prefill_plans_views_start_16_byte_aligned(query_lens):
+    """Triton compiles a kernel variant per pointer alignment: the plan's views never vary it."""
+    nd = sum(1 for n in query_lens[:2] if n == 1)
+    tables = [[i] * -(-n // 16) for i, n in enumerate(query_lens)]
+    meta = AttentionMetadata.from_tables(tables, query_lens, query_lens, nd, 16)
+    plan = triton_attention._prefill_plan(meta, 4, torch.device("cpu"))
+    for view in (plan.ctx, plan.seqs, plan.firsts, plan.ends):
+        assert view.data_ptr() % 16 == 0
+    assert plan.ends.tolist() == list(itertools.accumulate(query_lens[nd:]))
+    assert plan.ctx.tolist() == query_lens[nd:]

@@ -172,7 +172,9 @@ class PrefillPlan:
 
 
 def _prefill_plan(meta: AttentionMetadata, group: int, dev: torch.device) -> PrefillPlan:
-    """The plan's integers go to the device in one copy (int32 views of one array)."""
+    """The plan's integers go to the device in one copy: int32 views of one array, each starting
+    16-byte aligned (Triton specialises a kernel on its pointers' alignment: unaligned views
+    would compile new variants as step sizes change)."""
     nd = meta.num_decodes
     qlens = np.asarray(meta.query_lens[nd:], dtype=np.int64)
     ends = np.cumsum(qlens)
@@ -180,8 +182,12 @@ def _prefill_plan(meta: AttentionMetadata, group: int, dev: torch.device) -> Pre
     firsts = [np.arange(e - n, e, step) for n, e in zip(qlens, ends, strict=True)]
     seqs = np.repeat(np.arange(len(qlens)), [len(f) for f in firsts])
     ctx = np.asarray(meta.seq_lens[nd:], dtype=np.int64)
-    host = np.concatenate([seqs, np.concatenate(firsts), ends, ctx]).astype(np.int32)
+    parts = [seqs, np.concatenate(firsts), ends, ctx]
+    starts = np.cumsum([0] + [-(-len(p) // 4) * 4 for p in parts])  # 4 int32 = 16 bytes
+    host = np.zeros(starts[-1], dtype=np.int32)
+    for p, at in zip(parts, starts, strict=False):
+        host[at : at + len(p)] = p
     ints = torch.from_numpy(host).to(dev, non_blocking=True)
-    n, s = len(seqs), len(qlens)
+    seqs, firsts, ends, ctx = (ints[a : a + len(p)] for p, a in zip(parts, starts, strict=False))
     table = torch.nn.utils.rnn.pad_sequence(list(meta.prefill_block_ids), batch_first=True)
-    return PrefillPlan(table, ints[-s:], ints[:n], ints[n : 2 * n], ints[2 * n : 2 * n + s])
+    return PrefillPlan(table, ctx, seqs, firsts, ends)

@@ -13,7 +13,7 @@ def kernels() -> SimpleNamespace:
     import triton
     import triton.language as tl
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["stride_table"])  # the table's width changes every step
     def paged_attention(
         q_ptr, out_ptr, part_out, part_lse, k_cache, v_cache, tables, ctx_lens,
         tile_seqs, tile_firsts, seq_ends,
