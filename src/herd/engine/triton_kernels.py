@@ -88,9 +88,10 @@ def kernels() -> SimpleNamespace:
         acc = acc / tl.where(total > 0, total, 1.0)[:, None]  # padding rows have no keys
         rmask = valid[:, None] & dmask[None, :]
         if SPLITS > 1:
-            # [token, query head, split]: an empty split's sum-exp is 0, its log -inf
+            # [token, query head, split]: an empty split's log sum-exp is -inf
             slot = (tok * (tl.num_programs(1) * GROUP) + head) * SPLITS + tl.program_id(2)
-            tl.store(part_lse + slot, m + tl.log2(total), mask=valid)
+            lse = tl.where(total > 0, m + tl.log2(tl.maximum(total, 1e-30)), float("-inf"))
+            tl.store(part_lse + slot, lse, mask=valid)
             tl.store(part_out + slot[:, None] * HEAD_DIM + d[None, :], acc, mask=rmask)
         else:
             out = out_ptr + tok[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
