@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from herd.engine import triton_kernels, triton_layer_ops
+from herd.engine import triton_attention, triton_layer_ops
 from herd.engine.attention import AttentionMetadata, TorchAttention
 from herd.engine.triton_attention import TritonAttention
 from herd.model.config import ModelConfig
@@ -36,6 +36,8 @@ NO_KERNEL = {
     "_reshape_alias", "is_same_size", "_local_scalar_dense", "item",
 }  # fmt: skip
 LAYERS, CONTEXT = 2, 128
+ATTENTION_KERNELS = ("paged_attention", "merge_splits", "store_kv")
+LAYER_KERNELS = ("add_rmsnorm", "silu_and_mul", "rope", "quantize_fp8")
 
 
 class Count(TorchDispatchMode):
@@ -54,15 +56,16 @@ class Count(TorchDispatchMode):
 
 
 class Launches:
-    """Counts launches of every Triton kernel in the given namespaces while active; `ops`'
-    counting pauses inside them."""
+    """Counts launches of the named Triton kernels of each (namespace, names) while active;
+    `ops`' counting pauses inside them."""
 
-    def __init__(self, ops: Count, *spaces) -> None:
-        self.ops, self.spaces, self.count, self.saved = ops, spaces, 0, []
+    def __init__(self, ops: Count, kernels: list) -> None:
+        self.ops, self.kernels, self.count, self.saved = ops, kernels, 0, []
 
     def __enter__(self):
-        for space in self.spaces:
-            for name, kernel in vars(space).items():
+        for space, names in self.kernels:
+            for name in names:
+                kernel = getattr(space, name)
                 self.saved.append((space, name, kernel))
                 setattr(space, name, _Counted(kernel, self))
         return self
@@ -99,8 +102,9 @@ def decode_step(model, backend, cfg: ModelConfig) -> dict:
         return backend.forward(q, k, v, cache[layer, 0], cache[layer, 1], meta)
 
     ids, pos = torch.tensor([7]), torch.tensor([CONTEXT - 1])
-    spaces = [triton_kernels.kernels(), triton_layer_ops._get()]
-    with torch.inference_mode(), Count() as ops, Launches(ops, *spaces) as triton:
+    kernels = [(triton_attention.kernels(), ATTENTION_KERNELS)]
+    kernels.append((triton_layer_ops._get(), LAYER_KERNELS))
+    with torch.inference_mode(), Count() as ops, Launches(ops, kernels) as triton:
         model.model(ids, pos, attend)  # the decoder alone: embeddings, layers, final norm
     total = sum(ops.ops.values()) + triton.count
     return {"per_layer": total / LAYERS, "torch_ops": dict(ops.ops), "triton": triton.count}
@@ -112,7 +116,7 @@ def quantizer_kernels() -> dict:
     x = torch.randn(1, 64, dtype=torch.bfloat16)
     out = {}
     for name, quantize in (("torch", quantize_rows), ("triton", triton_layer_ops.quantize_fp8)):
-        with Count() as ops, Launches(ops, triton_layer_ops._get()) as triton:
+        with Count() as ops, Launches(ops, [(triton_layer_ops._get(), LAYER_KERNELS)]) as triton:
             fp8_scaled_mm(x, lin.weight, lin.weight_scale, quantize)
         out[name] = sum(ops.ops.values()) + triton.count
     return out

@@ -22,7 +22,6 @@ from triton.compiler import ASTSource
 
 from herd.engine import triton_attention as ta
 from herd.engine import triton_layer_ops as lo
-from herd.engine.triton_kernels import kernels
 
 POINTERS = ["q_ptr", "out_ptr", "part_out", "part_lse", "k_cache", "v_cache", "tables"]
 PLAN = ["ctx_lens", "tile_seqs", "tile_firsts", "seq_ends"]
@@ -34,28 +33,29 @@ def build(arch: int, dtype: str, cache: str, kind: str, group: int, head_dim: in
     decode = kind.startswith("decode")
     splits = int(kind.split("/")[1]) if "/" in kind else 1
     rows = ta._rows(group, decode)
-    wide = dtype == "fp32"
+    wide, fp8 = dtype == "fp32", cache == "fp8e4nv"
     block_d = max(16, ta.next_pow2(head_dim))
     constexprs = dict(
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=16, ROWS=rows,
         BLOCK_Q=1 if decode else rows // group, KEYS=ta.KEY_TILE, DECODE=decode, SPLITS=splits,
-        WIDE=wide, PRECISION="ieee" if wide else "tf32",
+        WIDE=wide, PRECISION="ieee" if wide else "tf32", FP8_BITS=fp8,
     )  # fmt: skip
     signature = {"q_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "tables": "*i64"}
-    signature |= {"k_cache": f"*{cache}", "v_cache": f"*{cache}", "scale_log2": "fp32"}
+    cached = "u8" if fp8 else cache  # an fp8 cache is passed as bytes
+    signature |= {"k_cache": f"*{cached}", "v_cache": f"*{cached}", "scale_log2": "fp32"}
     signature |= {"part_out": "*fp32", "part_lse": "*fp32"}
     signature |= dict.fromkeys(PLAN, "*i64" if decode else "*i32")
     signature |= dict.fromkeys(TOKEN_STRIDES + HEAD_STRIDES + ["stride_table"], "i32")
     aligned = POINTERS + PLAN + TOKEN_STRIDES + (HEAD_STRIDES if head_dim % 16 == 0 else [])
     report = _compile(
-        kernels().paged_attention, arch, signature, constexprs, aligned, 4 if decode else 8
+        ta.kernels().paged_attention, arch, signature, constexprs, aligned, 4 if decode else 8
     )
     if splits > 1:
         signature = {"part_out": "*fp32", "part_lse": "*fp32", "out_ptr": f"*{dtype}"}
         signature |= {"stride_ot": "i32", "stride_oh": "i32"}
         constexprs = dict(SPLITS=splits, BLOCK_S=ta.next_pow2(splits), HEAD_DIM=head_dim)
         constexprs["BLOCK_D"] = block_d
-        merge = _compile(kernels().merge_splits, arch, signature, constexprs, list(signature), 4)
+        merge = _compile(ta.kernels().merge_splits, arch, signature, constexprs, list(signature), 4)
         report |= {f"merge_{k}": v for k, v in merge.items()}
     return report
 
@@ -78,7 +78,7 @@ def build_layer_op(arch: int, dtype: str, op: str, size: str) -> dict:
         signature |= dict.fromkeys(["stride_kt", "stride_vt", "stride_kc", "stride_vc"], "i32")
         row = heads * head_dim
         constexprs = dict(ROW=row, BLOCK=ta.next_pow2(row), FP8_CACHE=cache != dtype)
-        return _compile(kernels().store_kv, arch, signature, constexprs, list(signature), 4)
+        return _compile(ta.kernels().store_kv, arch, signature, constexprs, list(signature), 4)
     n = int(size)
     if op == "rmsnorm":
         signature = {p: f"*{dtype}" for p in ("x_ptr", "res_ptr", "w_ptr", "out_ptr")}

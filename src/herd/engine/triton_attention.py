@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from herd.engine.attention import AttentionBackend, AttentionMetadata, store
-from herd.engine.triton_kernels import kernels
 from herd.model.quant import FP8, FP8_MAX
 
 PREFILL_ROWS = 128  # query rows (tokens x heads of one KV group) per prefill program
@@ -36,17 +35,19 @@ def interpreting() -> bool:
 
 
 def unusable(device: torch.device, kv_dtype: torch.dtype | None = None) -> str | None:
-    """Why the kernels cannot run on `device` over a `kv_dtype` cache, or None: they need
-    Triton, and a GPU or the interpreter; an fp8 cache needs fp8 conversions (Ada, Hopper)."""
+    """Why the kernels cannot run on `device`, or None: they need Triton, and a GPU or the
+    interpreter. (Any cache dtype: an fp8 cache is read as bytes.)"""
     if not available():
         return "Triton is not installed (pip install triton)"
-    if device.type != "cuda":
-        if interpreting():
-            return None
+    if device.type != "cuda" and not interpreting():
         return f"its kernels run on CUDA (or on the CPU under TRITON_INTERPRET=1), not {device}"
-    if kv_dtype == FP8 and torch.cuda.get_device_capability(device) < (8, 9):
-        return "an fp8 KV cache needs a GPU of compute capability 8.9 or later (Ada, Hopper)"
     return None
+
+
+def writes_fp8(device: torch.device) -> bool:
+    """Whether `store_kv` may cast to e4m3 on `device` (Ada, Hopper and later; elsewhere the
+    torch store writes an fp8 cache)."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 class TritonAttention(AttentionBackend):
@@ -90,6 +91,9 @@ class TritonAttention(AttentionBackend):
         rows = _rows(group, decode)
         wide = interpreting() or q.dtype == torch.float32  # the interpreter's bf16 dot is wrong
         seqs, firsts, ends = (ctx, ctx, ctx) if decode else (plan.seqs, plan.firsts, plan.ends)
+        fp8 = k_cache.dtype == FP8
+        if fp8:  # read as bytes: see triton_kernels.widen
+            k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
         part_out = part_lse = out  # unused unless split
         if splits > 1:
             part_out = torch.empty((t, hq, splits, d), dtype=torch.float32, device=q.device)
@@ -104,6 +108,7 @@ class TritonAttention(AttentionBackend):
             GROUP=group, HEAD_DIM=d, BLOCK_D=max(16, next_pow2(d)), BLOCK_SIZE=self.block_size,
             ROWS=rows, BLOCK_Q=1 if decode else rows // group, KEYS=KEY_TILE, DECODE=decode,
             SPLITS=splits, WIDE=wide, PRECISION="ieee" if wide else "tf32",  # not as TF32
+            FP8_BITS=fp8,
             num_warps=4 if decode else 8,  # a prefill tile's 128 x head-size accumulator
         )  # fmt: skip
         if splits > 1:
@@ -118,6 +123,13 @@ def decode_splits(batch: int, kv_heads: int, device: torch.device) -> int:
     KV heads does not. A function of the batch alone, not of the contexts, so a CUDA graph's
     bucket fixes it; a range with no keys (a short context) costs its program an early exit."""
     return max(1, min(MAX_SPLITS, 2 * _multiprocessors(device) // (batch * kv_heads)))
+
+
+def kernels():
+    """The kernel module, imported on first use (it imports Triton)."""
+    from herd.engine import triton_kernels
+
+    return triton_kernels
 
 
 def _multiprocessors(device: torch.device) -> int:
@@ -137,13 +149,14 @@ def _rows(group: int, decode: bool) -> int:
 
 def _store_kv(k, v, k_cache, v_cache, slots) -> None:
     """One launch for both rows of every token (`attention.store` takes 2-6 torch kernels);
-    rows whose heads are not contiguous, or a cache not flat per slot, go through `store`."""
+    rows whose heads are not contiguous, a cache not flat per slot, or an fp8 cache on a GPU
+    without e4m3 casts go through `store`."""
     t, hkv, d = k.shape
     flat = all(x.stride(2) == 1 and x.stride(1) == d for x in (k, v))
     per_slot = all(
         c.stride(1) == hkv * d and c.stride(0) == c.shape[1] * hkv * d for c in (k_cache, v_cache)
     )
-    if not (flat and per_slot):
+    if not (flat and per_slot) or (k_cache.dtype == FP8 and not writes_fp8(k.device)):
         store(k_cache, slots, k)
         store(v_cache, slots, v)
         return
