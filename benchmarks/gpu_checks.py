@@ -56,7 +56,7 @@ def check_attention(dev: str, tiny: bool) -> dict:
     q, k, v, cache, meta = _attention_step(dev, torch.bfloat16, *shape, seed=0)
     ref = TorchAttention(bs).forward(q.float(), k.float(), v.float(), *cache.float(), meta())
     backends = {"torch": TorchAttention, "flex": FlexAttention}
-    if not (why := unusable(torch.device(dev), FP8)):
+    if not (why := unusable(torch.device(dev))):
         backends["triton"] = TritonAttention
     r, caches = {"triton_skipped": why} if why else {}, {}
     for name, cls in backends.items():

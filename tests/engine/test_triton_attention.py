@@ -150,7 +150,7 @@ def test_an_fp8_cache_is_read_as_bytes_on_any_gpu(monkeypatch):
     only the K/V store needs e4m3 casts, and there it falls back to the torch store."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     cuda = torch.device("cuda")
-    assert isinstance(get_backend("auto", 16, cuda, FP8), TritonAttention)
+    assert isinstance(get_backend("auto", 16, cuda), TritonAttention)
     assert not triton_attention.writes_fp8(cuda)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert triton_attention.writes_fp8(cuda)

@@ -157,9 +157,7 @@ class ModelRunner:
         )
         self.kv_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
         log.info("allocated %d KV blocks of %d tokens", self.num_blocks, self.block_size)
-        self.backend = get_backend(
-            config.attention_backend, self.block_size, self.device, self.kv_dtype
-        )
+        self.backend = get_backend(config.attention_backend, self.block_size, self.device)
         log.info("attention backend %s", type(self.backend).__name__)
         self.sampler = Sampler(model_config.eos_token_ids, config.seed)
         self.structured: StructuredOutputs | None = None  # set by LLMEngine

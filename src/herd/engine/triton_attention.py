@@ -34,9 +34,9 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def unusable(device: torch.device, kv_dtype: torch.dtype | None = None) -> str | None:
+def unusable(device: torch.device) -> str | None:
     """Why the kernels cannot run on `device`, or None: they need Triton, and a GPU or the
-    interpreter. (Any cache dtype: an fp8 cache is read as bytes.)"""
+    interpreter. (Any cache dtype, any CUDA GPU: an fp8 cache is read as bytes.)"""
     if not available():
         return "Triton is not installed (pip install triton)"
     if device.type != "cuda" and not interpreting():
@@ -57,8 +57,8 @@ class TritonAttention(AttentionBackend):
     from the step's decode table and lengths alone, so a captured CUDA graph replays it; a batch
     too small to fill the GPU splits each decode's keys into ranges, merged by a second launch
     (flash-decoding). Prefill chunks: programs over tiles of `PREFILL_ROWS` rows, their map
-    built once a step. Softmax in float32 (online, exp2); an fp8 cache is widened per key tile
-    in registers."""
+    built once a step. Softmax in float32 (online, exp2); an fp8 cache is read as bytes and
+    widened per key tile in registers."""
 
     graph_safe = True
 
@@ -99,8 +99,8 @@ class TritonAttention(AttentionBackend):
             part_out = torch.empty((t, hq, splits, d), dtype=torch.float32, device=q.device)
             part_lse = torch.empty((t, hq, splits), dtype=torch.float32, device=q.device)
         grid = (t if decode else len(plan.seqs), hkv, splits)
-        k = kernels()
-        k.paged_attention[grid](
+        kern = kernels()
+        kern.paged_attention[grid](
             q, out, part_out, part_lse, k_cache, v_cache, table, ctx, seqs, firsts, ends,
             q.stride(0), q.stride(1), out.stride(0), out.stride(1),
             *k_cache.stride()[:3], *v_cache.stride()[:3], table.stride(0),
@@ -112,7 +112,7 @@ class TritonAttention(AttentionBackend):
             num_warps=4 if decode else 8,  # a prefill tile's 128 x head-size accumulator
         )  # fmt: skip
         if splits > 1:
-            k.merge_splits[(t, hq)](
+            kern.merge_splits[(t, hq)](
                 part_out, part_lse, out, out.stride(0), out.stride(1), SPLITS=splits,
                 BLOCK_S=next_pow2(splits), HEAD_DIM=d, BLOCK_D=max(16, next_pow2(d)),
             )  # fmt: skip
