@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from herd.model import quant
 from herd.model.config import ModelConfig
 from herd.model.errors import ModelLoadError
 from herd.model.loader import load_model
@@ -234,3 +235,17 @@ def test_config_that_does_not_describe_the_tensors_is_an_error(tiny_model_dir, t
     (ckpt / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="missing weights|expected"):
         load_model(ckpt, ModelConfig.from_dir(ckpt), torch.float32, CPU)
+
+
+@pytest.mark.parametrize("capability,scaled_mm", [((8, 0), False), ((8, 9), True), ((9, 0), True)])
+def test_fp8_products_take_scaled_mm_only_where_the_gpu_multiplies_e4m3(
+    monkeypatch, capability, scaled_mm
+):
+    """An Ampere GPU (8.0) has no e4m3 matmul: Fp8Linear widens its weight there, as on CPU."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    quant._capability.cache_clear()
+    try:
+        assert quant.fp8_matmuls(torch.device("cuda")) is scaled_mm
+        assert not quant.fp8_matmuls(torch.device("cpu"))
+    finally:
+        quant._capability.cache_clear()

@@ -6,6 +6,7 @@ Embeddings, norms and lm_head keep the activation dtype. Kernels are PyTorch's o
 int4 op and `_scaled_mm` for fp8 (the CUDA paths are written but were never run on a GPU).
 """
 
+import functools
 import logging
 
 import torch
@@ -132,10 +133,21 @@ def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return to_fp8(x2 / x_scale), x_scale
 
 
+def fp8_matmuls(device: torch.device) -> bool:
+    """Whether `device` multiplies e4m3 (`_scaled_mm`): CUDA compute capability 8.9 or later."""
+    return device.type == "cuda" and _capability(device) >= (8, 9)
+
+
+@functools.cache
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
 class Fp8Linear(nn.Module):
     """float8 e4m3 weights [N, K] with a float32 scale per output channel (per-tensor scales
-    are stored per channel too). On CUDA activations get a dynamic per-token scale and go
-    through `_scaled_mm`; elsewhere the weight is widened per call (see `fp8_widen`)."""
+    are stored per channel too). Where the GPU multiplies e4m3 (Ada, Hopper) activations get a
+    dynamic per-token scale and go through `_scaled_mm`; elsewhere (CPU, Ampere) the weight is
+    widened per call (see `fp8_widen`): the memory saving stays, the product is 16-bit."""
 
     def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias):
         super().__init__()
@@ -162,7 +174,7 @@ class Fp8Linear(nn.Module):
     quantize = staticmethod(quantize_rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cuda":
+        if fp8_matmuls(x.device):
             y = fp8_scaled_mm(x, self.weight, self.weight_scale, self.quantize)
         else:
             w, exp2 = fp8_widen(self.weight, x.dtype)
