@@ -68,7 +68,7 @@ def build_layer_op(arch: int, dtype: str, op: str, size: str) -> dict:
         signature = {"x_ptr": f"*{dtype}", "cos_ptr": f"*{dtype}", "sin_ptr": f"*{dtype}"}
         signature |= {"stride_t": "i32", "heads": "i32"}
         half = head_dim // 2
-        constexprs = dict(HALF=half, BLOCK_H=lo._block(heads), BLOCK_HALF=lo._block(half))
+        constexprs = dict(HALF=half, BLOCK_H=ta.next_pow2(heads), BLOCK_HALF=ta.next_pow2(half))
         return _compile(k.rope, arch, signature, constexprs, list(signature), 4)
     if op.startswith("storekv"):
         heads, head_dim = map(int, size.split("x"))
@@ -83,7 +83,7 @@ def build_layer_op(arch: int, dtype: str, op: str, size: str) -> dict:
     if op == "rmsnorm":
         signature = {p: f"*{dtype}" for p in ("x_ptr", "res_ptr", "w_ptr", "out_ptr")}
         signature |= {"h": "i32", "eps": "fp32"}
-        constexprs = dict(HAS_RESIDUAL=True, BLOCK=lo._block(n))
+        constexprs = dict(HAS_RESIDUAL=True, BLOCK=ta.next_pow2(n))
         warps = 8 if n > 2048 else 4  # as TritonRMSNorm launches it
         return _compile(k.add_rmsnorm, arch, signature, constexprs, list(signature), warps)
     if op == "silu":
@@ -91,7 +91,7 @@ def build_layer_op(arch: int, dtype: str, op: str, size: str) -> dict:
         return _compile(k.silu_and_mul, arch, signature, dict(BLOCK=1024), list(signature), 4)
     signature = {"x_ptr": f"*{dtype}", "q_ptr": "*fp8e4nv", "scale_ptr": "*fp32", "k": "i32"}
     signature["fp8_max"] = "fp32"
-    return _compile(k.quantize_fp8, arch, signature, dict(BLOCK=lo._block(n)), ["x_ptr"], 8)
+    return _compile(k.quantize_fp8, arch, signature, dict(BLOCK=ta.next_pow2(n)), ["x_ptr"], 8)
 
 
 def _compile(kernel, arch, signature, constexprs, aligned, warps: int) -> dict:

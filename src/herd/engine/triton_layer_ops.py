@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from herd.engine import triton_attention
+from herd.engine.triton_attention import next_pow2
 from herd.model.llama import RMSNorm, SiluAndMul
 from herd.model.quant import FP8, FP8_MAX, Fp8Linear, quantize_rows
 from herd.model.rope import Rotary, in_place_layout
@@ -23,10 +24,6 @@ def _runs(x: torch.Tensor) -> bool:
     return on and x.dtype in DTYPES and not torch.compiler.is_compiling()
 
 
-def _block(n: int) -> int:
-    return triton_attention.next_pow2(n)
-
-
 class TritonRMSNorm(RMSNorm):
     """RMSNorm, and the residual add before it, in one kernel a row; the residual is updated in
     place (the caller hands it over)."""
@@ -39,7 +36,7 @@ class TritonRMSNorm(RMSNorm):
         res = residual if residual is not None else x
         _get().add_rmsnorm[(x.numel() // h,)](
             x, res, self.weight, out, h, self.eps,
-            HAS_RESIDUAL=residual is not None, BLOCK=_block(h), num_warps=8 if h > 2048 else 4,
+            HAS_RESIDUAL=residual is not None, BLOCK=next_pow2(h), num_warps=8 if h > 2048 else 4,
         )  # fmt: skip
         return out if residual is None else (out, residual)
 
@@ -67,8 +64,8 @@ class TritonRotary(Rotary):
             return super().forward(x, cos_sin)
         t, heads, d = x.shape
         _get().rope[(t,)](
-            x, cos, sin, x.stride(0), heads, HALF=d // 2, BLOCK_H=_block(heads),
-            BLOCK_HALF=_block(d // 2),
+            x, cos, sin, x.stride(0), heads, HALF=d // 2, BLOCK_H=next_pow2(heads),
+            BLOCK_HALF=next_pow2(d // 2),
         )  # fmt: skip
         return x
 
@@ -81,7 +78,7 @@ def quantize_fp8(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m, k = x2.shape
     xq = torch.empty((m, k), dtype=FP8, device=x2.device)
     scale = torch.empty((m, 1), dtype=torch.float32, device=x2.device)
-    _get().quantize_fp8[(m,)](x2, xq, scale, k, FP8_MAX, BLOCK=_block(k), num_warps=8)
+    _get().quantize_fp8[(m,)](x2, xq, scale, k, FP8_MAX, BLOCK=next_pow2(k), num_warps=8)
     return xq, scale
 
 
